@@ -1,0 +1,49 @@
+#!/usr/bin/env node
+/**
+ * `edr`: the one command-line entry point. Each subcommand lives with the component it drives and is loaded
+ * only when called, so `edr rules check` does not pay for the Kafka client or the native addon.
+ */
+import { EdrError } from './errors.js';
+
+export interface Command {
+  summary: string;
+  /** Returns the process exit code. */
+  run(argv: string[]): Promise<number>;
+}
+
+const commands: Record<string, () => Promise<{ command: Command }>> = {
+  broker: () => import('./kafka/broker-cli.js'),
+  topics: () => import('./topics-cli.js'),
+  up: () => import('./up.js'),
+};
+
+function usage(): string {
+  const names = Object.keys(commands).sort();
+  return `usage: edr <command> [options]\n\ncommands:\n${names.map((n) => `  ${n}`).join('\n')}\n\nedr <command> --help for a command's options\n`;
+}
+
+async function main(): Promise<number> {
+  const [name, ...rest] = process.argv.slice(2);
+  if (name === undefined || name === '--help' || name === '-h') {
+    process.stdout.write(usage());
+    return name === undefined ? 2 : 0;
+  }
+  const load = commands[name];
+  if (load === undefined) {
+    process.stderr.write(`edr: unknown command '${name}'\n\n${usage()}`);
+    return 2;
+  }
+  const { command } = await load();
+  return command.run(rest);
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof EdrError) process.stderr.write(`edr: ${err.message} [${err.code}]\n`);
+    else process.stderr.write(`edr: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);
