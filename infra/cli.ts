@@ -11,11 +11,7 @@ export interface Command {
   run(argv: string[]): Promise<number>;
 }
 
-const commands: Record<string, () => Promise<{ command: Command }>> = {
-  broker: () => import('./kafka/broker-cli.js'),
-  topics: () => import('./topics-cli.js'),
-  up: () => import('./up.js'),
-};
+const commands: Record<string, () => Promise<{ command: Command }>> = {};
 
 function usage(): string {
   const names = Object.keys(commands).sort();

@@ -1,0 +1,41 @@
+/**
+ * The one table from Sigma field names (as Sysmon for Linux and SigmaHQ's linux/process_creation rules use them)
+ * to our ExecveEvent. The Sigma engine reads events only through this table for the process_creation log source.
+ */
+import type { ExecveEvent } from './types.js';
+
+export type SigmaValue = string | number | boolean | null;
+
+/** Sigma field name → how to read it from an event. Absent (undefined) means the field is not in the event. */
+export const processCreationFields: Readonly<Record<string, (e: ExecveEvent) => SigmaValue | undefined>> = {
+  Image: (e) => e.image,
+  CommandLine: (e) => commandLine(e.argv),
+  ParentImage: (e) => e.parentImage,
+  ParentCommandLine: (e) => e.parentCommandLine,
+  CurrentDirectory: (e) => e.cwd,
+  User: (e) => e.userName,
+  LogonId: (e) => String(e.loginUid),
+  ProcessId: (e) => String(e.pid),
+  ParentProcessId: (e) => String(e.ppid),
+  Hashes: (e) => (e.sha256 === null ? undefined : `SHA256=${e.sha256}`),
+  ProcessGuid: (e) => `${e.bootId}:${e.pid}:${e.processStartNs}`,
+  Computer: (e) => e.hostname,
+  Container: (e) => e.containerId,
+};
+
+/** argv as one command line, the way Sysmon for Linux and auditd-based tools render it. */
+export function commandLine(argv: readonly string[]): string {
+  return argv.join(' ');
+}
+
+/**
+ * The same event as an auditd EXECVE record (`type: EXECVE`, positional `a0`, `a1`, …, `argc`), for SigmaHQ's
+ * rules/linux/auditd/execve rules (log source product linux, service auditd).
+ */
+export function auditdExecveFields(e: ExecveEvent): Record<string, string> {
+  const out: Record<string, string> = { type: 'EXECVE', argc: String(e.argv.length) };
+  e.argv.forEach((a, i) => {
+    out[`a${i}`] = a;
+  });
+  return out;
+}

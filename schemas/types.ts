@@ -1,0 +1,82 @@
+/**
+ * TypeScript shapes of the records in schemas/*.avsc. The .avsc files are the source of truth;
+ * codec.test.ts checks a value of each type against its schema so the two cannot drift apart.
+ * `long` fields holding nanoseconds or 64-bit ids are bigint (a JS number loses precision past 2^53).
+ */
+
+export interface ExecveEvent {
+  hostId: string;
+  hostname: string;
+  bootId: string;
+  seq: bigint;
+  timeNs: bigint;
+  processStartNs: bigint;
+  pid: number;
+  tid: number;
+  ppid: number;
+  uid: bigint;
+  euid: bigint;
+  gid: bigint;
+  loginUid: bigint;
+  sessionId: bigint;
+  comm: string;
+  image: string;
+  argv: string[];
+  argvTruncated: boolean;
+  argvBytes: number;
+  cwd: string;
+  cgroupId: bigint;
+  containerId: string | null;
+  userName: string | null;
+  parentImage: string | null;
+  parentCommandLine: string | null;
+  ancestors: string[];
+  sha256: string | null;
+  collectorVersion: string;
+}
+
+export interface MatchedField {
+  field: string;
+  value: string;
+}
+
+export interface Alert {
+  alertId: string;
+  ruleId: string;
+  ruleTitle: string;
+  ruleLevel: string;
+  ruleStatus: string | null;
+  ruleTags: string[];
+  ruleAuthor: string | null;
+  ruleReferences: string[];
+  ruleSetVersion: string;
+  event: ExecveEvent;
+  matchedFields: MatchedField[];
+  detectorId: string;
+  detectedAtNs: bigint;
+  replayRunId: string | null;
+}
+
+export type CollectorRecordKind = 'STARTED' | 'STOPPED' | 'CONFIG' | 'LOSS';
+
+export interface LossCounters {
+  kernelSeen: bigint;
+  kernelRingFull: bigint;
+  kernelTruncated: bigint;
+  kernelReadErrors: bigint;
+  queueDropped: bigint;
+  spoolDropped: bigint;
+}
+
+export interface CollectorRecord {
+  hostId: string;
+  hostname: string;
+  bootId: string;
+  timeNs: bigint;
+  collectorVersion: string;
+  kind: CollectorRecordKind;
+  config: string | null;
+  losses: LossCounters | null;
+  lastSeq: bigint;
+  message: string | null;
+}
