@@ -11,7 +11,9 @@ export interface Command {
   run(argv: string[]): Promise<number>;
 }
 
-const commands: Record<string, () => Promise<{ command: Command }>> = {};
+const commands: Record<string, () => Promise<{ command: Command }>> = {
+  broker: () => import('./kafka/broker-cli.js'),
+};
 
 function usage(): string {
   const names = Object.keys(commands).sort();

@@ -1,0 +1,323 @@
+/**
+ * A real single-node Apache Kafka (KRaft, combined broker+controller) on loopback, for development and tests.
+ * The jars come from Maven Central through infra/kafka/pom.xml (fetched once into infra/kafka/lib).
+ */
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { EdrError } from '../errors.js';
+import { repoRoot } from '../paths.js';
+
+const run = promisify(execFile);
+const kafkaDir = path.join(repoRoot, 'infra', 'kafka');
+const libDir = path.join(kafkaDir, 'lib');
+const pomPath = path.join(kafkaDir, 'pom.xml');
+
+export interface BrokerOptions {
+  /** Folder for config, data and the broker's log. Created; wiped first when `fresh`. */
+  dir: string;
+  /** Client port; 0 picks a free loopback port. */
+  port?: number;
+  /** Controller port; 0 picks a free loopback port. */
+  controllerPort?: number;
+  heapMb?: number;
+  fresh?: boolean;
+  /** Keep the broker running after this process exits (the CLI's `edr broker start`). */
+  detached?: boolean;
+}
+
+export interface Broker {
+  /** bootstrap address, e.g. 127.0.0.1:9092 */
+  readonly brokers: string[];
+  readonly pid: number;
+  readonly logFile: string;
+  stop(): Promise<void>;
+}
+
+/** Fetches the broker's jars once; re-fetches when pom.xml changes. */
+export async function fetchKafka(log: (line: string) => void = () => {}): Promise<void> {
+  const pom = await readFile(pomPath);
+  const stamp = createHash('sha256').update(pom).digest('hex');
+  const marker = path.join(libDir, '.fetched');
+  if (existsSync(marker) && (await readFile(marker, 'utf8')) === stamp) return;
+  log(`fetching Apache Kafka jars from Maven Central into ${libDir}`);
+  await rm(libDir, { recursive: true, force: true });
+  try {
+    await run(
+      'mvn',
+      [
+        '-q',
+        '-B',
+        '-f',
+        pomPath,
+        'dependency:copy-dependencies',
+        '-DincludeScope=runtime',
+        `-DoutputDirectory=${libDir}`,
+      ],
+      { maxBuffer: 16 * 1024 * 1024 },
+    );
+  } catch (err) {
+    const out = err as { stdout?: string; stderr?: string };
+    throw new EdrError(
+      'EDR_KAFKA_FETCH',
+      `could not fetch Kafka with Maven:\n${(out.stdout ?? '') + (out.stderr ?? '')}`.slice(-4000),
+      { cause: err },
+    );
+  }
+  await writeFile(marker, stamp);
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() =>
+        typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port')),
+      );
+    });
+  });
+}
+
+function serverProperties(dir: string, port: number, controllerPort: number): string {
+  // Sized for one node on 2 cores: replication 1 everywhere, few partitions for internal topics
+  // (the default 50 offsets partitions slow every start), no rebalance delay for fast tests.
+  return `${[
+    'process.roles=broker,controller',
+    'node.id=1',
+    `controller.quorum.voters=1@127.0.0.1:${controllerPort}`,
+    `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
+    `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
+    'controller.listener.names=CONTROLLER',
+    'inter.broker.listener.name=PLAINTEXT',
+    'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+    `log.dirs=${path.join(dir, 'data')}`,
+    'num.network.threads=2',
+    'num.io.threads=4',
+    'num.partitions=1',
+    'auto.create.topics.enable=false',
+    'offsets.topic.replication.factor=1',
+    'offsets.topic.num.partitions=4',
+    'transaction.state.log.replication.factor=1',
+    'transaction.state.log.min.isr=1',
+    'transaction.state.log.num.partitions=4',
+    'share.coordinator.state.topic.replication.factor=1',
+    'share.coordinator.state.topic.min.isr=1',
+    'group.initial.rebalance.delay.ms=0',
+    'log.flush.interval.messages=9223372036854775807',
+    'transaction.abort.timed.out.transaction.cleanup.interval.ms=5000',
+  ].join('\n')}\n`;
+}
+
+const log4j2 = `
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = \${sys:kafka.logs.dir}/broker.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+`;
+
+async function tail(file: string, lines = 40): Promise<string> {
+  try {
+    const text = await readFile(file, 'utf8');
+    return text.split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no broker log)';
+  }
+}
+
+/** Resolves once a TCP connection to the port succeeds and the broker answers a metadata request. */
+async function waitReady(
+  port: number,
+  child: ChildProcess,
+  logFile: string,
+  timeoutMs: number,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let exited: number | null = null;
+  child.once('exit', (code) => {
+    exited = code ?? -1;
+  });
+  while (Date.now() < deadline) {
+    if (exited !== null) {
+      throw new EdrError(
+        'EDR_KAFKA_BROKER_START',
+        `the broker exited with ${exited}:\n${await tail(logFile)}`,
+      );
+    }
+    if (await answersApiVersions(port)) return;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new EdrError(
+    'EDR_KAFKA_BROKER_START',
+    `the broker did not answer on 127.0.0.1:${port} within ${timeoutMs} ms:\n${await tail(logFile)}`,
+  );
+}
+
+/**
+ * Sends a raw ApiVersions v0 request: it answers only once the broker's request handlers are up,
+ * and needs no client library (the CLI's `status` uses it too).
+ */
+export function answersApiVersions(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ port, host });
+    const done = (ok: boolean) => {
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.setTimeout(2000, () => done(false));
+    sock.on('error', () => done(false));
+    sock.on('connect', () => {
+      const clientId = Buffer.from('edr-probe');
+      const body = Buffer.alloc(2 + 2 + 4 + 2 + clientId.length);
+      body.writeInt16BE(18, 0); // api key ApiVersions
+      body.writeInt16BE(0, 2); // version 0
+      body.writeInt32BE(1, 4); // correlation id
+      body.writeInt16BE(clientId.length, 8);
+      clientId.copy(body, 10);
+      const size = Buffer.alloc(4);
+      size.writeInt32BE(body.length, 0);
+      sock.write(Buffer.concat([size, body]));
+    });
+    let got = Buffer.alloc(0);
+    sock.on('data', (chunk) => {
+      got = Buffer.concat([got, chunk]);
+      // size(4) + correlation id(4) + error code(2): 0 means the broker serves requests.
+      if (got.length >= 10) done(got.readInt32BE(4) === 1 && got.readInt16BE(8) === 0);
+    });
+  });
+}
+
+function javaArgs(dir: string, heapMb: number): string[] {
+  return [
+    `-Xmx${heapMb}m`,
+    `-Xms${Math.min(heapMb, 256)}m`,
+    '-XX:+UseG1GC',
+    '-XX:MaxGCPauseMillis=20',
+    '-Djava.awt.headless=true',
+    `-Dkafka.logs.dir=${dir}`,
+    `-Dlog4j2.configurationFile=${path.join(dir, 'log4j2.properties')}`,
+    '-cp',
+    `${libDir}/*`,
+  ];
+}
+
+export async function startBroker(opts: BrokerOptions): Promise<Broker> {
+  await fetchKafka();
+  const dir = path.resolve(opts.dir);
+  if (opts.fresh) await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true });
+  const port = opts.port || (await freePort());
+  const controllerPort = opts.controllerPort || (await freePort());
+  const heapMb = opts.heapMb ?? 512;
+  const props = path.join(dir, 'server.properties');
+  const logFile = path.join(dir, 'broker.log');
+  await writeFile(props, serverProperties(dir, port, controllerPort));
+  await writeFile(path.join(dir, 'log4j2.properties'), log4j2);
+
+  if (!existsSync(path.join(dir, 'data', 'meta.properties'))) {
+    const clusterId = randomBytes(16).toString('base64url');
+    try {
+      await run('java', [
+        ...javaArgs(dir, 256),
+        'kafka.tools.StorageTool',
+        'format',
+        '-t',
+        clusterId,
+        '-c',
+        props,
+      ]);
+    } catch (err) {
+      const out = err as { stdout?: string; stderr?: string };
+      throw new EdrError(
+        'EDR_KAFKA_BROKER_FORMAT',
+        `formatting KRaft storage failed:\n${(out.stdout ?? '') + (out.stderr ?? '')}`,
+        { cause: err },
+      );
+    }
+  }
+
+  const out = createWriteStream(path.join(dir, 'broker.out'), { flags: 'a' });
+  await new Promise((r) => out.once('open', r));
+  const child = spawn('java', [...javaArgs(dir, heapMb), 'kafka.Kafka', props], {
+    stdio: ['ignore', out, out],
+    detached: opts.detached ?? false,
+  });
+  if (child.pid === undefined) throw new EdrError('EDR_KAFKA_BROKER_START', 'could not spawn java');
+  const pid = child.pid;
+  await writeFile(path.join(dir, 'broker.pid'), `${pid}\n${port}\n`);
+  try {
+    await waitReady(port, child, logFile, 90_000);
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
+  if (opts.detached) child.unref();
+
+  let stopped: Promise<void> | undefined;
+  return {
+    brokers: [`127.0.0.1:${port}`],
+    pid,
+    logFile,
+    stop() {
+      stopped ??= stopPid(pid, child).then(() => rm(path.join(dir, 'broker.pid'), { force: true }));
+      return stopped;
+    },
+  };
+}
+
+/** SIGTERM for a clean shutdown; SIGKILL if it has not exited after 20 s. */
+async function stopPid(pid: number, child?: ChildProcess): Promise<void> {
+  const alive = () => {
+    if (child) return child.exitCode === null && child.signalCode === null;
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (!alive()) return;
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + 20_000;
+  while (alive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  if (alive()) process.kill(pid, 'SIGKILL');
+}
+
+/** The broker recorded in `dir` by a detached start, if it is still running. */
+export async function runningBroker(dir: string): Promise<{ pid: number; port: number } | undefined> {
+  try {
+    const [pidText, portText] = (await readFile(path.join(path.resolve(dir), 'broker.pid'), 'utf8')).split(
+      '\n',
+    );
+    const pid = Number(pidText);
+    const port = Number(portText);
+    process.kill(pid, 0);
+    return { pid, port };
+  } catch {
+    return undefined;
+  }
+}
+
+export async function stopRunningBroker(dir: string): Promise<boolean> {
+  const found = await runningBroker(dir);
+  if (!found) return false;
+  await stopPid(found.pid);
+  await rm(path.join(path.resolve(dir), 'broker.pid'), { force: true });
+  return true;
+}
+
+export { tail as brokerLogTail };

@@ -1,0 +1,173 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import avro from 'avsc';
+import { EdrError } from '../infra/errors.js';
+import { repoRoot } from '../infra/paths.js';
+import { sampleAlert, sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
+import {
+  Codec,
+  canonicalForm,
+  projectCodec,
+  projectSchemas,
+  rabinFingerprint,
+  type Schema,
+} from './codec.js';
+
+// Inputs, canonical forms and fingerprints from the Avro specification's test data (share/test/data/schema-tests.txt);
+// fingerprints there are signed 64-bit decimals.
+const vectors: Array<[unknown, string, string]> = [
+  ['null', '"null"', '7195948357588979594'],
+  ['boolean', '"boolean"', '-6970731678124411036'],
+  ['int', '"int"', '8247732601305521295'],
+  ['string', '"string"', '-8142146995180207161'],
+  [['int', { type: 'boolean' }], '["int","boolean"]', '5392556393470105090'],
+  [
+    { fields: [], type: 'record', name: 'foo' },
+    '{"name":"foo","type":"record","fields":[]}',
+    '-4824392279771201922',
+  ],
+  [
+    { fields: [], type: 'record', name: 'foo', namespace: 'x.y' },
+    '{"name":"x.y.foo","type":"record","fields":[]}',
+    '5916914534497305771',
+  ],
+  [
+    {
+      fields: [
+        { type: 'boolean', aliases: [], name: 'f1', default: true },
+        { order: 'descending', name: 'f2', doc: 'Hello', type: 'int' },
+      ],
+      type: 'record',
+      name: 'foo',
+    },
+    '{"name":"foo","type":"record","fields":[{"name":"f1","type":"boolean"},{"name":"f2","type":"int"}]}',
+    '-4860222112080293046',
+  ],
+  [
+    { namespace: 'x.y.z', type: 'enum', name: 'foo', doc: 'foo bar', symbols: ['A1', 'A2'] },
+    '{"name":"x.y.z.foo","type":"enum","symbols":["A1","A2"]}',
+    '-4448647247586288245',
+  ],
+  [
+    { name: 'foo', type: 'fixed', size: 15 },
+    '{"name":"foo","type":"fixed","size":15}',
+    '1756455273707447556',
+  ],
+  [{ items: { type: 'null' }, type: 'array' }, '{"type":"array","items":"null"}', '-589620603366471059'],
+  [{ values: 'string', type: 'map' }, '{"type":"map","values":"string"}', '-8732877298790414990'],
+  [
+    {
+      name: 'PigValue',
+      type: 'record',
+      fields: [{ name: 'value', type: ['null', 'int', 'long', 'PigValue'] }],
+    },
+    '{"name":"PigValue","type":"record","fields":[{"name":"value","type":["null","int","long","PigValue"]}]}',
+    '-1759257747318642341',
+  ],
+];
+
+/** avsc decodes records as instances of generated classes; compare their data only. */
+const plain = <T>(v: T): T => structuredClone(v);
+
+function expectCode(fn: () => unknown, code: string) {
+  assert.throws(fn, (err: unknown) => err instanceof EdrError && err.code === code && !err.retryable);
+}
+
+describe('CRC-64-AVRO and Parsing Canonical Form', () => {
+  for (const [input, canonical, signed] of vectors) {
+    it(`matches the specification for ${canonical}`, () => {
+      const type = avro.Type.forSchema(input as avro.Schema);
+      assert.equal(canonicalForm(type), canonical);
+      assert.equal(rabinFingerprint(Buffer.from(canonical)), BigInt.asUintN(64, BigInt(signed)));
+    });
+  }
+});
+
+describe('single-object encoding', () => {
+  const codec = projectCodec();
+
+  it('round-trips each record type, keeping 64-bit values exact', () => {
+    const event = sampleEvent({ timeNs: 1_800_000_000_123_456_789n, cgroupId: 2n ** 63n - 1n });
+    const buf = codec.encode('dev.edr.v1.ExecveEvent', event);
+    assert.deepEqual([buf[0], buf[1]], [0xc3, 0x01]);
+    assert.deepEqual(structuredClone(codec.decode(buf)), { name: 'dev.edr.v1.ExecveEvent', value: event });
+    const alert = sampleAlert();
+    assert.deepEqual(
+      plain(codec.decodeAs('dev.edr.v1.Alert', codec.encode('dev.edr.v1.Alert', alert))),
+      alert,
+    );
+    const rec = sampleCollectorRecord();
+    assert.deepEqual(
+      plain(codec.decodeAs('dev.edr.v1.CollectorRecord', codec.encode('dev.edr.v1.CollectorRecord', rec))),
+      rec,
+    );
+  });
+
+  it('writes the fingerprint of the canonical form, little-endian', () => {
+    const buf = codec.encode('dev.edr.v1.ExecveEvent', sampleEvent());
+    const [fp, canonical] = [...codec.writerSchemas()].find(([, c]) =>
+      c.includes('"dev.edr.v1.ExecveEvent"'),
+    )!;
+    assert.equal(buf.readBigUInt64LE(2), fp);
+    assert.equal(fp, rabinFingerprint(Buffer.from(canonical)));
+  });
+
+  it('rejects a value that does not match its schema, naming the field', () => {
+    const bad = { ...sampleEvent(), pid: 'nope' } as never;
+    assert.throws(
+      () => codec.encode('dev.edr.v1.ExecveEvent', bad),
+      (err: unknown) =>
+        err instanceof EdrError && err.code === 'EDR_SCHEMA_INVALID_VALUE' && /pid/.test(err.message),
+    );
+  });
+
+  it('gives typed errors for bytes it cannot read', () => {
+    const good = codec.encode('dev.edr.v1.ExecveEvent', sampleEvent());
+    expectCode(() => codec.decode(Buffer.from('{"json":true}')), 'EDR_SCHEMA_NOT_SINGLE_OBJECT');
+    expectCode(() => codec.decode(Buffer.alloc(0)), 'EDR_SCHEMA_NOT_SINGLE_OBJECT');
+    const unknown = Buffer.from(good);
+    unknown.writeBigUInt64LE(0x1234567890abcdefn, 2);
+    expectCode(() => codec.decode(unknown), 'EDR_SCHEMA_UNKNOWN_FINGERPRINT');
+    expectCode(() => codec.decode(good.subarray(0, good.length - 5)), 'EDR_SCHEMA_CORRUPT');
+    expectCode(
+      () => codec.decode(Buffer.concat([good.subarray(0, 10), Buffer.alloc(40, 0xff)])),
+      'EDR_SCHEMA_CORRUPT',
+    );
+    expectCode(() => codec.decodeAs('dev.edr.v1.Alert', good), 'EDR_SCHEMA_UNEXPECTED');
+  });
+});
+
+describe('schema evolution', () => {
+  const current = projectSchemas();
+  const eventSchema = JSON.parse(
+    readFileSync(path.join(repoRoot, 'schemas', 'execve-event.avsc'), 'utf8'),
+  ) as {
+    fields: Array<{ name: string }>;
+  };
+
+  it('reads a record from a newer writer that added an optional field', () => {
+    const newer = {
+      ...eventSchema,
+      fields: [...eventSchema.fields, { name: 'tty', type: ['null', 'string'], default: null }],
+    } as Schema;
+    const newerCodec = new Codec([newer]);
+    const event = sampleEvent();
+    const bytes = newerCodec.encode('dev.edr.v1.ExecveEvent', { ...event, tty: 'pts/3' } as never);
+    const reader = new Codec(current);
+    expectCode(() => reader.decode(bytes), 'EDR_SCHEMA_UNKNOWN_FINGERPRINT');
+    reader.addWriterSchema(newer);
+    assert.deepEqual(plain(reader.decodeAs('dev.edr.v1.ExecveEvent', bytes)), event);
+  });
+
+  it('reads a record from an older writer, filling the added field with its default', () => {
+    const older = { ...eventSchema, fields: eventSchema.fields.filter((f) => f.name !== 'sha256') } as Schema;
+    const olderCodec = new Codec([older]);
+    const { sha256: _, ...old } = sampleEvent({ sha256: 'ignored' });
+    const bytes = olderCodec.encode('dev.edr.v1.ExecveEvent', old as never);
+    const reader = new Codec(current);
+    reader.addWriterSchema(older);
+    assert.deepEqual(plain(reader.decodeAs('dev.edr.v1.ExecveEvent', bytes)), { ...old, sha256: null });
+  });
+});
