@@ -1,0 +1,173 @@
+/**
+ * End to end: the real eBPF programs see real commands. Needs root (CAP_BPF + CAP_PERFMON) and the built
+ * addon (npm run build:native). Skipped when not root, unless EDR_E2E_REQUIRED=1 (CI), where it fails.
+ */
+import assert from 'node:assert/strict';
+import { type SpawnSyncReturns, spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, realpathSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  ARGV_MAX_BYTES,
+  type ExecCapture,
+  type KernelEvent,
+  type KernelExecEvent,
+  openExecCapture,
+  reconcile,
+} from '../../native/index.js';
+
+const required = process.env.EDR_E2E_REQUIRED === '1';
+const isRoot = process.getuid?.() === 0;
+const skip = !isRoot && !required ? 'needs root for eBPF (EDR_E2E_REQUIRED=1 makes this a failure)' : false;
+
+/** A token no other process on the machine uses, so events of this run are told apart. */
+const marker = `edr-e2e-${process.pid}-${Date.now().toString(36)}`;
+
+function run(
+  file: string,
+  args: string[],
+  options: Parameters<typeof spawnSync>[2] = {},
+): SpawnSyncReturns<Buffer> {
+  const result = spawnSync(file, args, { stdio: 'ignore', ...options }) as SpawnSyncReturns<Buffer>;
+  assert.equal(result.error, undefined, `${file}: ${String(result.error)}`);
+  return result;
+}
+
+describe('eBPF exec capture', { skip }, () => {
+  let capture: ExecCapture;
+  const events: KernelEvent[] = [];
+  let pump: Promise<void>;
+  let dir: string;
+
+  before(() => {
+    if (!isRoot) {
+      assert.fail(
+        'EDR_E2E_REQUIRED=1 but this test is not running as root: the eBPF capture needs root ' +
+          '(or CAP_BPF + CAP_PERFMON); run the test suite as root in CI',
+      );
+    }
+    capture = openExecCapture({ pollTimeoutMs: 20 });
+    pump = (async () => {
+      for await (const batch of capture) events.push(...batch);
+    })();
+    dir = realpathSync(mkdtempSync(path.join(tmpdir(), 'edr-e2e-')));
+  });
+
+  after(async () => {
+    await capture?.close();
+    await pump;
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const execs = (): KernelExecEvent[] => events.filter((e): e is KernelExecEvent => e.kind === 'exec');
+
+  async function waitFor<T>(what: string, find: () => T | undefined, timeoutMs = 10_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = find();
+      if (found !== undefined) return found;
+      if (Date.now() > deadline)
+        assert.fail(`no ${what} within ${timeoutMs} ms (${events.length} events seen)`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  const execWith = (tag: string) => () => execs().find((e) => e.argv.includes(`${marker}-${tag}`));
+
+  it('captures filename, argv, ppid, cwd and uid of a command', async () => {
+    const child = run('/bin/echo', [`${marker}-plain`, 'a b', ''], { cwd: dir });
+    const ev = await waitFor('exec of /bin/echo', execWith('plain'));
+    assert.equal(ev.filename, '/bin/echo');
+    assert.deepEqual(ev.argv, ['/bin/echo', `${marker}-plain`, 'a b', '']);
+    assert.equal(ev.argvTruncated, false);
+    assert.equal(ev.argvBytes, Buffer.byteLength(`/bin/echo\0${marker}-plain\0a b\0\0`));
+    assert.equal(ev.cwd, dir);
+    assert.equal(ev.ppid, process.pid);
+    assert.equal(ev.pid, child.pid);
+    assert.equal(ev.uid, 0);
+    assert.equal(ev.comm, 'echo');
+    assert.ok(ev.cgroupId > 0n && ev.startTimeNs > 0n && ev.timeNs >= ev.startTimeNs);
+  });
+
+  it('flags argv longer than the buffer and keeps its full length', async () => {
+    const args = [`${marker}-long`];
+    for (let i = 0; i < 300; i++) args.push(`argument-${i}-${'x'.repeat(30)}`);
+    run('/bin/true', args);
+    const ev = await waitFor('exec with long argv', execWith('long'));
+    const full = ['/bin/true', ...args].reduce((n, a) => n + Buffer.byteLength(a) + 1, 0);
+    assert.ok(full > ARGV_MAX_BYTES);
+    assert.equal(ev.argvTruncated, true);
+    assert.equal(ev.argvBytes, full);
+    // Every complete argument is there, in order; the last one read may be cut.
+    const complete = ev.argv.slice(0, -1);
+    assert.deepEqual(complete, ['/bin/true', ...args].slice(0, complete.length));
+    assert.ok(complete.length > 150, `only ${complete.length} arguments kept`);
+  });
+
+  it('reports the cwd of another directory and resolves a relative filename against it', async () => {
+    const sub = path.join(dir, 'deep', 'er');
+    mkdirSync(sub, { recursive: true });
+    run('/bin/true', [`${marker}-cwd`], { cwd: sub });
+    const ev = await waitFor('exec in another cwd', execWith('cwd'));
+    assert.equal(ev.cwd, sub);
+    run('./true', [`${marker}-relative`], { cwd: '/usr/bin' });
+    const rel = await waitFor('exec of ./true', execWith('relative'));
+    assert.equal(rel.cwd, '/usr/bin');
+    assert.equal(rel.filename, '/usr/bin/true');
+  });
+
+  it('gives a grandchild its parent as ppid, with fork and exit events', async () => {
+    // `; exit 7` keeps the shell from exec'ing the last command in place: true is the shell's child.
+    const sh = run('/bin/sh', ['-c', `/bin/true ${marker}-grandchild; exit 7`]);
+    assert.equal(sh.status, 7);
+    const shell = await waitFor('exec of the shell', () =>
+      execs().find((e) => e.pid === sh.pid && e.filename === '/bin/sh'),
+    );
+    assert.equal(shell.ppid, process.pid);
+    const grandchild = await waitFor('exec of the grandchild', execWith('grandchild'));
+    assert.equal(grandchild.ppid, sh.pid);
+    const fork = await waitFor('fork of the grandchild', () =>
+      events.find((e) => e.kind === 'fork' && e.pid === grandchild.pid),
+    );
+    assert.equal(fork.ppid, sh.pid);
+    const exit = await waitFor('exit of the shell', () =>
+      events.find((e) => e.kind === 'exit' && e.pid === sh.pid),
+    );
+    assert.equal(exit.kind === 'exit' && exit.exitCode, 7 << 8);
+  });
+
+  it('captures a process that exits within a millisecond, and another uid', async () => {
+    const started = process.hrtime.bigint();
+    const child = spawn('/bin/true', [`${marker}-short`], { stdio: 'ignore', uid: 65534, gid: 65534 });
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    assert.equal(code, 0);
+    const ev = await waitFor('exec of a short-lived process', execWith('short'));
+    assert.equal(ev.pid, child.pid);
+    assert.equal(ev.uid, 65534);
+    assert.equal(ev.euid, 65534);
+    assert.equal(ev.gid, 65534);
+    const exit = await waitFor('exit of the short-lived process', () =>
+      events.find((e) => e.kind === 'exit' && e.pid === child.pid),
+    );
+    assert.ok(exit.timeNs - ev.timeNs < 1_000_000_000n, 'exit follows exec');
+    assert.ok(process.hrtime.bigint() - started < 10_000_000_000n);
+  });
+
+  it('reconciles the counters after close: seen == delivered + drops', async () => {
+    await capture.close();
+    await pump;
+    const stats = capture.stats();
+    assert.equal(stats.closed, true);
+    assert.deepEqual(reconcile(stats), { kernel: 0, queue: 0 }, JSON.stringify(stats));
+    assert.equal(stats.queued, 0);
+    assert.equal(stats.delivered, events.length);
+    assert.equal(stats.seen, stats.delivered + stats.ringDrops + stats.queueDrops, JSON.stringify(stats));
+    assert.equal(stats.execSeen + stats.forkSeen + stats.exitSeen, stats.seen);
+    assert.equal(stats.ringDrops, 0);
+    assert.equal(stats.queueDrops, 0);
+    assert.ok(stats.argvTruncated >= 1);
+    const kinds = new Set(events.map((e) => e.kind));
+    assert.deepEqual([...kinds].sort(), ['exec', 'exit', 'fork']);
+  });
+});
