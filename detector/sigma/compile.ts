@@ -1,0 +1,283 @@
+/**
+ * Rule document → compiled rule: selections become AND/OR groups of field items, the condition a tree over
+ * them, and the whole rule gets the literals an event must contain for it to possibly match (for the index).
+ */
+import { EdrError } from '../../infra/errors.js';
+import { type Condition, parseCondition } from './conditions.js';
+import type { EvalContext } from './event-view.js';
+import { atomsOf, type CompileOptions, compileFieldItem, type FieldItem, itemMatches } from './modifiers.js';
+import { fail, type Locator, type LogSource, type RuleDoc } from './parse.js';
+
+/** One selection: any of its groups matches when all the items of that group match. */
+export interface Selection {
+  name: string;
+  groups: FieldItem[][];
+}
+
+/** A literal the named field (or, with field undefined, any value of the event) must contain. */
+export interface Atom {
+  field: string | undefined;
+  literal: string;
+}
+
+/** Detection part shared by rules and filters. */
+export interface CompiledDetection {
+  selections: ReadonlyMap<string, Selection>;
+  condition: Condition;
+  /** At least one atom holds in every event the detection matches; undefined when no such set is known. */
+  requirement: Atom[] | undefined;
+  warnings: string[];
+}
+
+export interface CompiledRule extends CompiledDetection {
+  doc: RuleDoc;
+  id: string;
+  title: string;
+  level: string;
+  author: string | undefined;
+  logsource: LogSource;
+  /** Filters (Sigma filters spec) applied to this rule; each must also hold for a match. */
+  filters: CompiledDetection[];
+}
+
+/** Re-throws an EdrError with the line of `path` unless it already carries one. */
+function located<T>(at: Locator, path: readonly (string | number)[], f: () => T): T {
+  try {
+    return f();
+  } catch (err) {
+    if (err instanceof EdrError && typeof err.details['line'] !== 'number') {
+      throw new EdrError(err.code, err.message, {
+        cause: err.cause,
+        details: { ...err.details, line: at(path) },
+      });
+    }
+    throw err;
+  }
+}
+
+function compileGroup(
+  map: Record<string, unknown>,
+  path: (string | number)[],
+  at: Locator,
+  opts: CompileOptions,
+  warn: (m: string) => void,
+): FieldItem[] {
+  const keys = Object.keys(map);
+  if (keys.length === 0) fail(at, path, 'empty selection map');
+  return keys.map((k) => located(at, [...path, k], () => compileFieldItem(k, map[k], opts, warn)));
+}
+
+function compileSelection(
+  name: string,
+  value: unknown,
+  base: (string | number)[],
+  at: Locator,
+  opts: CompileOptions,
+  warn: (m: string) => void,
+): Selection {
+  const path = [...base, name];
+  const isMap = (v: unknown): v is Record<string, unknown> =>
+    typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Date);
+  if (isMap(value)) return { name, groups: [compileGroup(value, path, at, opts, warn)] };
+  if (Array.isArray(value)) {
+    if (value.length === 0) fail(at, path, `selection '${name}' is an empty list`);
+    const groups: FieldItem[][] = [];
+    const keywords: unknown[] = [];
+    value.forEach((v, i) => {
+      if (isMap(v)) groups.push(compileGroup(v, [...path, i], at, opts, warn));
+      else if (Array.isArray(v))
+        fail(at, [...path, i], `selection '${name}': a list inside a list is not Sigma`);
+      else keywords.push(v);
+    });
+    if (keywords.length > 0) {
+      groups.push([located(at, path, () => compileFieldItem('', keywords, opts, warn))]);
+    }
+    return { name, groups };
+  }
+  if (typeof value === 'string' || typeof value === 'number') {
+    return { name, groups: [[located(at, path, () => compileFieldItem('', value, opts, warn))]] };
+  }
+  return fail(
+    at,
+    path,
+    `selection '${name}' must be a map, a list of maps or a list of keywords, not ${String(value)}`,
+  );
+}
+
+// ---- requirement (for the candidate index) -------------------------------------------------------------
+
+// Fields whose values repeat across most events of a log source: poor index keys.
+const COMMON_FIELDS = new Set(['type', 'EventID', 'Channel', 'Provider_Name', 'EventType']);
+
+function cost(req: Atom[]): number {
+  let c = 0;
+  for (const a of req) c += (COMMON_FIELDS.has(a.field ?? '') ? 20 : 1) / Math.min(a.literal.length, 8) ** 2;
+  return c;
+}
+
+function best(reqs: (Atom[] | undefined)[]): Atom[] | undefined {
+  let out: Atom[] | undefined;
+  for (const r of reqs) if (r !== undefined && (out === undefined || cost(r) < cost(out))) out = r;
+  return out;
+}
+
+function union(reqs: (Atom[] | undefined)[]): Atom[] | undefined {
+  const out: Atom[] = [];
+  for (const r of reqs) {
+    if (r === undefined) return undefined;
+    out.push(...r);
+  }
+  return out;
+}
+
+function itemRequirement(item: FieldItem): Atom[] | undefined {
+  const per = item.tests.map((t) => atomsOf(t)?.map((literal) => ({ field: item.field, literal })));
+  return item.all ? best(per) : union(per);
+}
+
+function selectionRequirement(sel: Selection): Atom[] | undefined {
+  return union(sel.groups.map((g) => best(g.map(itemRequirement))));
+}
+
+function requirementOf(c: Condition, sels: ReadonlyMap<string, Selection>): Atom[] | undefined {
+  switch (c.t) {
+    case 'sel':
+      return selectionRequirement(sels.get(c.name)!);
+    case 'not':
+      return undefined;
+    case 'and':
+      return best(c.a.map((x) => requirementOf(x, sels)));
+    case 'or':
+      return union(c.a.map((x) => requirementOf(x, sels)));
+    case 'of': {
+      const reqs = c.names.map((n) => selectionRequirement(sels.get(n)!));
+      return c.min === c.names.length ? best(reqs) : union(reqs);
+    }
+  }
+}
+
+// ---- evaluation -------------------------------------------------------------------------------------------
+
+export function selectionMatches(sel: Selection, ctx: EvalContext): boolean {
+  for (const group of sel.groups) {
+    let ok = true;
+    for (const item of group) {
+      if (!itemMatches(item, ctx)) {
+        ok = false;
+        break;
+      }
+    }
+    if (ok) return true;
+  }
+  return false;
+}
+
+export function conditionMatches(
+  c: Condition,
+  sels: ReadonlyMap<string, Selection>,
+  ctx: EvalContext,
+): boolean {
+  switch (c.t) {
+    case 'sel':
+      return selectionMatches(sels.get(c.name)!, ctx);
+    case 'not':
+      return !conditionMatches(c.e, sels, ctx);
+    case 'and':
+      for (const x of c.a) if (!conditionMatches(x, sels, ctx)) return false;
+      return true;
+    case 'or':
+      for (const x of c.a) if (conditionMatches(x, sels, ctx)) return true;
+      return false;
+    case 'of': {
+      let n = 0;
+      for (const name of c.names) if (selectionMatches(sels.get(name)!, ctx) && ++n >= c.min) return true;
+      return false;
+    }
+  }
+}
+
+export function detectionMatches(d: CompiledDetection, ctx: EvalContext): boolean {
+  return conditionMatches(d.condition, d.selections, ctx);
+}
+
+export function ruleMatches(rule: CompiledRule, ctx: EvalContext): boolean {
+  if (!detectionMatches(rule, ctx)) return false;
+  for (const f of rule.filters) if (!detectionMatches(f, ctx)) return false;
+  return true;
+}
+
+/** Fields of the positively matched selections of a matched rule, for the alert. */
+export function matchedFields(rule: CompiledDetection, ctx: EvalContext): { field: string; value: string }[] {
+  const out = new Map<string, string>();
+  const visit = (c: Condition): void => {
+    if (c.t === 'not') return;
+    if (c.t === 'and' || c.t === 'or') for (const x of c.a) visit(x);
+    const names = c.t === 'sel' ? [c.name] : c.t === 'of' ? c.names : [];
+    for (const name of names) {
+      const sel = rule.selections.get(name)!;
+      const group = sel.groups.find((g) => g.every((it) => itemMatches(it, ctx)));
+      for (const item of group ?? []) {
+        for (const f of item.field === undefined ? [] : [item.field, ...item.refs]) {
+          const raw = ctx.raw(f);
+          if (raw !== undefined && !out.has(f))
+            out.set(f, typeof raw === 'string' ? raw : JSON.stringify(raw));
+        }
+      }
+    }
+  };
+  visit(rule.condition);
+  return [...out].map(([field, value]) => ({ field, value }));
+}
+
+// ---- compile ---------------------------------------------------------------------------------------------
+
+/** Compiles a detection map (`selections` + `condition`) found at `base` in the document. */
+export function compileDetection(
+  detection: Record<string, unknown>,
+  base: (string | number)[],
+  at: Locator,
+  opts: CompileOptions,
+): CompiledDetection {
+  const warnings: string[] = [];
+  const warn = (m: string): void => {
+    warnings.push(m);
+  };
+  const selections = new Map<string, Selection>();
+  for (const [name, value] of Object.entries(detection)) {
+    if (name === 'condition') continue;
+    if (name === 'timeframe') {
+      fail(
+        at,
+        [...base, name],
+        "'timeframe' in a detection is Sigma 1 syntax; write a correlation rule instead",
+      );
+    }
+    selections.set(name, compileSelection(name, value, base, at, opts, warn));
+  }
+  const cond = detection['condition'];
+  if (cond === undefined || cond === null) fail(at, base, "missing required key 'condition'");
+  const conds = Array.isArray(cond) ? cond : [cond];
+  const names = [...selections.keys()];
+  const parsed = conds.map((c, i) => {
+    if (typeof c !== 'string')
+      fail(at, [...base, 'condition'], `a condition must be a string, not ${String(c)}`);
+    const path = Array.isArray(cond) ? [...base, 'condition', i] : [...base, 'condition'];
+    return located(at, path, () => parseCondition(c as string, names));
+  });
+  const condition: Condition = parsed.length === 1 ? parsed[0]! : { t: 'or', a: parsed };
+  return { selections, condition, requirement: requirementOf(condition, selections), warnings };
+}
+
+export function compileRule(doc: RuleDoc, opts: CompileOptions = {}): CompiledRule {
+  const d = compileDetection(doc.detection, ['detection'], doc.at, opts);
+  return {
+    ...d,
+    doc,
+    id: doc.id ?? doc.title,
+    title: doc.title,
+    level: doc.level ?? 'medium',
+    author: doc.author,
+    logsource: doc.logsource,
+    filters: [],
+  };
+}

@@ -1,0 +1,198 @@
+/**
+ * The Sigma engine's public face: load a rule tree, build an engine (log source routing + candidate index),
+ * and `evaluate(engine, event)`: pure, synchronous, returning the matching rules with the fields that matched.
+ */
+import { auditdExecveFields, processCreationFields } from '../../schemas/sigma-fields.js';
+import type { ExecveEvent } from '../../schemas/types.js';
+import { CandidateIndex } from './candidate-index.js';
+import { type CompiledRule, compileRule, matchedFields, ruleMatches } from './compile.js';
+import { type CompiledCorrelation, compileCorrelation } from './correlations.js';
+import { asString, EvalContext, jsonEvent, type SigmaEvent } from './event-view.js';
+import { applyFilters, type CompiledFilter, compileFilter } from './filters.js';
+import type { CompileOptions } from './modifiers.js';
+import { type LogSource, parseRuleDir, problemOf, type RuleProblem, type SigmaDoc } from './parse.js';
+
+export type { CompiledRule } from './compile.js';
+export type { SigmaEvent } from './event-view.js';
+export type { LogSource, RuleProblem } from './parse.js';
+
+export interface RuleSet {
+  rules: CompiledRule[];
+  filters: CompiledFilter[];
+  correlations: CompiledCorrelation[];
+  /** Documents that did not compile, each with file, line and reason. */
+  problems: RuleProblem[];
+  /** Non-fatal notes per rule (unresolved placeholders, filters naming unknown rules). */
+  warnings: { file: string; line: number; id: string | undefined; message: string }[];
+}
+
+/** Compiles parsed documents; a document that fails becomes a problem, the others still compile. */
+export function compileDocs(docs: readonly SigmaDoc[], opts: CompileOptions = {}): RuleSet {
+  const set: RuleSet = { rules: [], filters: [], correlations: [], problems: [], warnings: [] };
+  const seen = new Map<string, SigmaDoc>();
+  for (const doc of docs) {
+    try {
+      if (doc.id !== undefined) {
+        const prev = seen.get(doc.id);
+        if (prev !== undefined) {
+          set.problems.push({
+            ...problemOf(doc, undefined),
+            code: 'EDR_SIGMA_DUPLICATE',
+            message: `duplicate id ${doc.id} (also ${prev.file}:${prev.line})`,
+          });
+          continue;
+        }
+        seen.set(doc.id, doc);
+      }
+      if (doc.kind === 'rule') {
+        const r = compileRule(doc, opts);
+        set.rules.push(r);
+        for (const message of r.warnings)
+          set.warnings.push({ file: doc.file, line: doc.line, id: doc.id, message });
+      } else if (doc.kind === 'filter') set.filters.push(compileFilter(doc, opts));
+      else set.correlations.push(compileCorrelation(doc));
+    } catch (err) {
+      set.problems.push(problemOf(doc, err));
+    }
+  }
+  for (const [f, refs] of applyFilters(set.rules, set.filters)) {
+    const message = `filter names rules that are not loaded: ${refs.join(', ')}`;
+    set.warnings.push({ file: f.doc.file, line: f.doc.line, id: f.doc.id, message });
+  }
+  return set;
+}
+
+/** Loads and compiles every rule under dir (a file works too). */
+export function loadRules(dir: string, opts: CompileOptions = {}): RuleSet {
+  const { docs, problems } = parseRuleDir(dir);
+  const set = compileDocs(docs, opts);
+  set.problems.unshift(...problems);
+  return set;
+}
+
+export interface MatchedField {
+  field: string;
+  value: string;
+}
+
+export interface Match {
+  rule: CompiledRule;
+  /** The log source of the view of the event that matched. */
+  logsource: LogSource;
+  fields: MatchedField[];
+}
+
+export interface EngineOptions {
+  /** Evaluate only the rules of the event's log source (default true). Off: every rule sees every event. */
+  routing?: boolean;
+  /** Use the candidate index (default true). Off: evaluate every routed rule, the naive baseline. */
+  index?: boolean;
+}
+
+interface Route {
+  rules: CompiledRule[];
+  index: CandidateIndex | undefined;
+}
+
+export interface Engine {
+  readonly rules: readonly CompiledRule[];
+  readonly options: Required<EngineOptions>;
+  /** Rules per log source, built on first use; a cache, invisible to callers. */
+  readonly routes: Map<string, Route>;
+  readonly ctx: EvalContext;
+}
+
+export function createEngine(rules: readonly CompiledRule[], options: EngineOptions = {}): Engine {
+  return {
+    rules,
+    options: { routing: options.routing ?? true, index: options.index ?? true },
+    routes: new Map(),
+    ctx: new EvalContext(),
+  };
+}
+
+/** Whether a rule is meant for events of this log source (attributes the rule leaves out are not checked). */
+export function ruleApplies(rule: LogSource, event: LogSource): boolean {
+  return (
+    rule.category === event.category &&
+    rule.service === event.service &&
+    (rule.product === undefined || rule.product === event.product)
+  );
+}
+
+function routeFor(engine: Engine, ls: LogSource): Route {
+  const key = engine.options.routing ? `${ls.product ?? ''}|${ls.category ?? ''}|${ls.service ?? ''}` : '*';
+  let route = engine.routes.get(key);
+  if (route === undefined) {
+    const rules = engine.options.routing
+      ? engine.rules.filter((r) => ruleApplies(r.logsource, ls))
+      : [...engine.rules];
+    route = { rules, index: engine.options.index ? new CandidateIndex(rules) : undefined };
+    engine.routes.set(key, route);
+  }
+  return route;
+}
+
+/** Rules matching one event view. Pure and synchronous: the same event always gives the same matches. */
+export function evaluate(engine: Engine, event: SigmaEvent): Match[] {
+  const route = routeFor(engine, event.logsource);
+  const ctx = engine.ctx.reset(event);
+  const out: Match[] = [];
+  if (route.index !== undefined) {
+    for (const i of route.index.candidates(ctx, event.fieldNames())) {
+      const rule = route.rules[i]!;
+      if (ruleMatches(rule, ctx))
+        out.push({ rule, logsource: event.logsource, fields: matchedFields(rule, ctx) });
+    }
+  } else {
+    for (const rule of route.rules) {
+      if (ruleMatches(rule, ctx))
+        out.push({ rule, logsource: event.logsource, fields: matchedFields(rule, ctx) });
+    }
+  }
+  return out;
+}
+
+export const PROCESS_CREATION: LogSource = { product: 'linux', category: 'process_creation' };
+export const AUDITD: LogSource = { product: 'linux', service: 'auditd' };
+
+const PC_FIELDS = Object.keys(processCreationFields);
+
+/** An execve event seen as Sysmon-style process_creation, through the one field table. */
+export function processCreationEvent(e: ExecveEvent): SigmaEvent {
+  const cache = new Map<string, unknown>();
+  const get = (field: string): unknown => {
+    if (cache.has(field)) return cache.get(field);
+    const v = processCreationFields[field]?.(e);
+    cache.set(field, v);
+    return v;
+  };
+  let names: string[] | undefined;
+  let values: string[] | undefined;
+  return {
+    logsource: PROCESS_CREATION,
+    get,
+    fieldNames: () => {
+      names ??= PC_FIELDS.filter((f) => get(f) != null);
+      return names;
+    },
+    values: () => {
+      values ??= PC_FIELDS.map((f) => asString(get(f))).filter((s): s is string => s !== undefined);
+      return values;
+    },
+  };
+}
+
+/** An execve event seen as an auditd EXECVE record (`type`, `a0`, `a1`, ...). */
+export function auditdEvent(e: ExecveEvent): SigmaEvent {
+  return jsonEvent(auditdExecveFields(e), AUDITD);
+}
+
+/** Both views of an execve event, so process_creation and auditd execve rules see it. */
+export function execveViews(e: ExecveEvent): SigmaEvent[] {
+  return [processCreationEvent(e), auditdEvent(e)];
+}
+
+export function evaluateExecve(engine: Engine, e: ExecveEvent): Match[] {
+  return [...evaluate(engine, processCreationEvent(e)), ...evaluate(engine, auditdEvent(e))];
+}
