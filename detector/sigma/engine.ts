@@ -67,6 +67,7 @@ export function loadRules(dir: string, opts: CompileOptions = {}): RuleSet {
   const { docs, problems } = parseRuleDir(dir);
   const set = compileDocs(docs, opts);
   set.problems.unshift(...problems);
+  set.problems.sort((a, b) => (a.file === b.file ? a.line - b.line : a.file < b.file ? -1 : 1));
   return set;
 }
 

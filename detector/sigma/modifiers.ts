@@ -736,7 +736,8 @@ export function compileFieldItem(
     }
     return seen.has('neq') ? negate(t) : t;
   });
-  return { field, key, tests, all, refs };
+  // "Different from each value": a neq list is ANDed, else it would hold for any field with two values.
+  return { field, key, tests, all: all || seen.has('neq'), refs };
 }
 
 /** Whether an item matches the event (no recording). */
