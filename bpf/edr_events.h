@@ -18,8 +18,8 @@
 #define EDR_PATH_MAX 4096
 /* Longest single path component (NAME_MAX + NUL). */
 #define EDR_NAME_MAX 256
-/* Deepest cwd the in-kernel dentry walk follows; deeper paths keep their last components and set
- * EDR_F_CWD_TRUNCATED. */
+/* Deepest path (cwd, exe) the in-kernel dentry walk follows; deeper paths keep their last components
+ * and set EDR_F_CWD_TRUNCATED / EDR_F_EXE_TRUNCATED. */
 #define EDR_PATH_DEPTH_MAX 64
 
 enum edr_event_kind {
@@ -36,7 +36,13 @@ enum edr_event_flags {
 	EDR_F_CWD_READ_ERROR = 1 << 3,     /* a cwd component could not be read */
 	EDR_F_FILENAME_TRUNCATED = 1 << 4, /* filename longer than EDR_PATH_MAX */
 	EDR_F_FILENAME_READ_ERROR = 1 << 5,
+	EDR_F_EXE_TRUNCATED = 1 << 6,      /* exe path deeper or longer than the walk allows */
+	EDR_F_EXE_READ_ERROR = 1 << 7,
 };
+
+#define EDR_F_READ_ERRORS \
+	(EDR_F_ARGV_READ_ERROR | EDR_F_CWD_READ_ERROR | EDR_F_FILENAME_READ_ERROR | EDR_F_EXE_READ_ERROR)
+#define EDR_F_PATH_TRUNCATED (EDR_F_CWD_TRUNCATED | EDR_F_FILENAME_TRUNCATED | EDR_F_EXE_TRUNCATED)
 
 /*
  * One ring buffer record. Fork and exit records are exactly sizeof(struct edr_event); exec records
@@ -45,6 +51,8 @@ enum edr_event_flags {
  *             against cwd when relative)
  *   cwd       cwd_len bytes: the path components leaf first, each NUL-terminated (the kernel walks
  *             from the leaf up; user space reverses them, so the BPF side keeps no second buffer)
+ *   exe       exe_len bytes: the executed file (mm->exe_file: symlinks resolved, the interpreter
+ *             for a script), components leaf first like cwd
  *   argv      argv_len bytes copied from arg_start (NUL-separated arguments)
  */
 struct edr_event {
@@ -67,6 +75,8 @@ struct edr_event {
 	unsigned int cwd_len;
 	unsigned int argv_len;      /* bytes of argv in data */
 	unsigned int argv_full_len; /* arg_end - arg_start: the full argv length, even when truncated */
+	unsigned int exe_len;
+	unsigned int reserved; /* keeps data 8-byte aligned */
 	char comm[EDR_COMM_LEN];
 	char data[];
 };
@@ -79,7 +89,7 @@ enum edr_counter {
 	EDR_C_FORK_SEEN,
 	EDR_C_EXIT_SEEN,
 	EDR_C_ARGV_TRUNCATED,     /* exec records with EDR_F_ARGV_TRUNCATED */
-	EDR_C_CWD_TRUNCATED,
+	EDR_C_PATH_TRUNCATED,     /* exec records with a truncated filename, cwd or exe path */
 	EDR_C_READ_ERRORS,        /* exec records with any *_READ_ERROR flag */
 	EDR_C_MAX,
 };

@@ -14,8 +14,8 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Bytes of exec data a record can carry: filename, then cwd, then argv, each at most its maximum. */
-#define EDR_DATA_MAX (EDR_PATH_MAX + EDR_PATH_MAX + EDR_ARGV_MAX)
+/* Bytes of exec data a record can carry: filename, cwd, exe, then argv, each at most its maximum. */
+#define EDR_DATA_MAX (3 * EDR_PATH_MAX + EDR_ARGV_MAX)
 
 /* Per-CPU scratch: exec records are built here and copied to the ring with their actual size, so
  * the ring holds what was read, not the 16 KiB maximum. */
@@ -41,6 +41,19 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+/* Set by user space before load: wake the drain thread only once this many bytes wait in the ring,
+ * so a storm costs one wake-up per batch, not per record; the drain's poll timeout bounds the delay
+ * of a lone event. 0 wakes as soon as the drain thread has caught up (lowest latency). */
+const volatile __u32 wakeup_bytes = 0;
+
+static __always_inline __u64 wakeup_flags(void)
+{
+	if (!wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									       : BPF_RB_NO_WAKEUP;
+}
 
 static __always_inline void count(__u32 idx)
 {
@@ -78,22 +91,26 @@ static __always_inline void fill_common(struct edr_event *e, struct task_struct 
 	e->flags = 0;
 	e->filename_len = 0;
 	e->cwd_len = 0;
+	e->exe_len = 0;
+	e->reserved = 0;
 	e->argv_len = 0;
 	e->argv_full_len = 0;
 	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), BPF_CORE_READ(t, comm));
 }
 
-/* State of the cwd walk, one path component per bpf_loop step. */
+/* State of a path walk (cwd, exe), one path component per bpf_loop step. */
 struct edr_walk {
 	struct dentry *dentry;
 	struct vfsmount *vfsmnt;
 	struct mount *mnt;
 	struct dentry *root_dentry;
 	struct vfsmount *root_mnt;
-	__u32 base; /* where the cwd starts in the scratch data */
-	__u32 off;  /* bytes of cwd written so far */
+	__u32 base; /* where the path starts in the scratch data */
+	__u32 off;  /* bytes of path written so far */
 	__u32 flags;
 	__u32 done;
+	__u32 trunc_flag; /* what to set in flags when the path does not fit */
+	__u32 err_flag;   /* what to set when a component cannot be read */
 };
 
 /* One step up the dentry chain. bpf_loop keeps the verifier's work to one step, where an unrolled
@@ -128,8 +145,8 @@ static long walk_step(__u32 index, void *arg)
 		w->vfsmnt = (void *)mnt_parent + bpf_core_field_offset(struct mount, mnt);
 		return 0;
 	}
-	if (base > EDR_PATH_MAX || off > EDR_PATH_MAX - EDR_NAME_MAX) {
-		w->flags |= EDR_F_CWD_TRUNCATED;
+	if (base > 2 * EDR_PATH_MAX || off > EDR_PATH_MAX - EDR_NAME_MAX) {
+		w->flags |= w->trunc_flag;
 		w->done = 1;
 		return 1;
 	}
@@ -139,7 +156,7 @@ static long walk_step(__u32 index, void *arg)
 	n = bpf_probe_read_kernel_str(s->buf + sizeof(struct edr_event) + base + off, EDR_NAME_MAX,
 				      BPF_CORE_READ(dentry, d_name.name));
 	if (n <= 0) {
-		w->flags |= EDR_F_CWD_READ_ERROR;
+		w->flags |= w->err_flag;
 		w->done = 1;
 		return 1;
 	}
@@ -149,27 +166,33 @@ static long walk_step(__u32 index, void *arg)
 }
 
 /*
- * Writes the cwd into the scratch data at base (at most EDR_PATH_MAX bytes), leaf component first,
- * each NUL-terminated, stopping at the task's root or the global root and crossing mount points.
- * Returns the bytes written; sets truncation/error flags in *flags.
+ * Writes the path of (mnt, dentry) into the scratch data at base (at most EDR_PATH_MAX bytes), leaf
+ * component first, each NUL-terminated, up to the task's root or the global root, crossing mount
+ * points. Returns the bytes written; sets trunc_flag / err_flag in *flags.
  */
-static __always_inline __u32 read_cwd(struct task_struct *t, __u32 base, __u32 *flags)
+static __always_inline __u32 read_path(struct fs_struct *fs, struct vfsmount *vfsmnt, struct dentry *dentry,
+				       __u32 base, __u32 trunc_flag, __u32 err_flag, __u32 *flags)
 {
-	struct fs_struct *fs = BPF_CORE_READ(t, fs);
 	struct edr_walk w = {
-		.dentry = BPF_CORE_READ(fs, pwd.dentry),
-		.vfsmnt = BPF_CORE_READ(fs, pwd.mnt),
+		.dentry = dentry,
+		.vfsmnt = vfsmnt,
 		.root_dentry = BPF_CORE_READ(fs, root.dentry),
 		.root_mnt = BPF_CORE_READ(fs, root.mnt),
 		.base = base,
+		.trunc_flag = trunc_flag,
+		.err_flag = err_flag,
 	};
 
-	w.mnt = (void *)w.vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	if (!dentry || !vfsmnt) {
+		*flags |= err_flag;
+		return 0;
+	}
+	w.mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
 	bpf_loop(EDR_PATH_DEPTH_MAX, walk_step, &w, 0);
 	if (!w.done)
-		w.flags |= EDR_F_CWD_TRUNCATED;
+		w.flags |= trunc_flag;
 	*flags |= w.flags;
-	return w.off;
+	return w.off > EDR_PATH_MAX ? EDR_PATH_MAX : w.off;
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -180,7 +203,9 @@ int BPF_PROG(edr_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm
 	struct edr_event *e;
 	struct mm_struct *mm;
 	unsigned long arg_start, arg_end, full;
-	__u32 flen, clen, alen, flags = 0;
+	struct fs_struct *fs;
+	struct file *exe;
+	__u32 flen, clen, xlen, alen, flags = 0;
 	char *data;
 	long n;
 
@@ -205,12 +230,21 @@ int BPF_PROG(edr_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm
 	if (flen > EDR_PATH_MAX) /* for the verifier: keeps the cwd offset bounded */
 		flen = EDR_PATH_MAX;
 
-	clen = read_cwd(p, flen, &flags);
+	fs = BPF_CORE_READ(p, fs);
+	clen = read_path(fs, BPF_CORE_READ(fs, pwd.mnt), BPF_CORE_READ(fs, pwd.dentry), flen, EDR_F_CWD_TRUNCATED,
+			 EDR_F_CWD_READ_ERROR, &flags);
 	if (clen > EDR_PATH_MAX)
 		clen = EDR_PATH_MAX;
 
-	/* argv from the new image: exec has just copied it there, so the pages are present. */
+	/* exe: the file the new image runs, as the kernel resolved it (what /proc/PID/exe shows). */
 	mm = BPF_CORE_READ(p, mm);
+	exe = BPF_CORE_READ(mm, exe_file);
+	xlen = read_path(fs, BPF_CORE_READ(exe, f_path.mnt), BPF_CORE_READ(exe, f_path.dentry), flen + clen,
+			 EDR_F_EXE_TRUNCATED, EDR_F_EXE_READ_ERROR, &flags);
+	if (xlen > EDR_PATH_MAX)
+		xlen = EDR_PATH_MAX;
+
+	/* argv from the new image: exec has just copied it there, so the pages are present. */
 	arg_start = BPF_CORE_READ(mm, arg_start);
 	arg_end = BPF_CORE_READ(mm, arg_end);
 	full = arg_end > arg_start ? arg_end - arg_start : 0;
@@ -218,7 +252,7 @@ int BPF_PROG(edr_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm
 	if (full > EDR_ARGV_MAX)
 		flags |= EDR_F_ARGV_TRUNCATED;
 	if (alen > 0 && alen <= EDR_ARGV_MAX) {
-		if (bpf_probe_read_user(data + flen + clen, alen, (const void *)arg_start) < 0) {
+		if (bpf_probe_read_user(data + flen + clen + xlen, alen, (const void *)arg_start) < 0) {
 			flags |= EDR_F_ARGV_READ_ERROR;
 			alen = 0;
 		}
@@ -229,19 +263,20 @@ int BPF_PROG(edr_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm
 	e->flags = flags;
 	e->filename_len = flen;
 	e->cwd_len = clen;
+	e->exe_len = xlen;
 	e->argv_len = alen;
 	e->argv_full_len = full > 0xffffffffUL ? 0xffffffffU : full;
-	e->size = sizeof(*e) + flen + clen + alen;
+	e->size = sizeof(*e) + flen + clen + xlen + alen;
 	if (flags & EDR_F_ARGV_TRUNCATED)
 		count(EDR_C_ARGV_TRUNCATED);
-	if (flags & EDR_F_CWD_TRUNCATED)
-		count(EDR_C_CWD_TRUNCATED);
-	if (flags & (EDR_F_ARGV_READ_ERROR | EDR_F_CWD_READ_ERROR | EDR_F_FILENAME_READ_ERROR))
+	if (flags & EDR_F_PATH_TRUNCATED)
+		count(EDR_C_PATH_TRUNCATED);
+	if (flags & EDR_F_READ_ERRORS)
 		count(EDR_C_READ_ERRORS);
 
 	if (e->size > sizeof(*s)) /* never true; tells the verifier the copy stays in the scratch */
 		return 0;
-	if (bpf_ringbuf_output(&events, s, e->size, 0))
+	if (bpf_ringbuf_output(&events, s, e->size, wakeup_flags()))
 		count(EDR_C_RING_DROPS);
 	return 0;
 }
@@ -262,7 +297,7 @@ int BPF_PROG(edr_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	}
 	fill_common(e, child, EDR_EVENT_FORK);
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 
@@ -283,6 +318,6 @@ int BPF_PROG(edr_exit, struct task_struct *p)
 	}
 	fill_common(e, p, EDR_EVENT_EXIT);
 	e->exit_code = BPF_CORE_READ(p, exit_code);
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }

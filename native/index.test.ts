@@ -9,6 +9,7 @@ describe('resolveOptions', () => {
     assert.equal(o.ringBufferBytes, 8 * 1024 * 1024);
     assert.equal(o.queueMaxEvents, 65536);
     assert.equal(o.batchMaxEvents, 1024);
+    assert.equal(o.wakeupBytes, 0);
   });
 
   it('keeps valid values', () => {
@@ -19,8 +20,9 @@ describe('resolveOptions', () => {
     const table: Array<[Record<string, unknown>, RegExp]> = [
       [{ ringBufferBytes: 3000 }, /ringBufferBytes must be a power of two/],
       [{ ringBufferBytes: 6 * 4096 }, /power of two/],
-      [{ queueMaxEvents: 0 }, /queueMaxEvents must be a positive integer/],
+      [{ queueMaxEvents: 0 }, /queueMaxEvents must be an integer from 1/],
       [{ batchMaxEvents: 1.5 }, /batchMaxEvents/],
+      [{ wakeupBytes: -1 }, /wakeupBytes must be an integer from 0/],
     ];
     for (const [options, pattern] of table) {
       assert.throws(
@@ -68,7 +70,7 @@ describe('reconcile', () => {
     ringDrops: 5,
     kernelMisses: 0,
     argvTruncated: 1,
-    cwdTruncated: 0,
+    pathTruncated: 0,
     readErrors: 0,
     received: 95,
     queueDrops: 10,

@@ -45,6 +45,8 @@ export interface KernelExecEvent extends KernelEventBase {
   kind: 'exec';
   /** The path given to execve, made absolute against cwd when relative (symlinks not resolved). */
   filename: string;
+  /** The file the kernel runs, symlinks resolved (as /proc/PID/exe): for a script, its interpreter. */
+  exePath: string;
   /** argv of the new image; when truncated, the last element is cut where the buffer ended. */
   argv: string[];
   /** argv was longer than `ARGV_MAX_BYTES`. */
@@ -56,6 +58,7 @@ export interface KernelExecEvent extends KernelEventBase {
   /** cwd deeper or longer than the walk allows: `cwd` holds its last components. */
   cwdTruncated: boolean;
   filenameTruncated: boolean;
+  exePathTruncated: boolean;
   /** Some part (filename, cwd or argv) could not be read: it is empty or partial. */
   readError: boolean;
 }
@@ -84,8 +87,12 @@ export interface ExecCaptureOptions {
   queueMaxBytes?: number;
   /** Most events in one batch yielded to JavaScript. Default 1024. */
   batchMaxEvents?: number;
-  /** How long the drain thread blocks in one ring buffer poll. Default 100 ms. */
+  /** How long the drain thread blocks in one ring buffer poll; with `wakeupBytes`, the most a lone
+   * event waits. Default 100 ms. */
   pollTimeoutMs?: number;
+  /** Wake the drain thread only once this many bytes wait in the ring (cheaper under an exec storm,
+   * later by up to `pollTimeoutMs` when quiet); 0 wakes it for every record. Default 0. */
+  wakeupBytes?: number;
   /** Aborting closes the capture. */
   signal?: AbortSignal;
 }
@@ -103,7 +110,8 @@ export interface ExecCaptureStats {
   /** Program runs the kernel skipped (re-entry on a CPU while preempted): not in `seen`. */
   kernelMisses: number;
   argvTruncated: number;
-  cwdTruncated: number;
+  /** Exec records with a truncated filename, cwd or exe path. */
+  pathTruncated: number;
   readErrors: number;
   /** Records the drain thread read from the ring. */
   received: number;
@@ -134,6 +142,7 @@ const DEFAULTS = {
   queueMaxBytes: 64 * 1024 * 1024,
   batchMaxEvents: 1024,
   pollTimeoutMs: 100,
+  wakeupBytes: 0,
 } as const;
 
 type NativeOptions = { -readonly [K in keyof typeof DEFAULTS]: number };
@@ -145,8 +154,9 @@ export function resolveOptions(options: ExecCaptureOptions = {}): NativeOptions 
   for (const key of Object.keys(DEFAULTS) as (keyof NativeOptions)[]) {
     const value = options[key];
     if (value === undefined) continue;
-    if (!Number.isInteger(value) || value < 1 || value > 0xffffffff) {
-      problems.push(`${key} must be a positive integer below 2^32, got ${String(value)}`);
+    const min = key === 'wakeupBytes' ? 0 : 1;
+    if (!Number.isInteger(value) || value < min || value > 0xffffffff) {
+      problems.push(`${key} must be an integer from ${min} to 2^32 - 1, got ${String(value)}`);
       continue;
     }
     out[key] = value;

@@ -98,8 +98,8 @@ std::string MissingPrivilege() {
 
 std::string CString(const char* p, size_t max) { return std::string(p, strnlen(p, max)); }
 
-// cwd arrives leaf first ("b\0a\0" for /a/b): reverse the components.
-std::string DecodeCwd(const char* p, size_t len) {
+// Paths arrive leaf first ("b\0a\0" for /a/b): reverse the components.
+std::string DecodeLeafFirst(const char* p, size_t len) {
   std::vector<std::string> parts;
   size_t i = 0;
   while (i < len) {
@@ -171,17 +171,19 @@ Napi::Object Decode(Napi::Env env, const uint8_t* rec, size_t size) {
     size_t avail = size - sizeof(edr_event);
     size_t flen = std::min<size_t>(ev.filename_len, avail);
     size_t clen = std::min<size_t>(ev.cwd_len, avail - flen);
-    size_t alen = std::min<size_t>(ev.argv_len, avail - flen - clen);
-    std::string cwd = DecodeCwd(data + flen, clen);
+    size_t xlen = std::min<size_t>(ev.exe_len, avail - flen - clen);
+    size_t alen = std::min<size_t>(ev.argv_len, avail - flen - clen - xlen);
+    std::string cwd = DecodeLeafFirst(data + flen, clen);
     o.Set("filename", ResolveFilename(CString(data, flen), cwd));
+    o.Set("exePath", DecodeLeafFirst(data + flen + clen, xlen));
     o.Set("cwd", cwd);
-    o.Set("argv", DecodeArgv(env, data + flen + clen, alen));
+    o.Set("argv", DecodeArgv(env, data + flen + clen + xlen, alen));
     o.Set("argvTruncated", (ev.flags & EDR_F_ARGV_TRUNCATED) != 0);
     o.Set("argvBytes", ev.argv_full_len);
     o.Set("cwdTruncated", (ev.flags & EDR_F_CWD_TRUNCATED) != 0);
     o.Set("filenameTruncated", (ev.flags & EDR_F_FILENAME_TRUNCATED) != 0);
-    o.Set("readError", (ev.flags & (EDR_F_ARGV_READ_ERROR | EDR_F_CWD_READ_ERROR |
-                                    EDR_F_FILENAME_READ_ERROR)) != 0);
+    o.Set("exePathTruncated", (ev.flags & EDR_F_EXE_TRUNCATED) != 0);
+    o.Set("readError", (ev.flags & EDR_F_READ_ERRORS) != 0);
   }
   return o;
 }
@@ -286,6 +288,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
     shared_->max_bytes = OptU32(opts, "queueMaxBytes", 64u << 20);
     shared_->batch_max_events = std::max<uint32_t>(1, OptU32(opts, "batchMaxEvents", 1024));
     poll_ms_ = OptU32(opts, "pollTimeoutMs", 100);
+    uint32_t wakeup_bytes = OptU32(opts, "wakeupBytes", 0);
     long page = sysconf(_SC_PAGESIZE);
     if (ring_bytes < static_cast<uint32_t>(page) || (ring_bytes & (ring_bytes - 1)) != 0)
       throw CodedError(env, "EDR_NATIVE_OPTIONS",
@@ -314,6 +317,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
     libbpf_set_print(LibbpfPrint);
     skel_ = edr_exec__open();
     if (!skel_) Fail(env, "EDR_NATIVE_LOAD", "opening the BPF object failed", errno);
+    skel_->rodata->wakeup_bytes = std::min(wakeup_bytes, ring_bytes / 2);  // never wait for a full ring
     int err = bpf_map__set_max_entries(skel_->maps.events, ring_bytes);
     if (err) Fail(env, "EDR_NATIVE_LOAD", "sizing the ring buffer failed", -err);
     err = edr_exec__load(skel_);
@@ -438,7 +442,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
     num("ringDrops", kernel_[EDR_C_RING_DROPS]);
     num("kernelMisses", kernel_misses_);
     num("argvTruncated", kernel_[EDR_C_ARGV_TRUNCATED]);
-    num("cwdTruncated", kernel_[EDR_C_CWD_TRUNCATED]);
+    num("pathTruncated", kernel_[EDR_C_PATH_TRUNCATED]);
     num("readErrors", kernel_[EDR_C_READ_ERRORS]);
     num("received", shared_->received.load());
     num("queueDrops", shared_->queue_drops.load());

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { type SpawnSyncReturns, spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, realpathSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -84,6 +84,7 @@ describe('eBPF exec capture', { skip: !isRoot }, () => {
     const child = run('/bin/echo', [`${marker}-plain`, 'a b', ''], { cwd: dir });
     const ev = await waitFor('exec of /bin/echo', execWith('plain'));
     assert.equal(ev.filename, '/bin/echo');
+    assert.equal(ev.exePath, realpathSync('/bin/echo'));
     assert.deepEqual(ev.argv, ['/bin/echo', `${marker}-plain`, 'a b', '']);
     assert.equal(ev.argvTruncated, false);
     assert.equal(ev.argvBytes, Buffer.byteLength(`/bin/echo\0${marker}-plain\0a b\0\0`));
@@ -120,6 +121,17 @@ describe('eBPF exec capture', { skip: !isRoot }, () => {
     const rel = await waitFor('exec of ./true', execWith('relative'));
     assert.equal(rel.cwd, '/usr/bin');
     assert.equal(rel.filename, '/usr/bin/true');
+    assert.equal(rel.exePath, realpathSync('/usr/bin/true'));
+  });
+
+  it('reports a script by its path and its interpreter as exePath', async () => {
+    const script = path.join(dir, 'script.sh');
+    writeFileSync(script, '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+    run(script, [`${marker}-script`]);
+    const ev = await waitFor('exec of a script', execWith('script'));
+    assert.equal(ev.filename, script);
+    assert.equal(ev.exePath, realpathSync('/bin/sh'));
+    assert.deepEqual(ev.argv, ['/bin/sh', script, `${marker}-script`]);
   });
 
   it('gives a grandchild its parent as ppid, with fork and exit events', async () => {
