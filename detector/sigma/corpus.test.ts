@@ -1,0 +1,340 @@
+/**
+ * The SigmaHQ corpus (../shared/sigma beside the repository; never copied into it): every active rule must
+ * compile, the old-syntax ones must fail cleanly, and each linux process_creation rule must fire on an event
+ * built from its own detection and stay silent on a near miss of that event.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import type { ExecveEvent } from '../../schemas/types.js';
+import type { Condition } from './conditions.js';
+import { type CompiledRule, createEngine, evaluateExecve, loadRules } from './engine.js';
+import { parseSigmaString } from './modifiers.js';
+import { execveEvent, prng } from './sample-events.js';
+
+function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('package.json not found above the test');
+    dir = up;
+  }
+  return dir;
+}
+
+const SIGMA = resolve(repoRoot(), '..', 'shared', 'sigma');
+const ACTIVE = [
+  'rules',
+  'rules-emerging-threats',
+  'rules-threat-hunting',
+  'rules-placeholder',
+  'rules-compliance',
+];
+
+describe('SigmaHQ corpus', () => {
+  it('is present beside the repository', () => {
+    assert.ok(existsSync(join(SIGMA, 'rules')), `expected the SigmaHQ corpus at ${SIGMA}`);
+  });
+
+  const sets = ACTIVE.map((d) => ({ dir: d, set: loadRules(join(SIGMA, d)) }));
+
+  it('compiles every active rule (3,780), naming each that does not', () => {
+    const failed = sets.flatMap(({ dir, set }) =>
+      set.problems.map((p) => `${dir}/${p.file}:${p.line}: ${p.message}`),
+    );
+    assert.deepEqual(failed, []);
+    const total = sets.reduce(
+      (n, { set }) => n + set.rules.length + set.correlations.length + set.filters.length,
+      0,
+    );
+    assert.equal(total, 3780);
+  });
+
+  for (const dir of ['deprecated', 'unsupported']) {
+    it(`loads ${dir}/ without crashing; each failure has a file, a line and a reason`, () => {
+      const set = loadRules(join(SIGMA, dir));
+      assert.ok(set.rules.length > 0);
+      for (const p of set.problems) {
+        assert.ok(p.file.endsWith('.yml') && p.line > 0 && p.message.length > 10, JSON.stringify(p));
+        assert.notEqual(p.code, 'EDR_SIGMA_INTERNAL', `${p.file}:${p.line}: ${p.message}`);
+      }
+    });
+  }
+
+  const all = sets.flatMap(({ dir, set }) => set.rules.map((r) => ({ dir, rule: r })));
+  const linuxPc = all.filter(
+    ({ rule: r }) => r.logsource.product === 'linux' && r.logsource.category === 'process_creation',
+  );
+  it('has the 144 linux process_creation rules', () => assert.equal(linuxPc.length, 144));
+
+  const engine = createEngine(linuxPc.map((x) => x.rule));
+  describe('each linux process_creation rule fires on a matching event and not on a near miss', () => {
+    for (const { dir, rule } of linuxPc) {
+      it(`${rule.title} (${dir}/${rule.doc.file})`, () => {
+        const fires = (e: ExecveEvent) => evaluateExecve(engine, e).some((m) => m.rule === rule);
+        const found = findMatchingEvent(rule, fires);
+        assert.ok(found, `no generated event makes '${rule.title}' fire`);
+        const miss = findNearMiss(found, fires);
+        assert.ok(miss, `every near miss of the matching event still fires '${rule.title}'`);
+      });
+    }
+  });
+});
+
+// ---- building events from a rule's detection ---------------------------------------------------------------
+
+interface Fragment {
+  field: string;
+  kind: 'exact' | 'starts' | 'ends' | 'contains';
+  text: string;
+}
+
+/** A string the regular expression matches (first alternative, minimal repetitions), good enough to try. */
+export function sampleRegex(src: string): string {
+  const alts = splitTop(src, '|');
+  let s = alts[0] ?? '';
+  if (s.startsWith('(?i)')) s = s.slice(4);
+  let out = '';
+  let last = '';
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    let atom: string;
+    if (c === '(') {
+      const end = closing(s, i);
+      let inner = s.slice(i + 1, end);
+      if (inner.startsWith('?:') || inner.startsWith('?i')) inner = inner.slice(2);
+      atom = sampleRegex(inner);
+      i = end;
+    } else if (c === '[') {
+      let j = i + 1;
+      const neg = s[j] === '^';
+      if (neg) j++;
+      let end = j + 1;
+      while (end < s.length && s[end] !== ']') end += s[end] === '\\' ? 2 : 1;
+      const body = s.slice(j, end);
+      atom = neg
+        ? body.includes('Q')
+          ? '%'
+          : 'Q'
+        : body.startsWith('\\')
+          ? escapeSample(body[1]!)
+          : body[0]!;
+      i = end;
+    } else if (c === '\\') {
+      atom = escapeSample(s[i + 1]!);
+      i++;
+    } else if (c === '.') atom = 'a';
+    else if (c === '^' || c === '$') atom = '';
+    else if (c === '*' || c === '?') {
+      out = out.slice(0, out.length - last.length);
+      last = '';
+      if (s[i + 1] === '?') i++;
+      continue;
+    } else if (c === '+') {
+      if (s[i + 1] === '?') i++;
+      continue;
+    } else if (c === '{') {
+      const end = s.indexOf('}', i);
+      const n = Number(s.slice(i + 1, end).split(',')[0]);
+      out = out.slice(0, out.length - last.length) + last.repeat(n);
+      i = end;
+      continue;
+    } else atom = c;
+    out += atom;
+    last = atom;
+  }
+  return out;
+}
+
+function escapeSample(c: string): string {
+  return (
+    ({ d: '1', w: 'a', s: ' ', b: '', S: 'a', W: ' ', D: 'a', t: '\t', n: '\n' } as Record<string, string>)[
+      c
+    ] ?? c
+  );
+}
+
+function closing(s: string, open: number): number {
+  let depth = 0;
+  for (let i = open; i < s.length; i++) {
+    if (s[i] === '\\') i++;
+    else if (s[i] === '(') depth++;
+    else if (s[i] === ')' && --depth === 0) return i;
+  }
+  return s.length;
+}
+
+function splitTop(s: string, sep: string): string[] {
+  const out: string[] = [];
+  let depth = 0;
+  let cur = '';
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    if (c === '\\') {
+      cur += c + (s[i + 1] ?? '');
+      i++;
+      continue;
+    }
+    if (c === '(' || c === '[') depth++;
+    if (c === ')' || c === ']') depth--;
+    if (c === sep && depth === 0) {
+      out.push(cur);
+      cur = '';
+    } else cur += c;
+  }
+  out.push(cur);
+  return out;
+}
+
+function plain(value: unknown): string {
+  return parseSigmaString(String(value))
+    .map((p) => (p.t === 'lit' ? p.s : p.t === 'one' ? 'x' : ''))
+    .join('');
+}
+
+function fragmentsOf(key: string, value: unknown, rnd: () => number): Fragment[] | undefined {
+  const [field = '', ...mods] = key.split('|');
+  if (field === '' || value === null) return value === null ? [] : undefined;
+  const values = Array.isArray(value) ? value : [value];
+  const chosen = mods.includes('all') ? values : [values[Math.floor(rnd() * values.length)]];
+  const kind: Fragment['kind'] = mods.includes('contains')
+    ? 'contains'
+    : mods.includes('startswith')
+      ? 'starts'
+      : mods.includes('endswith')
+        ? 'ends'
+        : 'exact';
+  return chosen.map((v) => {
+    if (mods.includes('re')) {
+      const src = String(v);
+      const text = sampleRegex(src);
+      return { field, kind: src.startsWith('^') ? 'starts' : 'contains', text };
+    }
+    if (mods.includes('base64offset') || mods.includes('base64')) {
+      return { field, kind, text: Buffer.from(plain(v)).toString('base64') };
+    }
+    return { field, kind, text: plain(v) };
+  });
+}
+
+/** Picks which selections are true and which false so the condition holds (random among the choices). */
+function plan(c: Condition, want: boolean, rnd: () => number, out: Map<string, boolean>): boolean {
+  const pick = <T>(xs: T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+  const set = (name: string, v: boolean): boolean => {
+    if (out.has(name) && out.get(name) !== v) return false;
+    out.set(name, v);
+    return true;
+  };
+  switch (c.t) {
+    case 'sel':
+      return set(c.name, want);
+    case 'not':
+      return plan(c.e, !want, rnd, out);
+    case 'and':
+      return want ? c.a.every((x) => plan(x, true, rnd, out)) : plan(pick(c.a), false, rnd, out);
+    case 'or':
+      return want ? plan(pick(c.a), true, rnd, out) : c.a.every((x) => plan(x, false, rnd, out));
+    case 'of': {
+      const names = [...c.names].sort(() => rnd() - 0.5);
+      return want
+        ? names.slice(0, c.min).every((n) => set(n, true))
+        : names.slice(0, names.length - c.min + 1).every((n) => set(n, false));
+    }
+  }
+}
+
+interface Candidate {
+  fragments: Fragment[];
+  event: ExecveEvent;
+}
+
+function build(fragments: readonly Fragment[]): ExecveEvent | undefined {
+  const by = new Map<string, Fragment[]>();
+  for (const f of fragments) by.set(f.field, [...(by.get(f.field) ?? []), f]);
+  const values: Record<string, string> = {
+    Image: '/opt/neutral/app',
+    CommandLine: 'app --run',
+    ParentImage: '/opt/neutral/parent',
+    ParentCommandLine: 'parent',
+    CurrentDirectory: '/opt/neutral',
+    User: 'neutral',
+    LogonId: '1000',
+  };
+  for (const [field, fs] of by) {
+    const exact = fs.find((f) => f.kind === 'exact');
+    if (exact) {
+      values[field] = exact.text;
+      continue;
+    }
+    const starts = fs.filter((f) => f.kind === 'starts').map((f) => f.text);
+    const ends = fs.filter((f) => f.kind === 'ends').map((f) => f.text);
+    const mid = fs.filter((f) => f.kind === 'contains').map((f) => f.text);
+    values[field] = [...starts, ...mid, ...ends].join(' ');
+  }
+  if (!/^\d+$/.test(values['LogonId']!)) return undefined;
+  return execveEvent({
+    image: values['Image']!,
+    argv: values['CommandLine']!.split(' '),
+    parentImage: values['ParentImage']!,
+    parentCommandLine: values['ParentCommandLine']!,
+    cwd: values['CurrentDirectory']!,
+    userName: values['User']!,
+    loginUid: BigInt(values['LogonId']!),
+  });
+}
+
+/** Tries random plans until an event built from the rule's positive selections makes it fire. */
+function findMatchingEvent(rule: CompiledRule, fires: (e: ExecveEvent) => boolean): Candidate | undefined {
+  const rnd = prng(42);
+  const detection = rule.doc.detection;
+  for (let attempt = 0; attempt < 300; attempt++) {
+    const truth = new Map<string, boolean>();
+    if (!plan(rule.condition, true, rnd, truth)) continue;
+    const fragments: Fragment[] = [];
+    let ok = true;
+    for (const [name, want] of truth) {
+      if (!want) continue;
+      const sel = detection[name];
+      const groups = Array.isArray(sel) ? sel : [sel];
+      const group = groups[Math.floor(rnd() * groups.length)];
+      if (typeof group !== 'object' || group === null) {
+        ok = false;
+        break;
+      }
+      for (const [k, v] of Object.entries(group)) {
+        const fs = fragmentsOf(k, v, rnd);
+        if (fs === undefined) ok = false;
+        else fragments.push(...fs);
+      }
+    }
+    if (!ok) continue;
+    const event = build(fragments);
+    if (event !== undefined && fires(event)) return { fragments, event };
+  }
+  return undefined;
+}
+
+/** The text with one letter or digit changed (case-insensitively different), or undefined if it has none. */
+function corrupt(text: string): string | undefined {
+  const i = text.search(/[A-Za-z0-9]/);
+  if (i < 0) return undefined;
+  const c = text[i]!;
+  const r = /[0-9]/.test(c) ? String((Number(c) + 1) % 10) : c.toLowerCase() === 'q' ? 'z' : 'q';
+  return text.slice(0, i) + r + text.slice(i + 1);
+}
+
+/** The matching event with one required literal (or, failing that, all of them) corrupted, if that stops the rule. */
+function findNearMiss(found: Candidate, fires: (e: ExecveEvent) => boolean): ExecveEvent | undefined {
+  const { fragments } = found;
+  const variants: Fragment[][] = fragments.map((_, i) =>
+    fragments.map((f, j) => (i === j ? { ...f, text: corrupt(f.text) ?? f.text } : f)),
+  );
+  variants.push(fragments.map((f) => ({ ...f, text: corrupt(f.text) ?? f.text })));
+  for (const v of variants) {
+    const e = build(v);
+    if (e !== undefined && !fires(e)) return e;
+  }
+  return undefined;
+}
