@@ -9,7 +9,8 @@ describe('resolveOptions', () => {
     assert.equal(o.ringBufferBytes, 8 * 1024 * 1024);
     assert.equal(o.queueMaxEvents, 65536);
     assert.equal(o.batchMaxEvents, 1024);
-    assert.equal(o.wakeupBytes, 0);
+    assert.equal(o.wakeupBytes, 64 * 1024);
+    assert.equal(resolveOptions({ wakeupBytes: 0 }).wakeupBytes, 0);
   });
 
   it('keeps valid values', () => {

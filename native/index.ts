@@ -88,10 +88,10 @@ export interface ExecCaptureOptions {
   /** Most events in one batch yielded to JavaScript. Default 1024. */
   batchMaxEvents?: number;
   /** How long the drain thread blocks in one ring buffer poll; with `wakeupBytes`, the most a lone
-   * event waits. Default 100 ms. */
+   * event waits. Default 50 ms. */
   pollTimeoutMs?: number;
   /** Wake the drain thread only once this many bytes wait in the ring (cheaper under an exec storm,
-   * later by up to `pollTimeoutMs` when quiet); 0 wakes it for every record. Default 0. */
+   * later by up to `pollTimeoutMs` when quiet); 0 wakes it for every record. Default 64 KiB. */
   wakeupBytes?: number;
   /** Aborting closes the capture. */
   signal?: AbortSignal;
@@ -141,8 +141,8 @@ const DEFAULTS = {
   queueMaxEvents: 65536,
   queueMaxBytes: 64 * 1024 * 1024,
   batchMaxEvents: 1024,
-  pollTimeoutMs: 100,
-  wakeupBytes: 0,
+  pollTimeoutMs: 50,
+  wakeupBytes: 64 * 1024,
 } as const;
 
 type NativeOptions = { -readonly [K in keyof typeof DEFAULTS]: number };

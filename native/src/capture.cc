@@ -287,8 +287,8 @@ class Capture : public Napi::ObjectWrap<Capture> {
     shared_->max_events = OptU32(opts, "queueMaxEvents", 65536);
     shared_->max_bytes = OptU32(opts, "queueMaxBytes", 64u << 20);
     shared_->batch_max_events = std::max<uint32_t>(1, OptU32(opts, "batchMaxEvents", 1024));
-    poll_ms_ = OptU32(opts, "pollTimeoutMs", 100);
-    uint32_t wakeup_bytes = OptU32(opts, "wakeupBytes", 0);
+    poll_ms_ = OptU32(opts, "pollTimeoutMs", 50);
+    uint32_t wakeup_bytes = OptU32(opts, "wakeupBytes", 64u << 10);
     long page = sysconf(_SC_PAGESIZE);
     if (ring_bytes < static_cast<uint32_t>(page) || (ring_bytes & (ring_bytes - 1)) != 0)
       throw CodedError(env, "EDR_NATIVE_OPTIONS",
@@ -340,6 +340,8 @@ class Capture : public Napi::ObjectWrap<Capture> {
     drain_ = std::thread([shared, rb, poll_ms]() {
       while (!shared->stop.load()) {
         int n = ring_buffer__poll(rb, poll_ms);
+        // Records written without a wake-up (wakeupBytes) raise no epoll event: read them on timeout.
+        if (n == 0) n = ring_buffer__consume(rb);
         if (n < 0 && n != -EINTR) {
           std::lock_guard<std::mutex> lock(shared->mu);
           shared->error = std::string("polling the ring buffer failed: ") + strerror(-n);
@@ -489,7 +491,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
   edr_exec* skel_ = nullptr;
   ring_buffer* rb_ = nullptr;
   std::thread drain_;
-  uint32_t poll_ms_ = 100;
+  uint32_t poll_ms_ = 50;
   int ncpus_ = 1;
   uint64_t kernel_[EDR_C_MAX] = {};
   uint64_t kernel_misses_ = 0;

@@ -3,7 +3,8 @@
  * (baseline) and once with it, and this prints what the capture received, what it dropped, and its CPU
  * per 1,000 execs against the storm's own CPU. Needs root and `npm run build:native`.
  *
- *   node dist/test/bench/exec-storm.js        EDR_BENCH_EXECS (default 20000), EDR_BENCH_WORKERS (default: cores)
+ *   node dist/test/bench/exec-storm.js
+ *   EDR_BENCH_EXECS (default 20000), EDR_BENCH_WORKERS (default: cores), EDR_BENCH_WAKEUP_BYTES (default 65536)
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -24,6 +25,7 @@ interface StormResult {
 const here = path.dirname(fileURLToPath(import.meta.url));
 const execs = Number(process.env.EDR_BENCH_EXECS ?? 20000);
 const workers = Number(process.env.EDR_BENCH_WORKERS ?? os.availableParallelism());
+const wakeupBytes = Number(process.env.EDR_BENCH_WAKEUP_BYTES ?? 64 * 1024);
 
 function generatorPath(): string {
   const candidates = [
@@ -67,7 +69,7 @@ async function main(): Promise<void> {
 
   const baseline = await storm(execs, `${marker}-baseline`);
 
-  const capture = openExecCapture();
+  const capture = openExecCapture({ wakeupBytes });
   const counted = { matching: 0, all: 0 };
   const runMarker = `${marker}-capture`;
   const pump = (async () => {
@@ -99,6 +101,7 @@ async function main(): Promise<void> {
   const result = {
     execsGenerated: execs,
     workers,
+    wakeupBytes,
     execsPerSecondBaseline: Math.round(rate(baseline)),
     execsPerSecondWithCapture: Math.round(rate(withCapture)),
     eventsReceived: counted.matching,
@@ -112,7 +115,7 @@ async function main(): Promise<void> {
     execRateWithOverWithoutCapture: rate(withCapture) / rate(baseline),
     coreShareAt1000ExecsPerSecond: perThousand,
   };
-  console.log(`exec storm: ${execs} execs of /bin/true from ${workers} workers`);
+  console.log(`exec storm: ${execs} execs of /bin/true from ${workers} workers (wakeupBytes ${wakeupBytes})`);
   console.log(
     `  baseline (no capture): ${fmt(baseline.elapsedNs / 1e9, 2)} s, ${result.execsPerSecondBaseline} execs/s, storm CPU ${fmt(cpuSeconds(baseline), 2)} s (${fmt(basePerThousand)} s per 1000 execs)`,
   );

@@ -171,6 +171,29 @@ describe('eBPF exec capture', { skip: !isRoot }, () => {
     assert.ok(process.hrtime.bigint() - started < 10_000_000_000n);
   });
 
+  it('delivers a lone event promptly when every record wakes the drain (wakeupBytes 0)', async () => {
+    const eager = openExecCapture({ wakeupBytes: 0, pollTimeoutMs: 1000 });
+    const seen: KernelEvent[] = [];
+    const eagerPump = (async () => {
+      for await (const batch of eager) seen.push(...batch);
+    })();
+    try {
+      run('/bin/true', [`${marker}-eager`]);
+      const started = Date.now();
+      await waitFor('exec on the eager capture', () =>
+        seen.find((e) => e.kind === 'exec' && e.argv.includes(`${marker}-eager`)),
+      );
+      // Well under the 1 s poll timeout: the record itself woke the drain thread.
+      assert.ok(Date.now() - started < 500, `took ${Date.now() - started} ms`);
+    } finally {
+      await eager.close();
+      await eagerPump;
+    }
+    const stats = eager.stats();
+    assert.deepEqual(reconcile(stats), { kernel: 0, queue: 0 }, JSON.stringify(stats));
+    assert.equal(stats.delivered, seen.length);
+  });
+
   it('reconciles the counters after close: seen == delivered + drops', async () => {
     await capture.close();
     await pump;
