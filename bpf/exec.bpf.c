@@ -216,6 +216,8 @@ int BPF_PROG(edr_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm
 	e = (struct edr_event *)s->buf;
 	data = s->buf + sizeof(*e);
 	fill_common(e, p, EDR_EVENT_EXEC);
+	/* A non-leader thread that execs takes the leader's pid: old_pid is the thread that called execve. */
+	e->tid = old_pid;
 
 	/* filename: as passed to execve (user space resolves a relative one against cwd). */
 	n = bpf_probe_read_kernel_str(data, EDR_PATH_MAX, BPF_CORE_READ(bprm, filename));

@@ -194,6 +194,29 @@ describe('eBPF exec capture', { skip: !isRoot }, () => {
     assert.equal(stats.delivered, seen.length);
   });
 
+  it('keeps draining while JavaScript is blocked, counts queue drops, and still reconciles', async () => {
+    const small = openExecCapture({ queueMaxEvents: 50, ringBufferBytes: 16 * 1024 });
+    let delivered = 0;
+    try {
+      // spawnSync blocks this thread (as a long GC pause would) while 300 processes run.
+      spawnSync('/bin/sh', ['-c', `for i in $(seq 300); do /bin/true ${marker}-blocked; done`], {
+        stdio: 'ignore',
+      });
+      await new Promise((r) => setTimeout(r, 300)); // let the drain thread read the tail
+      const during = small.stats();
+      assert.ok(during.received >= 900, `drain thread read ${during.received} records while JS was blocked`);
+      assert.ok(during.queueDrops > 0, 'a full queue drops and counts');
+      assert.ok(during.queued <= 50);
+    } finally {
+      await small.close();
+    }
+    for await (const batch of small) delivered += batch.length;
+    const stats = small.stats();
+    assert.equal(stats.delivered, delivered);
+    assert.deepEqual(reconcile(stats), { kernel: 0, queue: 0 }, JSON.stringify(stats));
+    assert.equal(stats.seen, stats.delivered + stats.ringDrops + stats.queueDrops);
+  });
+
   it('reconciles the counters after close: seen == delivered + drops', async () => {
     await capture.close();
     await pump;
