@@ -13,6 +13,8 @@ export interface Command {
 
 const commands: Record<string, () => Promise<{ command: Command }>> = {
   broker: () => import('./kafka/broker-cli.js'),
+  hunt: () => import('../detector/hunt.js'),
+  rules: () => import('../detector/rules-cli.js'),
 };
 
 function usage(): string {

@@ -1,0 +1,115 @@
+/**
+ * The one place where a consumed batch meets its handler, shared by both transports: retries with backoff on
+ * retryable errors (redelivering only what was not acknowledged), isolates a failing record by re-running the rest
+ * one at a time, and parks a record that fails for good on the dead-letter topic.
+ */
+import { EdrError, errorMessage, isRetryable } from './errors.js';
+import { type Batch, deadLetterHeaders, type InRecord, type OutRecord } from './transport.js';
+
+export interface RunBatchOptions {
+  topic: string;
+  partition: number;
+  records: readonly InRecord[];
+  handler(batch: Batch): Promise<void>;
+  signal: AbortSignal;
+  /** Whether handlers may acknowledge part of a batch (not in transform mode, where outputs go with offsets). */
+  partialAck: boolean;
+  retryBackoffMs: number;
+  /** Parks a record for good. Absent: a non-retryable failure is fatal. */
+  deadLetter?: (record: InRecord, err: unknown) => Promise<void>;
+  /** Called while waiting, so group membership stays alive during long retries. */
+  keepAlive?: () => Promise<void>;
+}
+
+/** How many leading records of the batch are done (handled or dead-lettered). Throws only a fatal error. */
+export async function runBatch(opts: RunBatchOptions): Promise<number> {
+  const { records, signal } = opts;
+  let done = 0;
+  let backoff = opts.retryBackoffMs;
+  let isolate = false;
+  while (done < records.length && !signal.aborted) {
+    const slice = isolate ? records.slice(done, done + 1) : records.slice(done);
+    let acked = 0;
+    const batch: Batch = {
+      topic: opts.topic,
+      partition: opts.partition,
+      records: slice,
+      signal,
+      ack(record) {
+        if (!opts.partialAck) return;
+        const i = slice.indexOf(record);
+        if (i + 1 > acked) acked = i + 1;
+      },
+    };
+    try {
+      await opts.handler(batch);
+      done += slice.length;
+      backoff = opts.retryBackoffMs;
+    } catch (err) {
+      done += acked;
+      if (signal.aborted) break;
+      if (isRetryable(err)) {
+        await sleep(backoff, signal, opts.keepAlive);
+        backoff = Math.min(backoff * 2, 30_000);
+        continue;
+      }
+      const bad = records[done];
+      if (bad === undefined) continue;
+      if (opts.deadLetter !== undefined && slice.length - acked > 1) {
+        // Which record is bad? Go on one at a time from the first unacknowledged one.
+        isolate = true;
+        continue;
+      }
+      if (opts.deadLetter === undefined) {
+        throw new EdrError(
+          'EDR_TRANSPORT_HANDLER_FAILED',
+          `handler failed for ${bad.topic}/${bad.partition}@${bad.offset}: ${errorMessage(err)}`,
+          { cause: err, details: { topic: bad.topic, partition: bad.partition, offset: bad.offset } },
+        );
+      }
+      await opts.deadLetter(bad, err);
+      done += 1;
+    }
+  }
+  return done;
+}
+
+/** The dead-letter record for `record`: original key, value and headers, plus why and from where. */
+export function deadLetterRecord(topic: string, record: InRecord, err: unknown): OutRecord {
+  return {
+    topic,
+    key: record.key,
+    value: record.value,
+    headers: {
+      ...record.headers,
+      [deadLetterHeaders.error]: errorMessage(err),
+      [deadLetterHeaders.errorCode]: err instanceof EdrError ? err.code : 'EDR_UNKNOWN',
+      [deadLetterHeaders.topic]: record.topic,
+      [deadLetterHeaders.partition]: String(record.partition),
+      [deadLetterHeaders.offset]: String(record.offset),
+    },
+  };
+}
+
+async function sleep(ms: number, signal: AbortSignal, keepAlive?: () => Promise<void>): Promise<void> {
+  const until = Date.now() + ms;
+  while (!signal.aborted && Date.now() < until) {
+    await abortableDelay(Math.min(1000, until - Date.now()), signal);
+    if (keepAlive) await keepAlive().catch(() => {});
+  }
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+export function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const onAbort = () => {
+      clearTimeout(t);
+      resolve();
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}

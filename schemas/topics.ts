@@ -1,0 +1,91 @@
+/**
+ * The one table of topics: names, keys, value schemas, partitions and retention defaults.
+ * Deployments override partitions and retention through config; names carry the major version of their schema.
+ */
+import type { RecordName } from './codec.js';
+
+export interface TopicSpec {
+  name: string;
+  /** What the record key is. */
+  key: string;
+  /** Avro full names of the values (single-object encoded), or 'yaml' / 'bytes'. */
+  values: Array<RecordName | 'yaml' | 'bytes' | 'avro-schema'>;
+  partitions: number;
+  cleanupPolicy: 'delete' | 'compact';
+  /** -1 keeps forever. */
+  retentionMs: number;
+  doc: string;
+}
+
+const day = 24 * 60 * 60 * 1000;
+
+export const topics = {
+  raw: {
+    name: 'edr.execve.raw.v1',
+    key: 'host id',
+    values: ['dev.edr.v1.ExecveEvent'],
+    partitions: 6,
+    cleanupPolicy: 'delete',
+    retentionMs: 1 * day,
+    doc: 'Detection input: every exec of every host, keyed by host so one host stays ordered on one partition.',
+  },
+  audit: {
+    name: 'edr.execve.audit.v1',
+    key: 'host id',
+    values: ['dev.edr.v1.ExecveEvent', 'dev.edr.v1.CollectorRecord'],
+    partitions: 6,
+    cleanupPolicy: 'delete',
+    retentionMs: 90 * day,
+    doc: 'The durable record: events plus the collector lifecycle and loss records; replayed with new rules.',
+  },
+  alerts: {
+    name: 'edr.alerts.v1',
+    key: 'host id',
+    values: ['dev.edr.v1.Alert'],
+    partitions: 3,
+    cleanupPolicy: 'delete',
+    retentionMs: 30 * day,
+    doc: 'Alerts from live detectors and replay runs (replay alerts carry their run id).',
+  },
+  rules: {
+    name: 'edr.rules.v1',
+    key: 'rule id',
+    values: ['yaml'],
+    partitions: 1,
+    cleanupPolicy: 'compact',
+    retentionMs: -1,
+    doc: "The fleet's rule set: one record per rule (its YAML), a tombstone deletes. One partition keeps one order.",
+  },
+  deadLetter: {
+    name: 'edr.deadletter.v1',
+    key: 'original key',
+    values: ['bytes'],
+    partitions: 1,
+    cleanupPolicy: 'delete',
+    retentionMs: 30 * day,
+    doc: 'Records that could not be decoded, with the original bytes and headers saying why and from where.',
+  },
+  undeliverable: {
+    name: 'edr.alerts.undeliverable.v1',
+    key: 'alert id',
+    values: ['dev.edr.v1.Alert'],
+    partitions: 1,
+    cleanupPolicy: 'delete',
+    retentionMs: 30 * day,
+    doc: 'Alerts a sink gave up on (permanent error or retry budget spent), with the sink and the reason in headers.',
+  },
+  schemas: {
+    name: 'edr.schemas.v1',
+    key: 'fingerprint (hex)',
+    values: ['avro-schema'],
+    partitions: 1,
+    cleanupPolicy: 'compact',
+    retentionMs: -1,
+    doc: 'Writer schemas by fingerprint, so a reader can decode records from newer or older writers.',
+  },
+} as const satisfies Record<string, TopicSpec>;
+
+export type TopicRole = keyof typeof topics;
+
+/** Every topic, for creating them all at once. */
+export const allTopics: readonly TopicSpec[] = Object.values(topics);
