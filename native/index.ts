@@ -55,7 +55,7 @@ export interface KernelExecEvent extends KernelEventBase {
   argvBytes: number;
   /** Working directory, walked in the kernel up to the process's root. */
   cwd: string;
-  /** cwd deeper or longer than the walk allows: `cwd` holds its last components. */
+  /** cwd deeper or longer than the walk allows: `cwd` holds its last components, without a leading "/". */
   cwdTruncated: boolean;
   filenameTruncated: boolean;
   exePathTruncated: boolean;

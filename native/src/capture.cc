@@ -98,8 +98,9 @@ std::string MissingPrivilege() {
 
 std::string CString(const char* p, size_t max) { return std::string(p, strnlen(p, max)); }
 
-// Paths arrive leaf first ("b\0a\0" for /a/b): reverse the components.
-std::string DecodeLeafFirst(const char* p, size_t len) {
+// Paths arrive leaf first ("b\0a\0" for /a/b): reverse the components. A truncated path keeps the
+// components nearest the leaf and no leading "/", so it cannot pass for a full path.
+std::string DecodeLeafFirst(const char* p, size_t len, bool truncated) {
   std::vector<std::string> parts;
   size_t i = 0;
   while (i < len) {
@@ -108,8 +109,11 @@ std::string DecodeLeafFirst(const char* p, size_t len) {
     i += n + 1;
   }
   std::string out;
-  for (auto it = parts.rbegin(); it != parts.rend(); ++it) out += "/" + *it;
-  return out.empty() ? "/" : out;
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    if (!truncated || it != parts.rbegin()) out += "/";
+    out += *it;
+  }
+  return out.empty() && !truncated ? "/" : out;
 }
 
 // Relative filenames (./x, bin/x) resolved lexically against cwd, as the kernel saw them.
@@ -173,9 +177,19 @@ Napi::Object Decode(Napi::Env env, const uint8_t* rec, size_t size) {
     size_t clen = std::min<size_t>(ev.cwd_len, avail - flen);
     size_t xlen = std::min<size_t>(ev.exe_len, avail - flen - clen);
     size_t alen = std::min<size_t>(ev.argv_len, avail - flen - clen - xlen);
-    std::string cwd = DecodeLeafFirst(data + flen, clen);
-    o.Set("filename", ResolveFilename(CString(data, flen), cwd));
-    o.Set("exePath", DecodeLeafFirst(data + flen + clen, xlen));
+    // An empty walk is the root, unless the walk failed: then the path is unknown ("").
+    std::string cwd = clen == 0 && (ev.flags & EDR_F_CWD_READ_ERROR)
+                          ? ""
+                          : DecodeLeafFirst(data + flen, clen, ev.flags & EDR_F_CWD_TRUNCATED);
+    std::string exe = xlen == 0 && (ev.flags & EDR_F_EXE_READ_ERROR)
+                          ? ""
+                          : DecodeLeafFirst(data + flen + clen, xlen, ev.flags & EDR_F_EXE_TRUNCATED);
+    std::string filename = CString(data, flen);
+    // Resolve a relative filename only against a cwd known in full.
+    if (!cwd.empty() && !(ev.flags & (EDR_F_CWD_TRUNCATED | EDR_F_CWD_READ_ERROR)))
+      filename = ResolveFilename(filename, cwd);
+    o.Set("filename", filename);
+    o.Set("exePath", exe);
     o.Set("cwd", cwd);
     o.Set("argv", DecodeArgv(env, data + flen + clen + xlen, alen));
     o.Set("argvTruncated", (ev.flags & EDR_F_ARGV_TRUNCATED) != 0);

@@ -124,6 +124,17 @@ describe('eBPF exec capture', { skip: !isRoot }, () => {
     assert.equal(rel.exePath, realpathSync('/usr/bin/true'));
   });
 
+  it('keeps the deepest components of a cwd too deep to walk, as a relative path', async () => {
+    const deep = path.join(dir, ...Array.from({ length: 80 }, (_, i) => `d${i}`));
+    mkdirSync(deep, { recursive: true });
+    run('/bin/true', [`${marker}-deep`], { cwd: deep });
+    const ev = await waitFor('exec in a deep cwd', execWith('deep'));
+    assert.equal(ev.cwdTruncated, true);
+    assert.ok(!ev.cwd.startsWith('/'), ev.cwd);
+    assert.ok(deep.endsWith(`/${ev.cwd}`), `${ev.cwd} is not a suffix of ${deep}`);
+    assert.ok(ev.cwd.split('/').length >= 60, ev.cwd);
+  });
+
   it('reports a script by its path and its interpreter as exePath', async () => {
     const script = path.join(dir, 'script.sh');
     writeFileSync(script, '#!/bin/sh\nexit 0\n', { mode: 0o755 });
@@ -230,6 +241,7 @@ describe('eBPF exec capture', { skip: !isRoot }, () => {
     assert.equal(stats.ringDrops, 0);
     assert.equal(stats.queueDrops, 0);
     assert.ok(stats.argvTruncated >= 1);
+    assert.ok(stats.pathTruncated >= 1);
     const kinds = new Set(events.map((e) => e.kind));
     assert.deepEqual([...kinds].sort(), ['exec', 'exit', 'fork']);
   });
