@@ -182,7 +182,7 @@ export function reconcile(stats: ExecCaptureStats): { kernel: number; queue: num
 }
 
 const HINTS: Record<string, string> = {
-  EDR_NATIVE_LOAD: 'check the kernel (5.8+ with BTF) and the libbpf output above',
+  EDR_NATIVE_LOAD: 'the capture needs a 5.17+ kernel with BTF; the libbpf output above says what failed',
   EDR_NATIVE_ATTACH: 'check the kernel supports tp_btf programs (5.5+)',
 };
 
