@@ -4,14 +4,15 @@
  * per 1,000 execs against the storm's own CPU. Needs root and `npm run build:native`.
  *
  *   node dist/test/bench/exec-storm.js
- *   EDR_BENCH_EXECS (default 20000), EDR_BENCH_WORKERS (default: cores), EDR_BENCH_WAKEUP_BYTES (default 65536)
+ *   EDR_BENCH_EXECS (default 20000), EDR_BENCH_WORKERS (default: cores), EDR_BENCH_WAKEUP_BYTES (default 65536),
+ *   EDR_BENCH_ROUNDS (default 2: baseline and capture interleaved, best of each reported)
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type ExecCaptureStats, openExecCapture } from '../../native/index.js';
+import { type ExecCaptureStats, openExecCapture, reconcile } from '../../native/index.js';
 
 interface StormResult {
   execs: number;
@@ -26,6 +27,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const execs = Number(process.env.EDR_BENCH_EXECS ?? 20000);
 const workers = Number(process.env.EDR_BENCH_WORKERS ?? os.availableParallelism());
 const wakeupBytes = Number(process.env.EDR_BENCH_WAKEUP_BYTES ?? 64 * 1024);
+const rounds = Math.max(1, Number(process.env.EDR_BENCH_ROUNDS ?? 2));
 
 function generatorPath(): string {
   const candidates = [
@@ -59,27 +61,26 @@ const cpuSeconds = (r: StormResult): number => (r.cpuUserNs + r.cpuSysNs) / 1e9;
 const rate = (r: StormResult): number => r.execs / (r.elapsedNs / 1e9);
 const fmt = (n: number, digits = 3): string => n.toFixed(digits);
 
-async function main(): Promise<void> {
-  if (process.getuid?.() !== 0) {
-    console.log('exec-storm: skipped, needs root for the eBPF capture');
-    return;
-  }
-  const marker = `edr-bench-${process.pid}`;
-  await storm(Math.min(500, execs), `${marker}-warmup`); // page cache, fork paths
+interface CaptureRound {
+  storm: StormResult;
+  /** CPU seconds of this process (drain thread, decode, iteration) from storm start to the last event. */
+  captureCpu: number;
+  matching: number;
+  all: number;
+  stats: ExecCaptureStats;
+}
 
-  const baseline = await storm(execs, `${marker}-baseline`);
-
+async function captureRound(marker: string): Promise<CaptureRound> {
   const capture = openExecCapture({ wakeupBytes });
   const counted = { matching: 0, all: 0 };
-  const runMarker = `${marker}-capture`;
   const pump = (async () => {
     for await (const batch of capture) {
       counted.all += batch.length;
-      for (const e of batch) if (e.kind === 'exec' && e.argv[1] === runMarker) counted.matching++;
+      for (const e of batch) if (e.kind === 'exec' && e.argv[1] === marker) counted.matching++;
     }
   })();
   const cpuStart = process.cpuUsage();
-  const withCapture = await storm(execs, runMarker);
+  const result = await storm(execs, marker);
   // Let the capture catch up: every exec seen, or 2 s without progress.
   let last = -1;
   let idleSince = Date.now();
@@ -93,50 +94,91 @@ async function main(): Promise<void> {
   const cpu = process.cpuUsage(cpuStart);
   await capture.close();
   await pump;
-  const stats: ExecCaptureStats = capture.stats();
+  return {
+    storm: result,
+    captureCpu: (cpu.user + cpu.system) / 1e6,
+    matching: counted.matching,
+    all: counted.all,
+    stats: capture.stats(),
+  };
+}
 
-  const captureCpu = (cpu.user + cpu.system) / 1e6;
-  const perThousand = captureCpu / (execs / 1000);
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) {
+    console.log('exec-storm: skipped, needs root for the eBPF capture');
+    return;
+  }
+  const marker = `edr-bench-${process.pid}`;
+  await storm(Math.min(500, execs), `${marker}-warmup`); // page cache, fork paths
+
+  // Interleaved rounds, best of each: the machine is shared, a neighbour's burst skews one round.
+  const baselines: StormResult[] = [];
+  const captures: CaptureRound[] = [];
+  for (let round = 0; round < rounds; round++) {
+    baselines.push(await storm(execs, `${marker}-baseline-${round}`));
+    captures.push(await captureRound(`${marker}-capture-${round}`));
+  }
+  const baseline = baselines.reduce((a, b) => (cpuSeconds(b) < cpuSeconds(a) ? b : a));
+  const best = captures.reduce((a, b) => (b.captureCpu < a.captureCpu ? b : a));
+  const withCapture = best.storm;
+  const sum = (f: (r: CaptureRound) => number): number => captures.reduce((n, r) => n + f(r), 0);
+  const received = sum((r) => r.matching);
+  const kernelDrops = sum((r) => r.stats.ringDrops + r.stats.kernelMisses);
+  const queueDrops = sum((r) => r.stats.queueDrops);
+  const unreconciled = captures.filter((r) => {
+    const gap = reconcile(r.stats);
+    return gap.kernel !== 0 || gap.queue !== 0;
+  }).length;
+
+  const perThousand = best.captureCpu / (execs / 1000);
   const basePerThousand = cpuSeconds(baseline) / (execs / 1000);
   const result = {
-    execsGenerated: execs,
+    execsGenerated: execs * rounds,
+    rounds,
     workers,
     wakeupBytes,
     execsPerSecondBaseline: Math.round(rate(baseline)),
     execsPerSecondWithCapture: Math.round(rate(withCapture)),
-    eventsReceived: counted.matching,
-    allEventsReceived: counted.all,
-    kernelDrops: stats.ringDrops + stats.kernelMisses,
-    queueDrops: stats.queueDrops,
+    eventsReceived: received,
+    kernelDrops,
+    queueDrops,
+    unreconciledRounds: unreconciled,
     captureCpuSecondsPer1000Execs: perThousand,
     stormCpuSecondsPer1000ExecsBaseline: basePerThousand,
-    captureCpuOverStormCpu: captureCpu / cpuSeconds(baseline),
+    captureCpuOverStormCpu: best.captureCpu / cpuSeconds(baseline),
     stormCpuWithOverWithoutCapture: cpuSeconds(withCapture) / cpuSeconds(baseline),
     execRateWithOverWithoutCapture: rate(withCapture) / rate(baseline),
-    coreShareAt1000ExecsPerSecond: perThousand,
   };
-  console.log(`exec storm: ${execs} execs of /bin/true from ${workers} workers (wakeupBytes ${wakeupBytes})`);
   console.log(
-    `  baseline (no capture): ${fmt(baseline.elapsedNs / 1e9, 2)} s, ${result.execsPerSecondBaseline} execs/s, storm CPU ${fmt(cpuSeconds(baseline), 2)} s (${fmt(basePerThousand)} s per 1000 execs)`,
+    `exec storm: ${rounds} rounds of ${execs} execs of /bin/true from ${workers} workers (wakeupBytes ${wakeupBytes})`,
+  );
+  for (let i = 0; i < rounds; i++) {
+    const b = baselines[i]!;
+    const c = captures[i]!;
+    console.log(
+      `  round ${i + 1}: baseline ${Math.round(rate(b))} execs/s, storm CPU ${fmt(cpuSeconds(b), 2)} s | ` +
+        `with capture ${Math.round(rate(c.storm))} execs/s, storm CPU ${fmt(cpuSeconds(c.storm), 2)} s, ` +
+        `capture CPU ${fmt(c.captureCpu, 2)} s, ${c.matching}/${execs} execs, ${c.all} events`,
+    );
+  }
+  console.log(`  execs generated:  ${execs * rounds}`);
+  console.log(`  events received:  ${received} exec events of those`);
+  console.log(`  kernel drops:     ${kernelDrops}`);
+  console.log(`  queue drops:      ${queueDrops}`);
+  console.log(`  reconciled:       ${rounds - unreconciled} of ${rounds} rounds (seen == delivered + drops)`);
+  console.log(
+    `  capture CPU:      ${fmt(perThousand)} s per 1000 execs (best round; ${fmt(perThousand * 100, 1)}% of one core at 1000 execs/s, target <= 10%)`,
   );
   console.log(
-    `  with capture:          ${fmt(withCapture.elapsedNs / 1e9, 2)} s, ${result.execsPerSecondWithCapture} execs/s, storm CPU ${fmt(cpuSeconds(withCapture), 2)} s`,
+    `  baseline CPU:     ${fmt(basePerThousand)} s per 1000 execs for the storm itself without capture`,
   );
   console.log(
-    `  events received:  ${counted.matching} of ${execs} execs (${counted.all} events of every kind)`,
-  );
-  console.log(
-    `  kernel drops:     ${result.kernelDrops} (ring full ${stats.ringDrops}, skipped runs ${stats.kernelMisses})`,
-  );
-  console.log(`  queue drops:      ${stats.queueDrops}`);
-  console.log(
-    `  capture CPU:      ${fmt(captureCpu, 2)} s = ${fmt(perThousand)} s per 1000 execs (${fmt(perThousand * 100, 1)}% of one core at 1000 execs/s; target <= 10%)`,
-  );
-  console.log(
-    `  ratios:           capture CPU / baseline storm CPU ${fmt(result.captureCpuOverStormCpu)}, storm CPU with / without capture ${fmt(result.stormCpuWithOverWithoutCapture)}, exec rate with / without ${fmt(result.execRateWithOverWithoutCapture)}`,
+    `  ratios:           capture CPU / storm CPU ${fmt(result.captureCpuOverStormCpu)}, ` +
+      `storm CPU with / without capture ${fmt(result.stormCpuWithOverWithoutCapture)}, ` +
+      `exec rate with / without ${fmt(result.execRateWithOverWithoutCapture)}`,
   );
   console.log(`  result: ${JSON.stringify(result)}`);
-  if (counted.matching !== execs) process.exitCode = 1;
+  if (received !== execs * rounds || unreconciled > 0) process.exitCode = 1;
 }
 
 main().catch((err: unknown) => {
