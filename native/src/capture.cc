@@ -388,7 +388,6 @@ class Capture : public Napi::ObjectWrap<Capture> {
     size_t max = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 4096;
     std::deque<Batch> taken;
     std::string error;
-    bool empty;
     {
       std::lock_guard<std::mutex> lock(shared_->mu);
       size_t n = 0;
@@ -400,7 +399,6 @@ class Capture : public Napi::ObjectWrap<Capture> {
         taken.push_back(std::move(b));
         shared_->queue.pop_front();
       }
-      empty = shared_->queue.empty();
       error = shared_->error;
     }
     if (taken.empty()) {
@@ -419,7 +417,6 @@ class Capture : public Napi::ObjectWrap<Capture> {
       }
     }
     shared_->delivered.fetch_add(k, std::memory_order_relaxed);
-    (void)empty;
     return out;
   }
 
