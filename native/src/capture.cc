@@ -246,7 +246,11 @@ struct Shared {
       return;
     }
     const uint8_t* p = static_cast<const uint8_t*>(data);
+    size_t at = current.bytes.size();
     current.bytes.insert(current.bytes.end(), p, p + size);
+    // The ring's length is authoritative: Take() walks the batch by this field.
+    uint32_t len = static_cast<uint32_t>(size);
+    memcpy(current.bytes.data() + at + offsetof(edr_event, size), &len, sizeof(len));
     current.events++;
     if (current.events >= batch_max_events) Flush();
   }
