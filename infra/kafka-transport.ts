@@ -1,0 +1,628 @@
+/**
+ * The Kafka transport: the only module that imports the Kafka client (kafkajs), so the client can be swapped
+ * after measurement without touching a service.
+ *
+ * Delivery: idempotent producers with acks=all; consumers commit an offset only after the handler covering it
+ * resolved; consume-transform-produce runs each input partition's batch in a transaction whose transactional id
+ * is derived from that partition, so a new owner of the partition fences a zombie of the old one.
+ */
+import { readFileSync } from 'node:fs';
+import {
+  type Admin,
+  type Consumer,
+  type EachBatchPayload,
+  type IHeaders,
+  Kafka,
+  type KafkaConfig,
+  type Producer as KProducer,
+  logLevel,
+  type Message,
+  Partitioners,
+} from 'kafkajs';
+import { z } from 'zod';
+import { deadLetterRecord, runBatch } from './batch-runner.js';
+import { secret } from './config.js';
+import { EdrError, errorMessage } from './errors.js';
+import { createLogger, type Logger } from './log.js';
+import type {
+  Consumption,
+  HandlerOptions,
+  InRecord,
+  OutRecord,
+  PartitionLag,
+  PartitionOffset,
+  Producer,
+  TopicConfig,
+  Transaction,
+  TransactionalProducer,
+  TransformOptions,
+  Transport,
+} from './transport.js';
+
+/** Connection settings, as they appear under `kafka:` in every service's config. */
+export const kafkaConfigSchema = z.strictObject({
+  brokers: z.array(z.string().regex(/^[^\s:]+:\d+$/, 'expected host:port')).min(1, 'at least one broker'),
+  clientId: z.string().min(1).default('edr'),
+  tls: z
+    .union([
+      z.boolean(),
+      z.strictObject({
+        caFile: z.string().optional(),
+        certFile: z.string().optional(),
+        keyFile: z.string().optional(),
+        rejectUnauthorized: z.boolean().default(true),
+      }),
+    ])
+    .default(false),
+  sasl: z
+    .strictObject({
+      mechanism: z.enum(['scram-sha-256', 'scram-sha-512', 'plain']),
+      username: z.string().min(1),
+      password: secret(),
+    })
+    .optional(),
+  /** Replication factor for topics this transport creates (1 for a single development broker). */
+  replicationFactor: z.number().int().min(1).default(1),
+  connectionTimeoutMs: z.number().int().positive().default(5000),
+  requestTimeoutMs: z.number().int().positive().default(30000),
+  /** How long a silent group member keeps its partitions. */
+  sessionTimeoutMs: z.number().int().positive().default(10000),
+});
+export type KafkaConfigInput = z.input<typeof kafkaConfigSchema>;
+export type KafkaTransportConfig = z.output<typeof kafkaConfigSchema>;
+
+const FENCED = new Set([
+  'PRODUCER_FENCED',
+  'INVALID_PRODUCER_EPOCH',
+  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
+]);
+
+/** kafkajs errors as EdrErrors: fenced producers get their own code; `retriable` carries over. */
+function toEdrError(err: unknown, what: string): EdrError {
+  if (err instanceof EdrError) return err;
+  for (
+    let e: unknown = err;
+    e instanceof Error;
+    e = (e as { cause?: unknown; originalError?: unknown }).originalError ?? e.cause
+  ) {
+    const type = (e as { type?: string }).type;
+    if (type !== undefined && FENCED.has(type)) {
+      return new EdrError('EDR_TRANSPORT_FENCED', `${what}: fenced by a newer producer (${type})`, {
+        cause: err,
+      });
+    }
+  }
+  const retryable = (err as { retriable?: boolean }).retriable === true;
+  return new EdrError('EDR_KAFKA', `${what}: ${errorMessage(err)}`, { retryable, cause: err });
+}
+
+async function kafkaCall<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw toEdrError(err, what);
+  }
+}
+
+function toMessage(r: OutRecord): Message {
+  const m: Message = { key: r.key, value: r.value };
+  if (r.headers) m.headers = r.headers as IHeaders;
+  if (r.partition !== undefined) m.partition = r.partition;
+  if (r.timestampMs !== undefined) m.timestamp = String(r.timestampMs);
+  return m;
+}
+
+function byTopic(records: OutRecord[]): Array<{ topic: string; messages: Message[] }> {
+  const map = new Map<string, Message[]>();
+  for (const r of records) {
+    let list = map.get(r.topic);
+    if (list === undefined) {
+      list = [];
+      map.set(r.topic, list);
+    }
+    list.push(toMessage(r));
+  }
+  return [...map].map(([topic, messages]) => ({ topic, messages }));
+}
+
+function toInRecord(
+  topic: string,
+  partition: number,
+  m: EachBatchPayload['batch']['messages'][number],
+): InRecord {
+  const headers: Record<string, Buffer> = {};
+  for (const [k, v] of Object.entries(m.headers ?? {})) {
+    if (v === undefined) continue;
+    const one = Array.isArray(v) ? v[v.length - 1] : v;
+    if (one !== undefined) headers[k] = typeof one === 'string' ? Buffer.from(one) : one;
+  }
+  return {
+    topic,
+    partition,
+    offset: Number(m.offset),
+    key: m.key ?? null,
+    value: m.value ?? null,
+    headers,
+    timestampMs: Number(m.timestamp),
+  };
+}
+
+function kafkaLog(log: Logger) {
+  return () =>
+    ({ level, log: entry }: { level: number; log: { message: string } & Record<string, unknown> }) => {
+      const { message, timestamp: _t, logger: _l, ...fields } = entry;
+      // kafkajs logs retried protocol errors as ERROR; they are warnings until they surface as a thrown error.
+      if (level <= logLevel.WARN) log.warn(message, { component: 'kafkajs', ...fields });
+      else log.debug(message, { component: 'kafkajs', ...fields });
+    };
+}
+
+export class KafkaTransport implements Transport {
+  private readonly kafka: Kafka;
+  private readonly log: Logger;
+  private adminClient: Promise<Admin> | undefined;
+  private readonly closers = new Set<() => Promise<void>>();
+
+  constructor(
+    private readonly config: KafkaTransportConfig,
+    log: Logger = createLogger({ component: 'kafka' }),
+  ) {
+    this.log = log;
+    const kc: KafkaConfig = {
+      clientId: config.clientId,
+      brokers: config.brokers,
+      connectionTimeout: config.connectionTimeoutMs,
+      requestTimeout: config.requestTimeoutMs,
+      logLevel: logLevel.WARN,
+      logCreator: kafkaLog(log),
+      retry: { initialRetryTime: 100, retries: 8, maxRetryTime: 5000 },
+    };
+    if (config.tls !== false) kc.ssl = config.tls === true ? true : tlsOptions(config.tls);
+    if (config.sasl) {
+      const { mechanism, username, password } = config.sasl;
+      kc.sasl = { mechanism, username, password: password.reveal() } as KafkaConfig['sasl'];
+    }
+    this.kafka = new Kafka(kc);
+  }
+
+  private admin(): Promise<Admin> {
+    this.adminClient ??= (async () => {
+      const a = this.kafka.admin();
+      await kafkaCall('connecting admin client', () => a.connect());
+      this.closers.add(() => a.disconnect());
+      return a;
+    })();
+    return this.adminClient;
+  }
+
+  async createTopics(topics: TopicConfig[]): Promise<void> {
+    const admin = await this.admin();
+    const existing = new Set(await kafkaCall('listing topics', () => admin.listTopics()));
+    const missing = topics.filter((t) => !existing.has(t.name));
+    if (missing.length === 0) return;
+    try {
+      await admin.createTopics({
+        waitForLeaders: true,
+        topics: missing.map((t) => ({
+          topic: t.name,
+          numPartitions: t.partitions,
+          replicationFactor: this.config.replicationFactor,
+          configEntries: [
+            ...(t.cleanupPolicy ? [{ name: 'cleanup.policy', value: t.cleanupPolicy }] : []),
+            ...(t.retentionMs !== undefined ? [{ name: 'retention.ms', value: String(t.retentionMs) }] : []),
+          ],
+        })),
+      });
+    } catch (err) {
+      // Another process created it between our list and create: that is the idempotent outcome.
+      const errors = (err as { errors?: Array<{ type?: string }> }).errors;
+      if (!errors?.every((e) => e.type === 'TOPIC_ALREADY_EXISTS')) throw toEdrError(err, 'creating topics');
+    }
+  }
+
+  async producer(): Promise<Producer> {
+    const p = this.kafka.producer({
+      idempotent: true,
+      allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
+    await kafkaCall('connecting producer', () => p.connect());
+    const close = () => p.disconnect();
+    this.closers.add(close);
+    return {
+      publish: async (records) => {
+        if (records.length === 0) return;
+        await kafkaCall('publishing', () => p.sendBatch({ acks: -1, topicMessages: byTopic(records) }));
+      },
+      close: async () => {
+        this.closers.delete(close);
+        await close();
+      },
+    };
+  }
+
+  async transactionalProducer(transactionalId: string): Promise<TransactionalProducer> {
+    const p = this.kafka.producer({
+      transactionalId,
+      idempotent: true,
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
+    await kafkaCall(`connecting transactional producer ${transactionalId}`, () => p.connect());
+    // kafkajs initialises the transactional id (InitProducerId, which fences any older producer with this id and
+    // settles its open transaction) only at the first transaction: do it now, so fencing happens on creation.
+    await kafkaCall(`initialising transactional id ${transactionalId}`, async () =>
+      (await p.transaction()).abort(),
+    );
+    const close = () => p.disconnect();
+    this.closers.add(close);
+    return transactional(p, transactionalId, async () => {
+      this.closers.delete(close);
+      await close();
+    });
+  }
+
+  async consume(opts: HandlerOptions): Promise<Consumption> {
+    return this.member(opts, true, async ({ records, topic, partition, signal, payload, fail }) => {
+      const dlq = opts.deadLetterTopic;
+      let dlqProducer: Producer | undefined;
+      try {
+        const done = await runBatch({
+          topic,
+          partition,
+          records,
+          handler: opts.handler,
+          signal,
+          partialAck: true,
+          retryBackoffMs: opts.retryBackoffMs ?? 100,
+          keepAlive: () => payload.heartbeat(),
+          ...(dlq === undefined
+            ? {}
+            : {
+                deadLetter: async (r, err) => {
+                  dlqProducer ??= await this.producer();
+                  await dlqProducer.publish([deadLetterRecord(dlq, r, err)]);
+                },
+              }),
+        });
+        if (done > 0) {
+          payload.resolveOffset(String(records[done - 1]!.offset));
+          await kafkaCall('committing offsets', () => payload.commitOffsetsIfNecessary());
+        }
+        return done === records.length;
+      } catch (err) {
+        fail(err);
+        return false;
+      } finally {
+        await dlqProducer?.close();
+      }
+    });
+  }
+
+  async consumeTransform(opts: TransformOptions): Promise<Consumption> {
+    const producers = new Map<number, Promise<TransactionalProducer>>();
+    const prefix = opts.transactionalIdPrefix ?? opts.groupId;
+    return this.member(
+      opts,
+      false,
+      async ({ records: fetched, topic, partition, signal, payload, fail }) => {
+        let txp = producers.get(partition);
+        let records = fetched;
+        if (txp === undefined) {
+          txp = this.transactionalProducer(`${prefix}-${topic}-${partition}`);
+          producers.set(partition, txp);
+          // Initialising the id settled any transaction a previous owner left open; its committed offset is now
+          // final, and may be past what this consumer fetched from (read before the previous owner committed).
+          const committed = await this.committedOffset(opts.groupId, topic, partition);
+          records = fetched.filter((r) => r.offset >= committed);
+          if (records.length === 0) {
+            payload.resolveOffset(String(fetched[fetched.length - 1]!.offset));
+            return true;
+          }
+        }
+        const producer = await txp;
+        const outputs: OutRecord[] = [];
+        const dlq = opts.deadLetterTopic;
+        try {
+          const done = await runBatch({
+            topic,
+            partition,
+            records,
+            handler: async (batch) => {
+              outputs.push(...(await opts.transform(batch)));
+            },
+            signal,
+            partialAck: false,
+            retryBackoffMs: opts.retryBackoffMs ?? 100,
+            keepAlive: () => payload.heartbeat(),
+            ...(dlq === undefined
+              ? {}
+              : {
+                  deadLetter: async (r, err) => {
+                    outputs.push(deadLetterRecord(dlq, r, err));
+                  },
+                }),
+          });
+          if (done === 0) return false;
+          const next = records[done - 1]!.offset + 1;
+          await producer.transaction(async (tx) => {
+            await tx.send(outputs);
+            await tx.commitOffsets(opts.groupId, [{ topic, partition, offset: next }]);
+          });
+          payload.resolveOffset(String(next - 1));
+          return done === records.length;
+        } catch (err) {
+          if (err instanceof EdrError && err.code === 'EDR_TRANSPORT_FENCED') {
+            // Another member owns this partition now (or owned it since): drop the producer; if the partition comes
+            // back, a new one re-reads the committed offset. Nothing of this batch became visible.
+            producers.delete(partition);
+            await producer.close().catch(() => {});
+            this.log.warn('transactional producer fenced; partition moved', { topic, partition });
+            return false;
+          }
+          if (err instanceof EdrError && err.retryable) {
+            // The transaction was aborted: nothing is visible and offsets did not move; kafkajs refetches.
+            this.log.warn('transaction failed, will retry', { topic, partition, err });
+            return false;
+          }
+          fail(err);
+          return false;
+        }
+      },
+      async () => {
+        await Promise.all([...producers.values()].map(async (p) => (await p).close().catch(() => {})));
+      },
+    );
+  }
+
+  private async committedOffset(groupId: string, topic: string, partition: number): Promise<number> {
+    const admin = await this.admin();
+    const [t] = await kafkaCall('fetching committed offsets', () =>
+      admin.fetchOffsets({ groupId, topics: [topic] }),
+    );
+    const p = t?.partitions.find((x) => x.partition === partition);
+    return p === undefined ? -1 : Number(p.offset);
+  }
+
+  async offsetsForTime(topic: string, timestampMs: number): Promise<PartitionOffset[]> {
+    const admin = await this.admin();
+    const [at, ends] = await Promise.all([
+      kafkaCall('fetching offsets by time', () => admin.fetchTopicOffsetsByTimestamp(topic, timestampMs)),
+      this.endOffsets(topic),
+    ]);
+    return at
+      .map((p) => {
+        const offset = Number(p.offset);
+        const end = ends.find((e) => e.partition === p.partition)?.offset ?? 0;
+        return { topic, partition: p.partition, offset: offset < 0 ? end : offset };
+      })
+      .sort((a, b) => a.partition - b.partition);
+  }
+
+  async endOffsets(topic: string): Promise<PartitionOffset[]> {
+    const admin = await this.admin();
+    const offsets = await kafkaCall('fetching end offsets', () => admin.fetchTopicOffsets(topic));
+    return offsets
+      .map((p) => ({ topic, partition: p.partition, offset: Number(p.high) }))
+      .sort((a, b) => a.partition - b.partition);
+  }
+
+  async lag(groupId: string, topic: string): Promise<PartitionLag[]> {
+    const admin = await this.admin();
+    const [committed, ends] = await Promise.all([
+      kafkaCall('fetching committed offsets', () => admin.fetchOffsets({ groupId, topics: [topic] })),
+      this.endOffsets(topic),
+    ]);
+    const mine = committed.find((t) => t.topic === topic)?.partitions ?? [];
+    return ends.map(({ partition, offset: end }) => {
+      const c = Number(mine.find((p) => p.partition === partition)?.offset ?? -1);
+      return { topic, partition, offset: c, committed: c, end, lag: end - Math.max(c, 0) };
+    });
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.closers];
+    this.closers.clear();
+    await Promise.all(all.map((c) => c().catch(() => {})));
+    this.adminClient = undefined;
+  }
+
+  /** Sets a fresh group's starting offsets for `start` = timestamp; kafkajs handles earliest and latest. */
+  private async applyStart(opts: HandlerOptions | TransformOptions): Promise<void> {
+    const start = opts.start;
+    if (typeof start !== 'object') return;
+    const admin = await this.admin();
+    for (const topic of opts.topics) {
+      const committed = await kafkaCall('fetching committed offsets', () =>
+        admin.fetchOffsets({ groupId: opts.groupId, topics: [topic] }),
+      );
+      const unset = new Set(
+        (committed[0]?.partitions ?? []).filter((p) => Number(p.offset) < 0).map((p) => p.partition),
+      );
+      if (unset.size === 0) continue;
+      const at = (await this.offsetsForTime(topic, start.timestampMs)).filter((p) => unset.has(p.partition));
+      await kafkaCall('setting start offsets', () =>
+        admin.setOffsets({
+          groupId: opts.groupId,
+          topic,
+          partitions: at.map((p) => ({ partition: p.partition, offset: String(p.offset) })),
+        }),
+      );
+    }
+  }
+
+  /**
+   * One consumer group member. `work` handles a slice of a fetched batch and returns whether it finished it;
+   * when it did not, the rest of the fetched batch is left unresolved so kafkajs fetches it again.
+   */
+  private async member(
+    opts: HandlerOptions | TransformOptions,
+    autoCommit: boolean,
+    work: (w: {
+      records: InRecord[];
+      topic: string;
+      partition: number;
+      signal: AbortSignal;
+      payload: EachBatchPayload;
+      fail: (err: unknown) => void;
+    }) => Promise<boolean>,
+    onStop?: () => Promise<void>,
+  ): Promise<Consumption> {
+    await this.applyStart(opts);
+    const consumer: Consumer = this.kafka.consumer({
+      groupId: opts.groupId,
+      readUncommitted: false,
+      allowAutoTopicCreation: false,
+      sessionTimeout: this.config.sessionTimeoutMs,
+      rebalanceTimeout: Math.max(30000, this.config.sessionTimeoutMs),
+      heartbeatInterval: Math.max(500, Math.floor(this.config.sessionTimeoutMs / 10)),
+      maxWaitTimeInMs: 100,
+      retry: { retries: 8, restartOnFailure: async () => true },
+    });
+    let assigned: Array<{ topic: string; partition: number }> = [];
+    consumer.on(consumer.events.GROUP_JOIN, (e) => {
+      assigned = Object.entries(e.payload.memberAssignment).flatMap(([topic, ps]) =>
+        ps.map((partition) => ({ topic, partition })),
+      );
+    });
+    let fatal: unknown;
+    let settle!: { resolve: () => void; reject: (err: unknown) => void };
+    const done = new Promise<void>((resolve, reject) => {
+      settle = { resolve, reject };
+    });
+    done.catch(() => {});
+    let stopping: Promise<void> | undefined;
+    const stop = () => {
+      stopping ??= (async () => {
+        await consumer.disconnect().catch((err) => this.log.warn('consumer disconnect failed', { err }));
+        await onStop?.();
+        assigned = [];
+        this.closers.delete(stop);
+        if (fatal === undefined) settle.resolve();
+        else settle.reject(fatal);
+      })();
+      return stopping;
+    };
+    consumer.on(consumer.events.CRASH, (e) => {
+      if (!e.payload.restart) {
+        fatal ??= toEdrError(e.payload.error, 'consumer crashed');
+        void stop();
+      }
+    });
+    await kafkaCall('connecting consumer', () => consumer.connect());
+    await kafkaCall('subscribing', () =>
+      consumer.subscribe({ topics: opts.topics, fromBeginning: opts.start !== 'latest' }),
+    );
+    const max = opts.maxBatchRecords ?? 500;
+    await consumer.run({
+      autoCommit,
+      // Commit as soon as anything is resolved: a resolved offset is one whose work is done.
+      autoCommitThreshold: 1,
+      eachBatchAutoResolve: false,
+      eachBatch: async (payload) => {
+        const { batch } = payload;
+        if (fatal !== undefined) return;
+        const ac = new AbortController();
+        const watch = setInterval(() => {
+          if (!payload.isRunning() || payload.isStale()) ac.abort();
+        }, 200);
+        try {
+          for (let i = 0; i < batch.messages.length && !ac.signal.aborted; i += max) {
+            const records = batch.messages
+              .slice(i, i + max)
+              .map((m) => toInRecord(batch.topic, batch.partition, m));
+            const finished = await work({
+              records,
+              topic: batch.topic,
+              partition: batch.partition,
+              signal: ac.signal,
+              payload,
+              fail: (err) => {
+                fatal ??= err;
+                setImmediate(() => void stop());
+              },
+            });
+            if (!finished) return;
+            await payload.heartbeat();
+          }
+        } finally {
+          clearInterval(watch);
+        }
+      },
+    });
+    this.closers.add(stop);
+    return { assignments: () => [...assigned], stop, done };
+  }
+}
+
+function transactional(p: KProducer, id: string, close: () => Promise<void>): TransactionalProducer {
+  // kafkajs allows one open transaction per producer: queue them.
+  let queue: Promise<unknown> = Promise.resolve();
+  return {
+    transaction<T>(work: (tx: Transaction) => Promise<T>): Promise<T> {
+      const run = async () => {
+        const tx = await kafkaCall(`beginning transaction ${id}`, () => p.transaction());
+        try {
+          const result = await work({
+            send: async (records) => {
+              if (records.length === 0) return;
+              await kafkaCall('sending in transaction', () =>
+                tx.sendBatch({ acks: -1, topicMessages: byTopic(records) }),
+              );
+            },
+            commitOffsets: async (groupId, offsets) => {
+              const topics = new Map<string, Array<{ partition: number; offset: string }>>();
+              for (const o of offsets) {
+                const list = topics.get(o.topic) ?? [];
+                list.push({ partition: o.partition, offset: String(o.offset) });
+                topics.set(o.topic, list);
+              }
+              await kafkaCall('committing offsets in transaction', () =>
+                tx.sendOffsets({
+                  consumerGroupId: groupId,
+                  topics: [...topics].map(([topic, partitions]) => ({ topic, partitions })),
+                }),
+              );
+            },
+          });
+          await kafkaCall(`committing transaction ${id}`, () => tx.commit());
+          return result;
+        } catch (err) {
+          if (tx.isActive()) await tx.abort().catch(() => {});
+          throw toEdrError(err, `transaction ${id}`);
+        }
+      };
+      const r = queue.then(run, run);
+      queue = r.catch(() => {});
+      return r;
+    },
+    close,
+  };
+}
+
+function tlsOptions(tls: {
+  caFile?: string | undefined;
+  certFile?: string | undefined;
+  keyFile?: string | undefined;
+  rejectUnauthorized: boolean;
+}) {
+  // Read once, when the transport is made: a missing file is a clear startup error.
+  const read = (f: string | undefined) => (f === undefined ? undefined : readFileSyncChecked(f));
+  return {
+    ca: read(tls.caFile),
+    cert: read(tls.certFile),
+    key: read(tls.keyFile),
+    rejectUnauthorized: tls.rejectUnauthorized,
+  };
+}
+
+function readFileSyncChecked(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new EdrError('EDR_CONFIG_TLS_FILE', `cannot read TLS file ${file}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
