@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Process lifecycle capture for the EDR collector: exec (with filename, cwd and argv), fork and exit.
+ * Process lifecycle capture for the EDR collector: exec (filename, cwd, exe path, argv), fork, exit.
  * CO-RE against vmlinux.h; tp_btf hooks need no tracefs. Every record is counted in `counters`
  * before it is emitted, and every record lost to a full ring is counted again, so user space can
  * reconcile: seen == received + ring_drops.
@@ -18,7 +18,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define EDR_DATA_MAX (3 * EDR_PATH_MAX + EDR_ARGV_MAX)
 
 /* Per-CPU scratch: exec records are built here and copied to the ring with their actual size, so
- * the ring holds what was read, not the 16 KiB maximum. */
+ * the ring holds what was read, not the 20 KiB maximum. */
 struct edr_scratch {
 	char buf[sizeof(struct edr_event) + EDR_DATA_MAX];
 };
