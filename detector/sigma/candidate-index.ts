@@ -6,14 +6,23 @@
 import type { CompiledRule } from './compile.js';
 import type { EvalContext } from './event-view.js';
 
-/** Multi-pattern substring matcher (Aho-Corasick) over UTF-16 code units. */
+/** Beyond this many table cells an automaton keeps sparse transitions (memory over speed). */
+const MAX_DENSE_CELLS = 16_000_000;
+
+/**
+ * Multi-pattern substring matcher (Aho-Corasick) over UTF-16 code units. Transitions are resolved into a dense
+ * table over the characters the patterns use (all others share one class), so a scan costs one table read
+ * per character.
+ */
 export class AhoCorasick {
   private readonly next: Map<number, number>[] = [new Map()];
   private readonly fail: number[] = [0];
   /** Pattern ids ending at each state, including those of its suffix states. */
   private readonly out: number[][] = [[]];
-  /** Dense transitions of the root for ASCII, the common first step. */
-  private readonly rootAscii = new Int32Array(128);
+  /** Character → class for codes below 256 (class 0: no pattern uses it). Other characters step sparsely. */
+  private readonly narrowClass = new Uint16Array(256);
+  private width = 1;
+  private dense: Int32Array | undefined;
 
   constructor(patterns: readonly string[]) {
     patterns.forEach((p, id) => {
@@ -29,13 +38,14 @@ export class AhoCorasick {
           this.next[s]!.set(c, t);
         }
         s = t;
+        if (c < 256 && this.narrowClass[c] === 0) this.narrowClass[c] = this.width++;
       }
       this.out[s]!.push(id);
     });
-    const queue: number[] = [];
-    for (const t of this.next[0]!.values()) queue.push(t);
-    for (let q = 0; q < queue.length; q++) {
-      const s = queue[q]!;
+    const order: number[] = [];
+    for (const t of this.next[0]!.values()) order.push(t);
+    for (let q = 0; q < order.length; q++) {
+      const s = order[q]!;
       for (const [c, t] of this.next[s]!) {
         let f = this.fail[s]!;
         while (f !== 0 && !this.next[f]!.has(c)) f = this.fail[f]!;
@@ -43,32 +53,44 @@ export class AhoCorasick {
         this.fail[t] = ft !== undefined && ft !== t ? ft : 0;
         const extra = this.out[this.fail[t]!]!;
         if (extra.length > 0) this.out[t] = [...this.out[t]!, ...extra];
-        queue.push(t);
+        order.push(t);
       }
     }
-    for (let c = 0; c < 128; c++) this.rootAscii[c] = this.next[0]!.get(c) ?? 0;
+    const states = this.next.length;
+    if (states * this.width <= MAX_DENSE_CELLS) {
+      const w = this.width;
+      const table = new Int32Array(states * w);
+      for (const [c, t] of this.next[0]!) if (c < 256) table[this.narrowClass[c]!] = t;
+      // BFS order guarantees a state's fail target is complete before the state itself.
+      for (const s of order) {
+        const f = this.fail[s]!;
+        table.copyWithin(s * w, f * w, f * w + w);
+        for (const [c, t] of this.next[s]!) if (c < 256) table[s * w + this.narrowClass[c]!] = t;
+      }
+      this.dense = table;
+    }
   }
 
   /** Calls onMatch(patternId) for every occurrence (a pattern may be reported more than once). */
   scan(s: string, onMatch: (id: number) => void): void {
-    const { next, fail, out, rootAscii } = this;
+    const { out, dense, narrowClass, width } = this;
     let state = 0;
     for (let i = 0; i < s.length; i++) {
       const c = s.charCodeAt(i);
-      for (;;) {
-        if (state === 0) {
-          state = c < 128 ? rootAscii[c]! : (next[0]!.get(c) ?? 0);
-          break;
-        }
-        const t = next[state]!.get(c);
-        if (t !== undefined) {
-          state = t;
-          break;
-        }
-        state = fail[state]!;
-      }
+      state = dense !== undefined && c < 256 ? dense[state * width + narrowClass[c]!]! : this.step(state, c);
       const o = out[state]!;
       for (let k = 0; k < o.length; k++) onMatch(o[k]!);
+    }
+  }
+
+  /** One transition through the trie and failure links (non-Latin-1 characters, or no dense table). */
+  private step(state: number, c: number): number {
+    const { next, fail } = this;
+    for (;;) {
+      const t = next[state]!.get(c);
+      if (t !== undefined) return t;
+      if (state === 0) return 0;
+      state = fail[state]!;
     }
   }
 }
@@ -91,6 +113,20 @@ export class CandidateIndex {
   readonly always: readonly number[];
   private readonly stamp: Uint32Array;
   private generation = 0;
+  // Scan state, kept on the instance so a scan allocates nothing but its result.
+  private current: number[][] = [];
+  private found: number[] = [];
+  private readonly hit = (id: number): void => {
+    const rs = this.current[id]!;
+    const gen = this.generation;
+    for (let k = 0; k < rs.length; k++) {
+      const r = rs[k]!;
+      if (this.stamp[r] !== gen) {
+        this.stamp[r] = gen;
+        this.found.push(r);
+      }
+    }
+  };
 
   constructor(readonly rules: readonly CompiledRule[]) {
     const fields = new Map<string, Map<string, Set<number>>>();
@@ -128,21 +164,12 @@ export class CandidateIndex {
     const gen = this.generation;
     const stamp = this.stamp;
     const found: number[] = [];
-    let current: number[][] = [];
-    const hit = (id: number): void => {
-      const rs = current[id]!;
-      for (let k = 0; k < rs.length; k++) {
-        const r = rs[k]!;
-        if (stamp[r] !== gen) {
-          stamp[r] = gen;
-          found.push(r);
-        }
-      }
-    };
+    this.found = found;
+    const hit = this.hit;
     for (const f of fieldNames) {
       const fa = this.byField.get(f);
       if (fa === undefined) continue;
-      current = fa.rules;
+      this.current = fa.rules;
       const s = ctx.lower(f);
       if (s !== undefined) fa.ac.scan(s, hit);
       else {
@@ -151,7 +178,7 @@ export class CandidateIndex {
       }
     }
     if (this.anyField !== undefined) {
-      current = this.anyField.rules;
+      this.current = this.anyField.rules;
       for (const s of ctx.keywordValuesLower()) this.anyField.ac.scan(s, hit);
     }
     for (const r of this.always) {

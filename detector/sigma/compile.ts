@@ -26,8 +26,12 @@ export interface CompiledDetection {
   condition: Condition;
   /** At least one atom holds in every event the detection matches; undefined when no such set is known. */
   requirement: Atom[] | undefined;
+  /** The condition as one closure over pre-resolved selections: no lookups at match time. */
+  test: Predicate;
   warnings: string[];
 }
+
+type Predicate = (ctx: EvalContext) => boolean;
 
 export interface CompiledRule extends CompiledDetection {
   doc: RuleDoc;
@@ -158,52 +162,73 @@ function requirementOf(c: Condition, sels: ReadonlyMap<string, Selection>): Atom
 
 // ---- evaluation -------------------------------------------------------------------------------------------
 
-export function selectionMatches(sel: Selection, ctx: EvalContext): boolean {
-  for (const group of sel.groups) {
-    let ok = true;
-    for (const item of group) {
-      if (!itemMatches(item, ctx)) {
-        ok = false;
-        break;
-      }
-    }
-    if (ok) return true;
-  }
-  return false;
+export function ruleMatches(rule: CompiledRule, ctx: EvalContext): boolean {
+  if (!rule.test(ctx)) return false;
+  for (const f of rule.filters) if (!f.test(ctx)) return false;
+  return true;
 }
 
-export function conditionMatches(
-  c: Condition,
-  sels: ReadonlyMap<string, Selection>,
-  ctx: EvalContext,
-): boolean {
+function all(ps: Predicate[]): Predicate {
+  if (ps.length === 1) return ps[0]!;
+  if (ps.length === 2) {
+    const [a, b] = ps as [Predicate, Predicate];
+    return (ctx) => a(ctx) && b(ctx);
+  }
+  return (ctx) => {
+    for (const p of ps) if (!p(ctx)) return false;
+    return true;
+  };
+}
+
+function any(ps: Predicate[]): Predicate {
+  if (ps.length === 1) return ps[0]!;
+  if (ps.length === 2) {
+    const [a, b] = ps as [Predicate, Predicate];
+    return (ctx) => a(ctx) || b(ctx);
+  }
+  return (ctx) => {
+    for (const p of ps) if (p(ctx)) return true;
+    return false;
+  };
+}
+
+function itemPredicate(item: FieldItem): Predicate {
+  const { field, tests } = item;
+  if (tests.length === 1) {
+    const t = tests[0]!;
+    return (ctx) => t.test(ctx, field);
+  }
+  return (ctx) => itemMatches(item, ctx);
+}
+
+function selectionPredicate(sel: Selection): Predicate {
+  return any(sel.groups.map((g) => all(g.map(itemPredicate))));
+}
+
+function conditionPredicate(c: Condition, sels: ReadonlyMap<string, Predicate>): Predicate {
   switch (c.t) {
     case 'sel':
-      return selectionMatches(sels.get(c.name)!, ctx);
-    case 'not':
-      return !conditionMatches(c.e, sels, ctx);
+      return sels.get(c.name)!;
+    case 'not': {
+      const e = conditionPredicate(c.e, sels);
+      return (ctx) => !e(ctx);
+    }
     case 'and':
-      for (const x of c.a) if (!conditionMatches(x, sels, ctx)) return false;
-      return true;
+      return all(c.a.map((x) => conditionPredicate(x, sels)));
     case 'or':
-      for (const x of c.a) if (conditionMatches(x, sels, ctx)) return true;
-      return false;
+      return any(c.a.map((x) => conditionPredicate(x, sels)));
     case 'of': {
-      let n = 0;
-      for (const name of c.names) if (selectionMatches(sels.get(name)!, ctx) && ++n >= c.min) return true;
-      return false;
+      const ps = c.names.map((n) => sels.get(n)!);
+      if (c.min === 1) return any(ps);
+      if (c.min === ps.length) return all(ps);
+      const min = c.min;
+      return (ctx) => {
+        let n = 0;
+        for (const p of ps) if (p(ctx) && ++n >= min) return true;
+        return false;
+      };
     }
   }
-}
-
-export function detectionMatches(d: CompiledDetection, ctx: EvalContext): boolean {
-  return conditionMatches(d.condition, d.selections, ctx);
-}
-
-export function ruleMatches(rule: CompiledRule, ctx: EvalContext): boolean {
-  if (!detectionMatches(rule, ctx)) return false;
-  for (const f of rule.filters) if (!detectionMatches(f, ctx)) return false;
-  return true;
 }
 
 /** Fields of the positively matched selections of a matched rule, for the alert. */
@@ -265,7 +290,9 @@ export function compileDetection(
     return located(at, path, () => parseCondition(c as string, names));
   });
   const condition: Condition = parsed.length === 1 ? parsed[0]! : { t: 'or', a: parsed };
-  return { selections, condition, requirement: requirementOf(condition, selections), warnings };
+  const preds = new Map([...selections].map(([n, sel]) => [n, selectionPredicate(sel)]));
+  const test = conditionPredicate(condition, preds);
+  return { selections, condition, requirement: requirementOf(condition, selections), test, warnings };
 }
 
 export function compileRule(doc: RuleDoc, opts: CompileOptions = {}): CompiledRule {

@@ -7,7 +7,7 @@ import type { ExecveEvent } from '../../schemas/types.js';
 import { CandidateIndex } from './candidate-index.js';
 import { type CompiledRule, compileRule, matchedFields, ruleMatches } from './compile.js';
 import { type CompiledCorrelation, compileCorrelation } from './correlations.js';
-import { asString, EvalContext, jsonEvent, type SigmaEvent } from './event-view.js';
+import { asString, EvalContext, type SigmaEvent } from './event-view.js';
 import { applyFilters, type CompiledFilter, compileFilter } from './filters.js';
 import type { CompileOptions } from './modifiers.js';
 import { type LogSource, parseRuleDir, problemOf, type RuleProblem, type SigmaDoc } from './parse.js';
@@ -100,7 +100,10 @@ export interface Engine {
   readonly options: Required<EngineOptions>;
   /** Rules per log source, built on first use; a cache, invisible to callers. */
   readonly routes: Map<string, Route>;
+  readonly bySource: WeakMap<LogSource, Route>;
   readonly ctx: EvalContext;
+  /** Reused views of execve events (evaluation is synchronous, so one of each suffices). */
+  readonly views: { pc: ProcessCreationView; auditd: AuditdExecveView };
 }
 
 export function createEngine(rules: readonly CompiledRule[], options: EngineOptions = {}): Engine {
@@ -108,7 +111,9 @@ export function createEngine(rules: readonly CompiledRule[], options: EngineOpti
     rules,
     options: { routing: options.routing ?? true, index: options.index ?? true },
     routes: new Map(),
+    bySource: new WeakMap(),
     ctx: new EvalContext(),
+    views: { pc: new ProcessCreationView(), auditd: new AuditdExecveView() },
   };
 }
 
@@ -122,6 +127,9 @@ export function ruleApplies(rule: LogSource, event: LogSource): boolean {
 }
 
 function routeFor(engine: Engine, ls: LogSource): Route {
+  // Views of our own events share their LogSource objects: find their route without building a key.
+  const known = engine.bySource.get(ls);
+  if (known !== undefined) return known;
   const key = engine.options.routing ? `${ls.product ?? ''}|${ls.category ?? ''}|${ls.service ?? ''}` : '*';
   let route = engine.routes.get(key);
   if (route === undefined) {
@@ -131,6 +139,7 @@ function routeFor(engine: Engine, ls: LogSource): Route {
     route = { rules, index: engine.options.index ? new CandidateIndex(rules) : undefined };
     engine.routes.set(key, route);
   }
+  engine.bySource.set(ls, route);
   return route;
 }
 
@@ -159,34 +168,76 @@ export const AUDITD: LogSource = { product: 'linux', service: 'auditd' };
 
 const PC_FIELDS = Object.keys(processCreationFields);
 
-/** An execve event seen as Sysmon-style process_creation, through the one field table. */
-export function processCreationEvent(e: ExecveEvent): SigmaEvent {
-  const cache = new Map<string, unknown>();
-  const get = (field: string): unknown => {
-    if (cache.has(field)) return cache.get(field);
-    const v = processCreationFields[field]?.(e);
-    cache.set(field, v);
+/**
+ * An execve event seen as Sysmon-style process_creation, through the one field table. Fields are computed on
+ * first read; `reset` lets an engine reuse one view for every event instead of allocating.
+ */
+export class ProcessCreationView implements SigmaEvent {
+  readonly logsource = PROCESS_CREATION;
+  private e!: ExecveEvent;
+  private readonly cache = new Map<string, unknown>();
+  private all: string[] | undefined;
+
+  reset(e: ExecveEvent): this {
+    this.e = e;
+    this.cache.clear();
+    this.all = undefined;
+    return this;
+  }
+
+  get(field: string): unknown {
+    let v = this.cache.get(field);
+    if (v === undefined && !this.cache.has(field)) {
+      v = processCreationFields[field]?.(this.e);
+      this.cache.set(field, v);
+    }
     return v;
-  };
-  let names: string[] | undefined;
-  let values: string[] | undefined;
-  return {
-    logsource: PROCESS_CREATION,
-    get,
-    fieldNames: () => {
-      names ??= PC_FIELDS.filter((f) => get(f) != null);
-      return names;
-    },
-    values: () => {
-      values ??= PC_FIELDS.map((f) => asString(get(f))).filter((s): s is string => s !== undefined);
-      return values;
-    },
-  };
+  }
+
+  // The names the table can produce; absent ones read as undefined. Computing none here keeps the index
+  // from paying for fields (hashes, GUIDs) that no rule reads.
+  fieldNames(): readonly string[] {
+    return PC_FIELDS;
+  }
+
+  values(): readonly string[] {
+    this.all ??= PC_FIELDS.map((f) => asString(this.get(f))).filter((s): s is string => s !== undefined);
+    return this.all;
+  }
 }
 
-/** An execve event seen as an auditd EXECVE record (`type`, `a0`, `a1`, ...). */
+/** An execve event seen as an auditd EXECVE record (`type`, `argc`, `a0`, `a1`, ...). */
+export class AuditdExecveView implements SigmaEvent {
+  readonly logsource = AUDITD;
+  private fields: Record<string, string> = {};
+  private names: string[] | undefined;
+
+  reset(e: ExecveEvent): this {
+    this.fields = auditdExecveFields(e);
+    this.names = undefined;
+    return this;
+  }
+
+  get(field: string): unknown {
+    return Object.hasOwn(this.fields, field) ? this.fields[field] : undefined;
+  }
+
+  fieldNames(): readonly string[] {
+    this.names ??= Object.keys(this.fields);
+    return this.names;
+  }
+
+  values(): readonly string[] {
+    return Object.values(this.fields);
+  }
+}
+
+export function processCreationEvent(e: ExecveEvent): SigmaEvent {
+  return new ProcessCreationView().reset(e);
+}
+
 export function auditdEvent(e: ExecveEvent): SigmaEvent {
-  return jsonEvent(auditdExecveFields(e), AUDITD);
+  return new AuditdExecveView().reset(e);
 }
 
 /** Both views of an execve event, so process_creation and auditd execve rules see it. */
@@ -194,6 +245,10 @@ export function execveViews(e: ExecveEvent): SigmaEvent[] {
   return [processCreationEvent(e), auditdEvent(e)];
 }
 
+/** Matches of an execve event under both its views. */
 export function evaluateExecve(engine: Engine, e: ExecveEvent): Match[] {
-  return [...evaluate(engine, processCreationEvent(e)), ...evaluate(engine, auditdEvent(e))];
+  const out = evaluate(engine, engine.views.pc.reset(e));
+  const audit = evaluate(engine, engine.views.auditd.reset(e));
+  for (const m of audit) out.push(m);
+  return out;
 }

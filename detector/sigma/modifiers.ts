@@ -679,7 +679,10 @@ export function compileFieldItem(
             }
             const raw = ctx.raw(f);
             const s = asString(raw);
-            return s !== undefined ? re.test(s) : anyScalar(raw, re.test, false);
+            if (s === undefined) return anyScalar(raw, re.test, false);
+            // A cheap necessary check before crossing into the regex engine.
+            if (atom !== undefined && !ctx.lower(f)!.includes(atom)) return false;
+            return re.test(s);
           },
         };
         break;
