@@ -108,6 +108,8 @@ function buildAutomaton(byLiteral: Map<string, Set<number>>): FieldAutomaton {
 
 export class CandidateIndex {
   private readonly byField = new Map<string, FieldAutomaton>();
+  /** Field → exact lowercased value → rules, for atoms that must equal the whole value. */
+  private readonly exactByField = new Map<string, Map<string, number[]>>();
   private readonly anyField: FieldAutomaton | undefined;
   /** Rules without a requirement: candidates for every event. */
   readonly always: readonly number[];
@@ -138,6 +140,14 @@ export class CandidateIndex {
         return;
       }
       for (const a of r.requirement) {
+        if (a.exact && a.field !== undefined) {
+          const m = this.exactByField.get(a.field) ?? new Map<string, number[]>();
+          this.exactByField.set(a.field, m);
+          const list = m.get(a.literal) ?? [];
+          if (!list.includes(i)) list.push(i);
+          m.set(a.literal, list);
+          continue;
+        }
         let m: Map<string, Set<number>>;
         if (a.field === undefined) m = any;
         else {
@@ -155,6 +165,13 @@ export class CandidateIndex {
     this.stamp = new Uint32Array(rules.length);
   }
 
+  private mark(r: number): void {
+    if (this.stamp[r] !== this.generation) {
+      this.stamp[r] = this.generation;
+      this.found.push(r);
+    }
+  }
+
   /** Indexes (ascending) of the rules that may match the event; every other rule cannot. */
   candidates(ctx: EvalContext, fieldNames: readonly string[]): number[] {
     if (++this.generation === 0xffffffff) {
@@ -167,6 +184,17 @@ export class CandidateIndex {
     this.found = found;
     const hit = this.hit;
     for (const f of fieldNames) {
+      const ex = this.exactByField.get(f);
+      if (ex !== undefined) {
+        const s = ctx.lower(f);
+        const rs = s === undefined ? undefined : ex.get(s);
+        if (rs !== undefined) for (const r of rs) this.mark(r);
+        else if (s === undefined) {
+          const raw = ctx.raw(f);
+          if (Array.isArray(raw))
+            for (const x of raw) for (const r of ex.get(String(x).toLowerCase()) ?? []) this.mark(r);
+        }
+      }
       const fa = this.byField.get(f);
       if (fa === undefined) continue;
       this.current = fa.rules;

@@ -5,7 +5,7 @@
 import { EdrError } from '../../infra/errors.js';
 import { type Condition, parseCondition } from './conditions.js';
 import type { EvalContext } from './event-view.js';
-import { atomsOf, type CompileOptions, compileFieldItem, type FieldItem, itemMatches } from './modifiers.js';
+import { type CompileOptions, compileFieldItem, type FieldItem, itemMatches } from './modifiers.js';
 import { fail, type Locator, type LogSource, type RuleDoc } from './parse.js';
 
 /** One selection: any of its groups matches when all the items of that group match. */
@@ -14,10 +14,11 @@ export interface Selection {
   groups: FieldItem[][];
 }
 
-/** A literal the named field (or, with field undefined, any value of the event) must contain. */
+/** A literal the named field (or, with field undefined, any value of the event) must contain or, exact, equal. */
 export interface Atom {
   field: string | undefined;
   literal: string;
+  exact: boolean;
 }
 
 /** Detection part shared by rules and filters. */
@@ -113,9 +114,13 @@ function compileSelection(
 // Fields whose values repeat across most events of a log source: poor index keys.
 const COMMON_FIELDS = new Set(['type', 'EventID', 'Channel', 'Provider_Name', 'EventType']);
 
+/** Rough chance that an event holds one of the atoms: exact values are rarer than substrings, long rarer than short. */
 function cost(req: Atom[]): number {
   let c = 0;
-  for (const a of req) c += (COMMON_FIELDS.has(a.field ?? '') ? 20 : 1) / Math.min(a.literal.length, 8) ** 2;
+  for (const a of req) {
+    const common = COMMON_FIELDS.has(a.field ?? '') ? 20 : 1;
+    c += common * (a.exact ? 0.02 : 1 / Math.min(a.literal.length, 8) ** 2);
+  }
   return c;
 }
 
@@ -135,7 +140,13 @@ function union(reqs: (Atom[] | undefined)[]): Atom[] | undefined {
 }
 
 function itemRequirement(item: FieldItem): Atom[] | undefined {
-  const per = item.tests.map((t) => atomsOf(t)?.map((literal) => ({ field: item.field, literal })));
+  const per = item.tests.map((t) =>
+    t.key?.literals.map((literal) => ({
+      field: item.field,
+      literal,
+      exact: t.key!.exact && item.field !== undefined,
+    })),
+  );
   return item.all ? best(per) : union(per);
 }
 

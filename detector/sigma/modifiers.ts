@@ -4,7 +4,7 @@
  */
 import { EdrError } from '../../infra/errors.js';
 import { asString, type EvalContext } from './event-view.js';
-import { compileRegex, requiredLiteral } from './safe-regex.js';
+import { compileRegex, requiredLiterals } from './safe-regex.js';
 
 type ModifierKind =
   | 'wrap' // where the value sits in the field: contains, startswith, endswith
@@ -95,14 +95,23 @@ export function parseSigmaString(raw: string, placeholders = false): Part[] {
   return parts;
 }
 
+/**
+ * What the candidate index may use of a test: the field's lowercased value contains one of the literals (or,
+ * when exact, equals one of them) whenever the test passes.
+ */
+export interface IndexKey {
+  literals: readonly string[];
+  exact: boolean;
+}
+
 /** A compiled test of one rule value against one field (or, with field undefined, the whole event). */
 export interface ValueTest {
   test(ctx: EvalContext, field: string | undefined): boolean;
-  /** Lowercased literal that the field must contain for the test to pass; undefined when none is known. */
-  readonly atom: string | undefined;
+  /** Undefined when no literal is known to be needed (regex without literals, null, numeric comparisons...). */
+  readonly key: IndexKey | undefined;
 }
 
-const NEVER: ValueTest = { test: () => false, atom: undefined };
+const NEVER: ValueTest = { test: () => false, key: undefined };
 
 // ---- wildcard patterns --------------------------------------------------------------------------------
 
@@ -131,7 +140,7 @@ function segFind(seg: readonly Elem[], s: string, from: number): number {
 function globMatcher(
   parts: readonly Part[],
   lower: boolean,
-): { match: (s: string) => boolean; atom: string | undefined } {
+): { match: (s: string) => boolean; key: IndexKey | undefined } {
   const segs: Elem[][] = [[]];
   for (const p of parts) {
     if (p.t === 'star') segs.push([]);
@@ -159,23 +168,28 @@ function globMatcher(
       }
     }
   }
-  atom = atom?.toLowerCase();
   const plain = segs.every((s) => s.every((e) => typeof e === 'string'));
+  const key: IndexKey | undefined =
+    plain && segs.length === 1
+      ? { literals: [segs[0]!.join('').toLowerCase()], exact: true }
+      : atom === undefined
+        ? undefined
+        : { literals: [atom.toLowerCase()], exact: false };
   if (plain && segs.length <= 2) {
     const a = segs[0]!.join('');
-    if (segs.length === 1) return { match: (s) => s === a, atom };
+    if (segs.length === 1) return { match: (s) => s === a, key };
     const b = segs[1]!.join('');
-    if (anchoredStart && a && !b) return { match: (s) => s.startsWith(a), atom };
-    if (!a && b && anchoredEnd) return { match: (s) => s.endsWith(b), atom };
-    return { match: (s) => s.length >= a.length + b.length && s.startsWith(a) && s.endsWith(b), atom };
+    if (anchoredStart && a && !b) return { match: (s) => s.startsWith(a), key };
+    if (!a && b && anchoredEnd) return { match: (s) => s.endsWith(b), key };
+    return { match: (s) => s.length >= a.length + b.length && s.startsWith(a) && s.endsWith(b), key };
   }
   if (plain && segs.length === 3 && segs[0]!.length === 0 && segs[2]!.length === 0) {
     const mid = segs[1]!.join('');
-    return { match: (s) => s.includes(mid), atom };
+    return { match: (s) => s.includes(mid), key };
   }
   if (segs.length === 1) {
     const seg = segs[0]!;
-    return { match: (s) => s.length === seg.length && segMatchAt(seg, s, 0), atom };
+    return { match: (s) => s.length === seg.length && segMatchAt(seg, s, 0), key };
   }
   const first = segs[0]!;
   const last = segs[segs.length - 1]!;
@@ -195,7 +209,7 @@ function globMatcher(
       }
       return true;
     },
-    atom,
+    key,
   };
 }
 
@@ -215,9 +229,9 @@ function anyScalar(raw: unknown, f: (s: string) => boolean, lower: boolean): boo
 }
 
 function globTest(parts: readonly Part[], cased: boolean): ValueTest {
-  const { match, atom } = globMatcher(parts, !cased);
+  const { match, key } = globMatcher(parts, !cased);
   return {
-    atom,
+    key,
     test(ctx, field) {
       if (field === undefined) {
         const vals = cased ? ctx.keywordValues() : ctx.keywordValuesLower();
@@ -433,7 +447,7 @@ const COMPARE: Readonly<Record<string, (a: number, b: number) => boolean>> = {
 function numericTest(op: string, n: number, part: string | undefined): ValueTest {
   const cmp = COMPARE[op]!;
   return {
-    atom: undefined,
+    key: undefined,
     test(ctx, field) {
       if (field === undefined) return false;
       const raw = ctx.raw(field);
@@ -502,7 +516,7 @@ function cidrTest(value: string): ValueTest {
     return true;
   };
   return {
-    atom: undefined,
+    key: undefined,
     test(ctx, field) {
       if (field === undefined) return false;
       const raw = ctx.raw(field);
@@ -522,7 +536,7 @@ function fieldrefTest(ref: string, wrapMod: string | undefined, cased: boolean):
           ? (a, b) => a.endsWith(b)
           : (a, b) => a === b;
   return {
-    atom: undefined,
+    key: undefined,
     test(ctx, field) {
       if (field === undefined) return false;
       const a = cased ? asString(ctx.raw(field)) : ctx.lower(field);
@@ -533,13 +547,13 @@ function fieldrefTest(ref: string, wrapMod: string | undefined, cased: boolean):
 }
 
 const nullTest: ValueTest = {
-  atom: undefined,
+  key: undefined,
   test: (ctx, field) => (field === undefined ? false : ctx.raw(field) == null),
 };
 
 function existsTest(want: boolean): ValueTest {
   return {
-    atom: undefined,
+    key: undefined,
     test: (ctx, field) => field !== undefined && (ctx.raw(field) !== undefined) === want,
   };
 }
@@ -547,7 +561,7 @@ function existsTest(want: boolean): ValueTest {
 function negate(t: ValueTest): ValueTest {
   // A value "different from" another needs a value: an absent field is not different, it is absent.
   return {
-    atom: undefined,
+    key: undefined,
     test: (ctx, field) => field !== undefined && ctx.raw(field) != null && !t.test(ctx, field),
   };
 }
@@ -555,32 +569,17 @@ function negate(t: ValueTest): ValueTest {
 function anyOf(tests: ValueTest[]): ValueTest {
   if (tests.length === 1) return tests[0]!;
   if (tests.length === 0) return NEVER;
-  const atoms = tests.map((t) => t.atom);
-  // Several variants have no single shared literal; index on the shortest common one only if all agree.
-  const atom = atoms.every((a) => a !== undefined && a === atoms[0]) ? atoms[0] : undefined;
+  const keys = tests.map((t) => t.key);
+  const key = keys.every((k) => k !== undefined)
+    ? { literals: [...new Set(keys.flatMap((k) => k!.literals))], exact: keys.every((k) => k!.exact) }
+    : undefined;
   return {
-    atom,
-    variants: tests,
+    key,
     test(ctx, field) {
       for (const t of tests) if (t.test(ctx, field)) return true;
       return false;
     },
-  } as ValueTest & { variants: ValueTest[] };
-}
-
-/** All literal atoms of a test: one per variant (any of which must be present), or undefined if unknown. */
-export function atomsOf(t: ValueTest): string[] | undefined {
-  const variants = (t as ValueTest & { variants?: ValueTest[] }).variants;
-  if (variants !== undefined) {
-    const out: string[] = [];
-    for (const v of variants) {
-      const a = atomsOf(v);
-      if (a === undefined) return undefined;
-      out.push(...a);
-    }
-    return out;
-  }
-  return t.atom === undefined ? undefined : [t.atom];
+  };
 }
 
 /**
@@ -669,9 +668,9 @@ export function compileFieldItem(
         if (typeof v !== 'string') badValue("'re' needs a string");
         const flags = reFlags.join('');
         const re = compileRegex(v as string, flags);
-        const atom = requiredLiteral(v as string);
+        const literals = requiredLiterals(v as string);
         t = {
-          atom,
+          key: literals === undefined ? undefined : { literals, exact: false },
           test(ctx, f) {
             if (f === undefined) {
               for (const s of ctx.keywordValues()) if (re.test(s)) return true;
@@ -681,7 +680,10 @@ export function compileFieldItem(
             const s = asString(raw);
             if (s === undefined) return anyScalar(raw, re.test, false);
             // A cheap necessary check before crossing into the regex engine.
-            if (atom !== undefined && !ctx.lower(f)!.includes(atom)) return false;
+            if (literals !== undefined) {
+              const low = ctx.lower(f)!;
+              if (!literals.some((l) => low.includes(l))) return false;
+            }
             return re.test(s);
           },
         };
@@ -707,7 +709,7 @@ export function compileFieldItem(
           // A YAML number or boolean also matches its string form: `LogonId: 0` matches "0".
           const s = String(v).toLowerCase();
           t = {
-            atom: s,
+            key: { literals: [s], exact: false },
             test(ctx, f) {
               if (f === undefined) return ctx.keywordValuesLower().some((x) => x.includes(s));
               const raw = ctx.raw(f);

@@ -47,94 +47,179 @@ export function compileRegex(source: string, flags: string): SafeRegex {
   return { source, test: (s) => re.test(s) };
 }
 
+const MAX_ALTERNATIVES = 64;
+
 /**
- * The longest literal that every match of the pattern must contain (lowercased), for the candidate index;
- * undefined when none can be proven (top-level alternation, everything optional, ...). Conservative on purpose.
+ * Literals of which every match of the pattern contains at least one (lowercased), for the candidate index
+ * and as a cheap check before running the regex; undefined when none can be proven. Follows literal runs
+ * through small groups like `(W|R)` and classes like `[Ww]`; anything else ends a run. Conservative on purpose.
  */
-export function requiredLiteral(source: string): string | undefined {
-  const runs: string[] = [];
-  let run = '';
-  let prevLiteral = false; // whether the last atom was a literal char appended to `run`
+export function requiredLiterals(source: string): string[] | undefined {
+  const branches = splitTop(source);
+  if (branches.length > 1) {
+    const out: string[] = [];
+    for (const b of branches) {
+      const lits = requiredLiterals(b);
+      if (lits === undefined) return undefined;
+      out.push(...lits);
+    }
+    return [...new Set(out)];
+  }
+  const runs: string[][] = [];
+  let cur: string[] = [''];
+  let before: string[] = cur; // `cur` before the last atom, to drop it when a quantifier makes it optional
+  let last: string[] = ['']; // alternatives of the last atom
   const flush = (): void => {
-    if (run.length > 0) runs.push(run);
-    run = '';
+    if (cur.every((x) => x.length > 0)) runs.push(cur);
+    cur = [''];
+    before = cur;
+    last = [''];
+  };
+  const append = (alts: string[]): void => {
+    if (cur.length * alts.length > MAX_ALTERNATIVES) flush();
+    before = cur;
+    last = alts;
+    cur = cur.flatMap((x) => alts.map((a) => x + a));
   };
   let i = 0;
-  const n = source.length;
-  while (i < n) {
+  while (i < source.length) {
     const c = source[i]!;
-    if (c === '|') return undefined;
     if (c === '(') {
-      // Skip the whole group: its content may be optional or alternated.
-      let depth = 0;
-      for (; i < n; i++) {
-        const d = source[i];
-        if (d === '\\') i++;
-        else if (d === '[') i = skipClass(source, i);
-        else if (d === '(') depth++;
-        else if (d === ')' && --depth === 0) break;
-      }
-      i++;
-      flush();
-      prevLiteral = false;
+      const end = closingParen(source, i);
+      let inner = source.slice(i + 1, end);
+      i = end + 1;
+      if (/^\?[imsU-]+$/.test(inner)) continue; // (?i): flags only, no content
+      if (inner.startsWith('?:')) inner = inner.slice(2);
+      const alts = inner.startsWith('?') ? undefined : literalAlternatives(inner);
+      if (alts === undefined) flush();
+      else append(alts);
       continue;
     }
     if (c === '[') {
-      i = skipClass(source, i) + 1;
-      flush();
-      prevLiteral = false;
+      const end = skipClass(source, i);
+      const body = source.slice(i + 1, end);
+      i = end + 1;
+      if (/^[^\\^\]-]{1,4}$/.test(body)) append([...new Set(body.toLowerCase())]);
+      else flush();
       continue;
     }
-    if (c === '*' || c === '?' || c === '{') {
-      // The previous atom may be absent ({0,...}, *, ?): drop it from the run.
-      let zeroMin = c !== '{';
+    if (c === '*' || c === '?') {
+      // Zero or more: the last atom may be absent, so the run ends before it.
+      i++;
+      if (source[i] === '?' || source[i] === '+') i++;
+      cur = before;
+      flush();
+      continue;
+    }
+    if (c === '+' || c === '{') {
+      // One or more: the run ends with the first repetition; the last one starts the next run.
+      const again = last;
       if (c === '{') {
         const m = /^\{(\d*)/.exec(source.slice(i));
-        zeroMin = m === null || m[1] === '' || Number(m[1]) === 0;
+        if (m === null || m[1] === '' || Number(m[1]) === 0) {
+          cur = before;
+          flush();
+        } else {
+          flush();
+          cur = again;
+        }
         const close = source.indexOf('}', i);
-        i = close < 0 ? n : close;
+        i = close < 0 ? source.length : close;
+      } else {
+        flush();
+        cur = again;
       }
-      if (prevLiteral && zeroMin) run = run.slice(0, -1);
-      flush();
-      prevLiteral = false;
       i++;
-      if (source[i] === '?') i++;
+      if (source[i] === '?' || source[i] === '+') i++;
       continue;
     }
-    if (c === '+') {
-      flush();
-      prevLiteral = false;
+    if (c === '^' || c === '$') {
       i++;
-      if (source[i] === '?') i++;
       continue;
     }
-    if (c === '.' || c === '^' || c === '$') {
+    if (c === '.') {
       flush();
-      prevLiteral = false;
       i++;
       continue;
     }
     if (c === '\\') {
       const e = source[i + 1];
-      if (e === undefined || /[0-9A-Za-z]/.test(e)) {
-        flush();
-        prevLiteral = false;
-        i += e === 'x' ? 4 : 2;
-        continue;
-      }
-      run += e;
-      prevLiteral = true;
       i += 2;
+      if (e === 'b' || e === 'B') continue; // zero-width
+      if (e === undefined || /[0-9A-Za-z]/.test(e)) {
+        if (e === 'x') i += 2;
+        flush();
+      } else append([e]);
       continue;
     }
-    run += c;
-    prevLiteral = true;
+    append([c]);
     i++;
   }
   flush();
-  let best: string | undefined;
-  for (const r of runs) if (best === undefined || r.length > best.length) best = r;
-  return best?.toLowerCase();
+  let best: string[] | undefined;
+  const minLen = (r: string[]): number => Math.min(...r.map((x) => x.length));
+  for (const r of runs) {
+    if (
+      best === undefined ||
+      minLen(r) > minLen(best) ||
+      (minLen(r) === minLen(best) && r.length < best.length)
+    ) {
+      best = r;
+    }
+  }
+  return best === undefined ? undefined : [...new Set(best.map((x) => x.toLowerCase()))];
+}
+
+/** Alternatives of a group body made only of plain characters, like `W|R` or `exe|dll`; else undefined. */
+function literalAlternatives(body: string): string[] | undefined {
+  const out: string[] = [];
+  for (const alt of splitTop(body)) {
+    let lit = '';
+    for (let i = 0; i < alt.length; i++) {
+      const c = alt[i]!;
+      if (c === '\\') {
+        const e = alt[i + 1];
+        if (e === undefined || /[0-9A-Za-z]/.test(e)) return undefined;
+        lit += e;
+        i++;
+      } else if ('()[]{}*+?.^$|'.includes(c)) return undefined;
+      else lit += c;
+    }
+    out.push(lit);
+  }
+  return out;
+}
+
+/** Splits at top-level `|` (outside groups and classes). */
+function splitTop(s: string): string[] {
+  const out: string[] = [];
+  let depth = 0;
+  let start = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i];
+    if (c === '\\') i++;
+    else if (c === '[') i = skipClass(s, i);
+    else if (c === '(') depth++;
+    else if (c === ')') depth--;
+    else if (c === '|' && depth === 0) {
+      out.push(s.slice(start, i));
+      start = i + 1;
+    }
+  }
+  out.push(s.slice(start));
+  return out;
+}
+
+function closingParen(s: string, open: number): number {
+  let depth = 0;
+  for (let i = open; i < s.length; i++) {
+    const c = s[i];
+    if (c === '\\') i++;
+    else if (c === '[') i = skipClass(s, i);
+    else if (c === '(') depth++;
+    else if (c === ')' && --depth === 0) return i;
+  }
+  return s.length;
 }
 
 function skipClass(s: string, start: number): number {

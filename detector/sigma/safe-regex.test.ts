@@ -1,0 +1,46 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { compileRegex, requiredLiterals } from './safe-regex.js';
+
+describe('requiredLiterals: what every match must contain', () => {
+  const cases: [string, string[] | undefined][] = [
+    ['abc', ['abc']],
+    ['ABC', ['abc']],
+    ['ab+c', ['ab']], // not "abc": "abbc" matches
+    ['ab*cde', ['cde']],
+    ['ab?cd', ['cd']],
+    ['a{0,3}bcd', ['bcd']],
+    ['xa{2}bcd', ['abcd']],
+    ['-(W|R)\\s?x', ['-w', '-r']],
+    ['(?i)net\\s+config', ['config']],
+    ['foo|barbaz', ['foo', 'barbaz']],
+    ['foo|.*', undefined],
+    ['[Ww]get ', ['wget ']],
+    ['[a-z]+', undefined],
+    ['\\.exe$', ['.exe']],
+    ['^/usr/bin/(python|perl) -c', ['/usr/bin/python -c', '/usr/bin/perl -c']],
+    ['(a(b)c)xyz', ['xyz']],
+    ['\\bcurl\\b', ['curl']],
+    ['.*', undefined],
+  ];
+  for (const [src, want] of cases) {
+    it(`/${src}/ → ${JSON.stringify(want)}`, () => assert.deepEqual(requiredLiterals(src), want));
+  }
+  it('every literal set is necessary: matching samples contain one of them', () => {
+    const samples: [string, string][] = [
+      ['ab+c', 'xxabbbcxx'],
+      ['xa{2}bcd', 'xaabcd'],
+      ['-(W|R)\\s?x', 'run -R x'],
+      ['^/usr/bin/(python|perl) -c', '/usr/bin/perl -c 1'],
+      ['(?i)net\\s+config', 'NET   CONFIG'],
+    ];
+    for (const [src, text] of samples) {
+      assert.ok(compileRegex(src, '').test(text), `${src} matches ${text}`);
+      const lits = requiredLiterals(src) ?? [];
+      assert.ok(
+        lits.some((l) => text.toLowerCase().includes(l)),
+        `${src}: ${text} contains one of ${lits}`,
+      );
+    }
+  });
+});
