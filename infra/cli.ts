@@ -13,24 +13,29 @@ export interface Command {
 
 const commands: Record<string, () => Promise<{ command: Command }>> = {
   broker: () => import('./kafka/broker-cli.js'),
+  down: () => import('./down.js'),
+  up: () => import('./up.js'),
   hunt: () => import('../detector/hunt.js'),
   rules: () => import('../detector/rules-cli.js'),
 };
 
-function usage(): string {
+async function usage(): Promise<string> {
   const names = Object.keys(commands).sort();
-  return `usage: edr <command> [options]\n\ncommands:\n${names.map((n) => `  ${n}`).join('\n')}\n\nedr <command> --help for a command's options\n`;
+  const lines = await Promise.all(
+    names.map(async (n) => `  ${n.padEnd(8)} ${(await commands[n]!()).command.summary}`),
+  );
+  return `usage: edr <command> [options]\n\ncommands:\n${lines.join('\n')}\n\nedr <command> --help for a command's options\n`;
 }
 
 async function main(): Promise<number> {
   const [name, ...rest] = process.argv.slice(2);
   if (name === undefined || name === '--help' || name === '-h') {
-    process.stdout.write(usage());
+    process.stdout.write(await usage());
     return name === undefined ? 2 : 0;
   }
   const load = commands[name];
   if (load === undefined) {
-    process.stderr.write(`edr: unknown command '${name}'\n\n${usage()}`);
+    process.stderr.write(`edr: unknown command '${name}'\n\n${await usage()}`);
     return 2;
   }
   const { command } = await load();

@@ -524,11 +524,19 @@ export class KafkaTransport implements Transport {
         const { batch } = payload;
         if (fatal !== undefined) return;
         const ac = new AbortController();
+        let rebalancing = false;
         const watch = setInterval(() => {
           if (!payload.isRunning() || payload.isStale()) ac.abort();
-        }, 200);
+          // kafkajs heartbeats only between batches: keep the membership alive while a slow handler runs, and
+          // learn of a rebalance so the loop below yields after the chunk in hand.
+          payload.heartbeat().catch(() => {
+            rebalancing = true;
+          });
+        }, 500);
         try {
-          for (let i = 0; i < batch.messages.length && !ac.signal.aborted; i += max) {
+          for (let i = 0; i < batch.messages.length; i += max) {
+            // Stopping, revoked or rebalancing: the chunk in hand was the last; the rest is fetched again.
+            if (ac.signal.aborted || rebalancing || !payload.isRunning() || payload.isStale()) return;
             const records = batch.messages
               .slice(i, i + max)
               .map((m) => toInRecord(batch.topic, batch.partition, m));

@@ -394,25 +394,48 @@ export function transportContract(name: string, make: () => Promise<Transport>, 
       const group = unique('g');
       const count = new Uint8Array(n);
       let total = 0;
-      const handler = async (b: { records: readonly InRecord[] }) => {
-        // Some work per batch, so the restart lands mid-stream even on the in-memory transport.
-        await new Promise((r) => setTimeout(r, 1));
+      // While the second member restarts, the first one is held, so the restart lands mid-stream.
+      let hold: Promise<void> | undefined;
+      let release = () => {};
+      const handler = (held: boolean) => async (b: { records: readonly InRecord[] }) => {
+        if (held && hold) await hold;
+        await new Promise((r) => setTimeout(r, 5));
         for (const r of b.records) {
           count[Number(text(r.value))]! += 1;
           total++;
         }
       };
       const a = track(
-        await transport.consume({ groupId: group, topics: [t], maxBatchRecords: 500, handler }),
+        await transport.consume({
+          groupId: group,
+          topics: [t],
+          maxBatchRecords: 500,
+          handler: handler(true),
+        }),
       );
       const b = track(
-        await transport.consume({ groupId: group, topics: [t], maxBatchRecords: 500, handler }),
+        await transport.consume({
+          groupId: group,
+          topics: [t],
+          maxBatchRecords: 500,
+          handler: handler(false),
+        }),
       );
       await waitFor('a quarter consumed', () => total >= n / 4, opts.timeoutMs);
+      hold = new Promise((r) => {
+        release = r;
+      });
       await b.stop();
       const mid = total;
+      release();
+      hold = undefined;
       const b2 = track(
-        await transport.consume({ groupId: group, topics: [t], maxBatchRecords: 500, handler }),
+        await transport.consume({
+          groupId: group,
+          topics: [t],
+          maxBatchRecords: 500,
+          handler: handler(false),
+        }),
       );
       await waitFor('all consumed', () => total >= n, opts.timeoutMs * 4);
       await waitFor(
