@@ -17,6 +17,7 @@ const commands: Record<string, () => Promise<{ command: Command }>> = {
   up: () => import('./up.js'),
   hunt: () => import('../detector/hunt.js'),
   rules: () => import('../detector/rules-cli.js'),
+  sinks: () => import('../sinks/main.js'),
 };
 
 async function usage(): Promise<string> {

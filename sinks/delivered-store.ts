@@ -1,0 +1,154 @@
+/**
+ * Which alert ids a sink instance has handled (delivered, or parked as undeliverable), kept on local disk so a
+ * restart does not deliver twice what Kafka redelivers (offsets are committed after delivery, so a crash in
+ * between redelivers). An append-only journal of `<ms> <alertId>` lines, fsynced before the offsets commit,
+ * rewritten without expired entries when opened and when it has grown.
+ *
+ * Why local disk and not a Kafka topic: the sinks' peers (SMTP, Slack) have no idempotency keys, so dedup is
+ * only as good as the record written right after the peer said yes; a local fsync is the shortest such window.
+ * One process per sink instance and state directory (a lock file says so); run a sink instance's group members
+ * on one host, or give them a shared state directory.
+ */
+import { closeSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { type FileHandle, mkdir, open, readFile, rename, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { EdrError } from '../infra/errors.js';
+
+export interface DeliveredStoreOptions {
+  dir: string;
+  name: string;
+  /** How long an id is remembered. Kafka redelivers within minutes; replays may come later. */
+  windowMs: number;
+  now?: () => number;
+}
+
+export class DeliveredStore {
+  private readonly seen = new Map<string, number>();
+  private appended = 0;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly file: string,
+    private readonly lockFile: string,
+    private handle: FileHandle,
+    private readonly windowMs: number,
+    private readonly now: () => number,
+  ) {}
+
+  static async open(opts: DeliveredStoreOptions): Promise<DeliveredStore> {
+    await mkdir(opts.dir, { recursive: true });
+    const file = path.join(opts.dir, `${opts.name}.delivered`);
+    const lockFile = path.join(opts.dir, `${opts.name}.lock`);
+    takeLock(lockFile, opts.name);
+    const now = opts.now ?? Date.now;
+    const store = new DeliveredStore(file, lockFile, undefined as unknown as FileHandle, opts.windowMs, now);
+    let text = '';
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    const oldest = now() - opts.windowMs;
+    // A torn last line (killed mid-write) is dropped: its alert was not recorded, so it is delivered again.
+    const complete = text.endsWith('\n') ? text : text.slice(0, text.lastIndexOf('\n') + 1);
+    for (const line of complete.split('\n')) {
+      const sp = line.indexOf(' ');
+      if (sp <= 0) continue;
+      const at = Number(line.slice(0, sp));
+      if (Number.isFinite(at) && at >= oldest) store.seen.set(line.slice(sp + 1), at);
+    }
+    await store.rewrite();
+    return store;
+  }
+
+  has(id: string): boolean {
+    return this.seen.has(id);
+  }
+
+  get size(): number {
+    return this.seen.size;
+  }
+
+  /** Records ids as handled; resolves when they are on disk. */
+  add(ids: Iterable<string>): Promise<void> {
+    const at = this.now();
+    let text = '';
+    for (const id of ids) {
+      if (this.seen.has(id)) continue;
+      this.seen.set(id, at);
+      text += `${at} ${id}\n`;
+    }
+    if (text === '') return this.queue.then(() => {});
+    const run = async () => {
+      await this.handle.appendFile(text);
+      await this.handle.datasync();
+      this.appended += 1;
+      if (this.appended > 1000) await this.compact();
+    };
+    const r = this.queue.then(run, run);
+    this.queue = r.catch(() => {});
+    return r.catch((err: unknown) => {
+      throw new EdrError('EDR_SINK_STATE_WRITE', `cannot record deliveries in ${this.file}: ${String(err)}`, {
+        retryable: true,
+        cause: err,
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.queue;
+    await this.handle.close();
+    try {
+      unlinkSync(this.lockFile);
+    } catch {}
+  }
+
+  private async compact(): Promise<void> {
+    const oldest = this.now() - this.windowMs;
+    for (const [id, at] of this.seen) if (at < oldest) this.seen.delete(id);
+    await this.handle.close();
+    await this.rewrite();
+  }
+
+  /** Writes the live entries to a new journal and swaps it in atomically. */
+  private async rewrite(): Promise<void> {
+    const tmp = `${this.file}.tmp`;
+    let text = '';
+    for (const [id, at] of this.seen) text += `${at} ${id}\n`;
+    await writeFile(tmp, text, { flush: true });
+    await rename(tmp, this.file);
+    this.handle = await open(this.file, 'a');
+    this.appended = 0;
+  }
+}
+
+/** One process per sink instance: a lock file holding the pid; a dead holder's lock is taken over. */
+function takeLock(lockFile: string, name: string): void {
+  try {
+    const fd = openSync(lockFile, 'wx');
+    writeSync(fd, String(process.pid));
+    closeSync(fd);
+    return;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  const pid = Number(readFileSync(lockFile, 'utf8').trim());
+  if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+    throw new EdrError(
+      'EDR_SINK_STATE_LOCKED',
+      `sink ${name}: state in ${path.dirname(lockFile)} is in use by process ${pid}`,
+    );
+  }
+  // Stale (its process died): replace it atomically.
+  writeFileSync(`${lockFile}.${process.pid}`, String(process.pid));
+  renameSync(`${lockFile}.${process.pid}`, lockFile);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * File sink: JSON lines, one alert per line, the full event (no redaction), appended to one file in the
+ * configured directory, fsynced per policy, rotated by size and age (`alerts.jsonl` → `alerts.jsonl.1` → …) with
+ * a retention count. Paths are confined to the directory: checked in config, and again at open time against
+ * symlinks.
+ */
+import {
+  type FileHandle,
+  lstat,
+  mkdir,
+  open,
+  readFile,
+  realpath,
+  rename,
+  rm,
+  truncate,
+} from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { EdrError } from '../infra/errors.js';
+import type { Alert } from '../schemas/types.js';
+import {
+  alertsOf,
+  jsonReplacer,
+  type Message,
+  type Sink,
+  type SinkContext,
+  type SinkDefaults,
+} from './sink.js';
+
+export const configShape = {
+  /** Absolute directory every file of this sink lives in. */
+  directory: z
+    .string()
+    .min(1)
+    .refine((d) => path.isAbsolute(d), 'must be an absolute path'),
+  /** File name, relative to `directory`. */
+  file: z.string().min(1).default('alerts.jsonl'),
+  /** always: fdatasync before an alert counts as delivered; interval: every fsyncIntervalMs; never: the OS decides. */
+  fsync: z.enum(['always', 'interval', 'never']).default('always'),
+  fsyncIntervalMs: z.number().int().positive().default(1000),
+  rotate: z
+    .strictObject({
+      maxBytes: z
+        .number()
+        .int()
+        .positive()
+        .default(100 * 1024 * 1024),
+      /** Rotate a file this old even if small. */
+      maxAgeMs: z.number().int().positive().optional(),
+      /** Rotated files kept; older ones are deleted. */
+      keep: z.number().int().min(0).default(10),
+    })
+    .prefault({}),
+};
+export type FileConfig = z.output<z.ZodObject<typeof configShape>>;
+
+export const defaults: SinkDefaults = {
+  fold: false,
+  redact: false,
+  oneMessagePerBatch: true,
+  messagesPerSecond: 0,
+};
+
+/** Config-time check: `file` must stay inside `directory`. */
+export function check(
+  c: { directory: string; file: string },
+  issue: (path: string, message: string) => void,
+) {
+  if (!insideDir(c.directory, c.file)) issue('file', `path outside its directory ${c.directory}`);
+}
+
+export function insideDir(dir: string, file: string): boolean {
+  if (path.isAbsolute(file)) return false;
+  const rel = path.relative(path.resolve(dir), path.resolve(dir, file));
+  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel);
+}
+
+/** The payload: one JSON line per alert. */
+export function fileLines(alerts: readonly Alert[]): string {
+  let out = '';
+  for (const a of alerts) out += `${JSON.stringify(a, jsonReplacer)}\n`;
+  return out;
+}
+
+/** Whether the current file must be rotated before `incomingBytes` are appended. */
+export function rotationDue(
+  state: { size: number; openedAtMs: number },
+  incomingBytes: number,
+  nowMs: number,
+  rotate: { maxBytes: number; maxAgeMs?: number | undefined },
+): boolean {
+  if (state.size === 0) return false;
+  if (state.size + incomingBytes > rotate.maxBytes) return true;
+  return rotate.maxAgeMs !== undefined && nowMs - state.openedAtMs >= rotate.maxAgeMs;
+}
+
+class FileSink implements Sink {
+  private handle: FileHandle | undefined;
+  private size = 0;
+  private openedAtMs = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private dirty = false;
+  private readonly target: string;
+
+  constructor(
+    private readonly config: FileConfig,
+    private readonly ctx: SinkContext,
+  ) {
+    this.target = path.resolve(config.directory, config.file);
+    if (config.fsync === 'interval') {
+      this.timer = setInterval(() => void this.sync(), config.fsyncIntervalMs);
+      this.timer.unref();
+    }
+  }
+
+  async send(message: Message): Promise<void> {
+    const text = fileLines(alertsOf(message));
+    const bytes = Buffer.byteLength(text);
+    try {
+      await this.ensureOpen();
+      if (
+        rotationDue({ size: this.size, openedAtMs: this.openedAtMs }, bytes, Date.now(), this.config.rotate)
+      ) {
+        await this.rotate();
+        await this.ensureOpen();
+      }
+      await this.handle!.appendFile(text);
+      this.size += bytes;
+      this.dirty = true;
+      if (this.config.fsync === 'always') await this.sync();
+    } catch (err) {
+      throw fileError(err, this.target);
+    }
+  }
+
+  async delivered(): Promise<Iterable<string>> {
+    const ids: string[] = [];
+    const files = [this.target];
+    for (let i = 1; i <= this.config.rotate.keep; i++) files.push(`${this.target}.${i}`);
+    for (const f of files) {
+      let text: string;
+      try {
+        text = await readFile(f, 'utf8');
+      } catch {
+        continue;
+      }
+      let end = text.length;
+      if (!text.endsWith('\n') && text.length > 0) {
+        // A line torn by a kill mid-write: cut it, its alert was not recorded and comes again.
+        end = text.lastIndexOf('\n') + 1;
+        if (f === this.target) await truncate(f, Buffer.byteLength(text.slice(0, end)));
+        this.ctx.log.warn('cut a torn last line', { file: f });
+      }
+      for (const line of text.slice(0, end).split('\n')) {
+        if (line === '') continue;
+        try {
+          const id = (JSON.parse(line) as { alertId?: unknown }).alertId;
+          if (typeof id === 'string') ids.push(id);
+        } catch {
+          // Not ours (edited by hand): nothing to learn from it.
+        }
+      }
+    }
+    return ids;
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await this.sync();
+    await this.handle?.close();
+    this.handle = undefined;
+  }
+
+  private async sync(): Promise<void> {
+    if (!this.dirty || this.handle === undefined) return;
+    this.dirty = false;
+    await this.handle.datasync();
+  }
+
+  private async ensureOpen(): Promise<void> {
+    if (this.handle !== undefined) return;
+    await mkdir(this.config.directory, { recursive: true });
+    // The directory may itself be a symlink (allowed: the operator chose it); the file may not lead out of it.
+    const dir = await realpath(this.config.directory);
+    await mkdir(path.dirname(this.target), { recursive: true });
+    const parent = await realpath(path.dirname(this.target));
+    const st = await lstat(this.target).catch(() => undefined);
+    if (st?.isSymbolicLink() || (parent !== dir && !insideDir(dir, path.relative(dir, parent)))) {
+      throw new EdrError('EDR_SINK_FILE_PATH', `${this.target} leads outside ${this.config.directory}`);
+    }
+    this.handle = await open(this.target, 'a');
+    const stat = await this.handle.stat();
+    this.size = stat.size;
+    this.openedAtMs = stat.size === 0 ? Date.now() : stat.birthtimeMs || stat.mtimeMs;
+  }
+
+  private async rotate(): Promise<void> {
+    await this.sync();
+    await this.handle?.close();
+    this.handle = undefined;
+    const keep = this.config.rotate.keep;
+    await rm(`${this.target}.${keep + 1}`, { force: true });
+    if (keep === 0) {
+      await rm(this.target, { force: true });
+      return;
+    }
+    await rm(`${this.target}.${keep}`, { force: true });
+    for (let i = keep - 1; i >= 1; i--) {
+      await rename(`${this.target}.${i}`, `${this.target}.${i + 1}`).catch(ignoreMissing);
+    }
+    await rename(this.target, `${this.target}.1`);
+    this.ctx.log.info('rotated', { file: this.target });
+  }
+}
+
+function ignoreMissing(err: unknown): void {
+  if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+}
+
+/** A full disk may clear; a path or permission problem will not. */
+function fileError(err: unknown, file: string): EdrError {
+  if (err instanceof EdrError) return err;
+  const code = (err as NodeJS.ErrnoException).code;
+  const retryable = code === 'ENOSPC' || code === 'EAGAIN' || code === 'EIO' || code === 'EMFILE';
+  return new EdrError('EDR_SINK_FILE_WRITE', `cannot write ${file}: ${(err as Error).message}`, {
+    retryable,
+    cause: err,
+  });
+}
+
+export function create(config: FileConfig, ctx: SinkContext): Sink {
+  return new FileSink(config, ctx);
+}

@@ -1,0 +1,120 @@
+/**
+ * `edr sinks --config FILE`: the alert router. Starts every configured sink instance (or those named with
+ * --sink), each in its own consumer group, and runs until SIGTERM/SIGINT, when each finishes the batch in hand.
+ */
+import { parseArgs } from 'node:util';
+import type { Command } from '../infra/cli.js';
+import { KafkaTransport } from '../infra/kafka-transport.js';
+import { createLogger, type Logger } from '../infra/log.js';
+import type { Transport } from '../infra/transport.js';
+import { projectCodec } from '../schemas/codec.js';
+import { topics as topicTable } from '../schemas/topics.js';
+import { loadSinksConfig, type SinksConfig } from './config.js';
+import { type RunningSink, startSink } from './deliver.js';
+
+const USAGE = `usage: edr sinks --config FILE [--sink NAME ...]
+
+  --config FILE   sinks config (YAML): kafka, stateDir, sinks, routes
+  --sink NAME     run only this sink instance (repeatable); default all
+`;
+
+export interface Router {
+  sinks: RunningSink[];
+  /** Rejects when a sink's consumption fails for good. */
+  done: Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Runs the router over `transport` (which the caller closes). */
+export async function runSinks(
+  config: SinksConfig,
+  transport: Transport,
+  opts: { only?: string[]; log?: Logger } = {},
+): Promise<Router> {
+  const log = opts.log ?? createLogger({ component: 'sinks' });
+  const names = Object.keys(config.sinks).filter((n) => !opts.only?.length || opts.only.includes(n));
+  const { undeliverable, deadLetter } = topicTable;
+  // The topics this process writes to; existing ones are left as they are.
+  await transport.createTopics([
+    { ...undeliverable, name: config.topics.undeliverable },
+    { ...deadLetter, name: config.topics.deadLetter },
+  ]);
+  const producer = await transport.producer();
+  const sinks: RunningSink[] = [];
+  const stop = async () => {
+    await Promise.all(sinks.map((s) => s.stop()));
+    await producer.close();
+  };
+  try {
+    for (const name of names) {
+      sinks.push(
+        await startSink(name, config.sinks[name]!, {
+          transport,
+          producer,
+          codec: projectCodec(),
+          log,
+          topics: config.topics,
+          stateDir: config.stateDir,
+          routes: config.routes,
+        }),
+      );
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const done = Promise.all(sinks.map((s) => s.consumption.done)).then(() => {});
+  done.catch(() => {});
+  return { sinks, done, stop };
+}
+
+export const command: Command = {
+  summary: 'route alerts to email, Slack and files',
+  async run(argv) {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        config: { type: 'string' },
+        sink: { type: 'string', multiple: true },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+    if (values.help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    if (values.config === undefined) {
+      process.stderr.write(USAGE);
+      return 2;
+    }
+    const config = loadSinksConfig(values.config);
+    const unknown = (values.sink ?? []).filter((n) => !(n in config.sinks));
+    if (unknown.length > 0) {
+      process.stderr.write(`edr sinks: no sink named ${unknown.join(', ')} in ${values.config}\n`);
+      return 2;
+    }
+    const log = createLogger({ component: 'sinks' });
+    const transport = new KafkaTransport(config.kafka);
+    let router: Router;
+    try {
+      router = await runSinks(config, transport, { only: values.sink ?? [], log });
+    } catch (err) {
+      await transport.close();
+      throw err;
+    }
+    const signalled = new Promise<string>((resolve) => {
+      for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve(sig));
+    });
+    let code = 0;
+    await Promise.race([
+      signalled.then((sig) => log.info('stopping', { signal: sig })),
+      router.done.catch((err) => {
+        log.error('a sink failed', { err });
+        code = 1;
+      }),
+    ]);
+    await router.stop();
+    await transport.close();
+    return code;
+  },
+};
