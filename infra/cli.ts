@@ -13,6 +13,7 @@ export interface Command {
 
 const commands: Record<string, () => Promise<{ command: Command }>> = {
   broker: () => import('./kafka/broker-cli.js'),
+  collector: () => import('../collector/main.js'),
   down: () => import('./down.js'),
   up: () => import('./up.js'),
   hunt: () => import('../detector/hunt.js'),

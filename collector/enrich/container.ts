@@ -1,0 +1,117 @@
+/**
+ * Container id from a cgroup v2 path. Each runtime names the cgroup of a container after its 64-hex id:
+ *
+ *   docker (systemd driver)    /system.slice/docker-<id>.scope
+ *   docker (cgroupfs driver)   /docker/<id>
+ *   containerd (CRI, systemd)  /kubepods.slice/.../cri-containerd-<id>.scope
+ *   CRI-O                      /kubepods.slice/.../crio-<id>.scope
+ *   podman                     /machine.slice/libpod-<id>.scope, /libpod_parent/libpod-<id>
+ *   kubelet (cgroupfs driver)  /kubepods/burstable/pod<uid>/<id>
+ *   nerdctl / containerd       /system.slice/nerdctl-<id>.scope, /<namespace>/<id>
+ *
+ * The conmon cgroups of podman and CRI-O (`libpod-conmon-<id>`, `crio-conmon-<id>`) hold the monitor, not the
+ * container: not a container.
+ */
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+
+const SCOPED = /^(?:docker|cri-containerd|crio|libpod|nerdctl)-([0-9a-f]{64})(?:\.scope)?$/;
+const BARE = /^[0-9a-f]{64}$/;
+
+/** The container id in a cgroup path, or null on the host. The innermost container wins (nested runtimes). */
+export function containerIdFromCgroup(cgroupPath: string): string | null {
+  const parts = cgroupPath.split('/');
+  for (let i = parts.length - 1; i >= 0; i--) {
+    const part = parts[i]!;
+    const scoped = SCOPED.exec(part);
+    if (scoped) return scoped[1]!;
+    if (BARE.test(part)) return part;
+  }
+  return null;
+}
+
+/** The cgroup v2 path in the text of /proc/PID/cgroup (`0::/path`), or null. */
+export function cgroupV2Path(procCgroup: string): string | null {
+  for (const line of procCgroup.split('\n')) if (line.startsWith('0::')) return line.slice(3);
+  return null;
+}
+
+/**
+ * Resolves a kernel event's cgroup id to a container id. The cgroup id of cgroup v2 is the inode number of the
+ * cgroup's directory: the first time an id is met, /proc/PID/cgroup gives its path when the process is still
+ * alive; otherwise the cgroup tree is walked once (at most once a second) to map directory inodes to paths.
+ * Results (also "no container") are cached per cgroup id, bounded.
+ */
+export class ContainerIds {
+  readonly #cache = new Map<bigint, string | null>();
+  #scannedAt = Number.NEGATIVE_INFINITY;
+  #byInode = new Map<bigint, string>();
+
+  constructor(
+    private readonly procDir = '/proc',
+    private readonly cgroupRoot = '/sys/fs/cgroup',
+    private readonly maxEntries = 4096,
+  ) {}
+
+  lookup(cgroupId: bigint, pid: number): string | null {
+    const cached = this.#cache.get(cgroupId);
+    if (cached !== undefined) return cached;
+    const found = this.#resolve(cgroupId, pid);
+    if (found === undefined) return null; // unknown yet: do not cache, a later scan may find it
+    if (this.#cache.size >= this.maxEntries) this.#cache.delete(this.#cache.keys().next().value!);
+    this.#cache.set(cgroupId, found);
+    return found;
+  }
+
+  /** undefined: the cgroup's path could not be found. */
+  #resolve(cgroupId: bigint, pid: number): string | null | undefined {
+    try {
+      const p = cgroupV2Path(readFileSync(path.join(this.procDir, String(pid), 'cgroup'), 'utf8'));
+      // The process may have moved (or the pid been reused) since the event: trust the path only if its inode
+      // is the event's cgroup id.
+      if (p !== null && statSync(path.join(this.cgroupRoot, p), { bigint: true }).ino === cgroupId) {
+        return containerIdFromCgroup(p);
+      }
+    } catch {
+      // gone already (short-lived process): fall back to the tree
+    }
+    let p = this.#byInode.get(cgroupId);
+    if (p === undefined && Date.now() - this.#scannedAt >= 1000) {
+      this.#scan();
+      p = this.#byInode.get(cgroupId);
+    }
+    return p === undefined ? undefined : containerIdFromCgroup(p);
+  }
+
+  #scan(): void {
+    this.#scannedAt = Date.now();
+    const byInode = new Map<bigint, string>();
+    const walk = (dir: string, rel: string, depth: number): void => {
+      if (depth > 12) return;
+      let entries: import('node:fs').Dirent[];
+      try {
+        entries = readdirSync(dir, { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        if (!e.isDirectory()) continue;
+        const full = path.join(dir, e.name);
+        const relPath = `${rel}/${e.name}`;
+        try {
+          byInode.set(statSync(full, { bigint: true }).ino, relPath);
+        } catch {
+          continue;
+        }
+        walk(full, relPath, depth + 1);
+      }
+    };
+    try {
+      byInode.set(statSync(this.cgroupRoot, { bigint: true }).ino, '/');
+    } catch {
+      // no cgroup v2 mount
+    }
+    walk(this.cgroupRoot, '', 0);
+    this.#byInode = byInode;
+  }
+}

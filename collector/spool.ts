@@ -1,0 +1,311 @@
+/**
+ * The bounded on-disk spool that holds records while the broker is unreachable.
+ *
+ * Layout: `<dir>/<16-digit index>.seg` segment files of records framed as `u32 length | u32 CRC-32 | payload`
+ * (little-endian), and `<dir>/cursor`, the position up to which records were acknowledged by the broker.
+ * Writes only ever append to the newest segment, and each process run starts a new one, so a torn record
+ * (a crash mid-write) can only be the tail of an older segment.
+ *
+ * Delivery: `read` hands out records after the read position without moving the committed cursor; `commit`
+ * moves it once the broker acknowledged them (written to a temporary file and renamed over `cursor`). A crash
+ * between the two re-reads the unacknowledged records on the next start: nothing is lost, and only records that
+ * were not yet acknowledged are sent twice.
+ *
+ * Full: an append that would take the spool past `maxBytes` is refused and counted in `dropped`.
+ * Corruption: a record whose checksum or length does not hold ends its segment (the lengths after it cannot be
+ * trusted): counted in `corruptSegments`, the reader moves on to the next segment.
+ */
+import {
+  closeSync,
+  fstatSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+import path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { EdrError } from '../infra/errors.js';
+
+export type FsyncPolicy = 'always' | 'interval' | 'never';
+
+export interface SpoolOptions {
+  dir: string;
+  maxBytes: number;
+  segmentBytes: number;
+  fsync: FsyncPolicy;
+  fsyncIntervalMs?: number;
+}
+
+export interface SpoolPosition {
+  segment: number;
+  offset: number;
+}
+
+export interface SpoolRead {
+  payloads: Buffer[];
+  /** Pass to `commit` once these payloads are acknowledged. */
+  end: SpoolPosition;
+}
+
+const HEADER = 8;
+const MAX_RECORD = 64 * 1024 * 1024;
+const SEGMENT = /^(\d{16})\.seg$/;
+
+const segName = (index: number): string => `${String(index).padStart(16, '0')}.seg`;
+
+export class Spool {
+  readonly #opts: Required<SpoolOptions>;
+  /** Indexes of the segments on disk, ascending; the last one is being written. */
+  #segments: number[] = [];
+  #sizes = new Map<number, number>();
+  #writeFd = -1;
+  #readFd = -1;
+  #readFdSegment = -1;
+  #committed: SpoolPosition;
+  #read: SpoolPosition;
+  #dirty = false;
+  #timer: NodeJS.Timeout | undefined;
+  /** Payloads refused because the spool was full. */
+  dropped = 0;
+  /** Segments cut short by a record whose checksum or length did not hold. */
+  corruptSegments = 0;
+  appended = 0;
+
+  constructor(options: SpoolOptions) {
+    this.#opts = { fsyncIntervalMs: 1000, ...options };
+    const dir = this.#opts.dir;
+    try {
+      mkdirSync(dir, { recursive: true });
+      this.#segments = readdirSync(dir)
+        .map((f) => SEGMENT.exec(f)?.[1])
+        .filter((x): x is string => x !== undefined)
+        .map(Number)
+        .sort((a, b) => a - b);
+    } catch (err) {
+      throw new EdrError('EDR_COLLECTOR_SPOOL_OPEN', `cannot open spool ${dir}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    for (const s of this.#segments) this.#sizes.set(s, statSync(this.#file(s)).size);
+    this.#committed = this.#loadCursor();
+    // Segments before the cursor were delivered; a crash may have left them behind.
+    for (const s of this.#segments.filter((x) => x < this.#committed.segment)) this.#remove(s);
+    this.#read = { ...this.#committed };
+    this.#startSegment((this.#segments[this.#segments.length - 1] ?? this.#committed.segment - 1) + 1);
+    if (this.#segments.length === 1)
+      this.#read = this.#committed = { segment: this.#segments[0]!, offset: 0 };
+    if (this.#opts.fsync === 'interval') {
+      this.#timer = setInterval(() => this.sync(), this.#opts.fsyncIntervalMs);
+      this.#timer.unref();
+    }
+  }
+
+  /** Bytes on disk in segments not yet fully acknowledged. */
+  get bytes(): number {
+    let n = 0;
+    for (const s of this.#segments) n += this.#sizes.get(s) ?? 0;
+    return n - (this.#segments[0] === this.#committed.segment ? this.#committed.offset : 0);
+  }
+
+  /** Nothing left to read after the read position. */
+  get drained(): boolean {
+    const last = this.#segments[this.#segments.length - 1]!;
+    return this.#read.segment === last && this.#read.offset >= (this.#sizes.get(last) ?? 0);
+  }
+
+  /** Nothing on disk that was not acknowledged. */
+  get empty(): boolean {
+    const last = this.#segments[this.#segments.length - 1]!;
+    return this.#committed.segment === last && this.#committed.offset >= (this.#sizes.get(last) ?? 0);
+  }
+
+  /**
+   * Appends in order; returns how many were stored. Once one does not fit, it and the rest are dropped and
+   * counted, so what is stored is always a prefix (order kept).
+   */
+  append(payloads: readonly Buffer[]): number {
+    let stored = 0;
+    let used = this.bytes;
+    for (const p of payloads) {
+      const size = HEADER + p.length;
+      if (used + size > this.#opts.maxBytes || p.length > MAX_RECORD) break;
+      const last = this.#segments[this.#segments.length - 1]!;
+      if ((this.#sizes.get(last) ?? 0) >= this.#opts.segmentBytes) this.#startSegment(last + 1);
+      const frame = Buffer.allocUnsafe(size);
+      frame.writeUInt32LE(p.length, 0);
+      frame.writeUInt32LE(crc32(p), 4);
+      p.copy(frame, HEADER);
+      this.#writeAll(frame);
+      used += size;
+      stored++;
+    }
+    this.appended += stored;
+    this.dropped += payloads.length - stored;
+    if (stored > 0) {
+      this.#dirty = true;
+      if (this.#opts.fsync === 'always') this.sync();
+    }
+    return stored;
+  }
+
+  /** Up to `max` records after the read position (which moves past them); the committed cursor stays. */
+  read(max: number): SpoolRead {
+    const payloads: Buffer[] = [];
+    const header = Buffer.allocUnsafe(HEADER);
+    while (payloads.length < max) {
+      const seg = this.#read.segment;
+      const size = this.#sizes.get(seg) ?? 0;
+      const last = this.#segments[this.#segments.length - 1]!;
+      if (this.#read.offset + HEADER > size) {
+        if (seg === last) break;
+        if (this.#read.offset !== size) this.corruptSegments++; // torn tail of an older segment
+        this.#read = { segment: this.#nextSegment(seg), offset: 0 };
+        continue;
+      }
+      const fd = this.#readFdFor(seg);
+      readSync(fd, header, 0, HEADER, this.#read.offset);
+      const length = header.readUInt32LE(0);
+      const sum = header.readUInt32LE(4);
+      const start = this.#read.offset + HEADER;
+      let payload: Buffer | undefined;
+      if (length <= MAX_RECORD && start + length <= size) {
+        payload = Buffer.allocUnsafe(length);
+        readSync(fd, payload, 0, length, start);
+        if (crc32(payload) !== sum) payload = undefined;
+      }
+      if (payload === undefined) {
+        this.corruptSegments++;
+        if (seg === last) {
+          // Cannot happen to records this process wrote whole; refuse to read past it rather than loop.
+          this.#read = { segment: seg, offset: size };
+          break;
+        }
+        this.#read = { segment: this.#nextSegment(seg), offset: 0 };
+        continue;
+      }
+      payloads.push(payload);
+      this.#read = { segment: seg, offset: start + length };
+    }
+    return { payloads, end: { ...this.#read } };
+  }
+
+  /** The broker has everything up to `end`: persist the cursor, delete segments behind it. */
+  commit(end: SpoolPosition): void {
+    this.#committed = { ...end };
+    const last = this.#segments[this.#segments.length - 1]!;
+    if (end.segment === last && end.offset >= (this.#sizes.get(last) ?? 0) && end.offset > 0) {
+      // Everything delivered: start an empty segment so the space is given back.
+      this.#startSegment(last + 1);
+      this.#committed = { segment: last + 1, offset: 0 };
+      if (this.#read.segment === last) this.#read = { ...this.#committed };
+    }
+    this.#saveCursor();
+    for (const s of this.#segments.filter((x) => x < this.#committed.segment)) this.#remove(s);
+  }
+
+  /** Forgets what was read but not committed: the next read starts at the committed cursor again. */
+  rewind(): void {
+    this.#read = { ...this.#committed };
+  }
+
+  sync(): void {
+    if (!this.#dirty || this.#writeFd < 0) return;
+    fsyncSync(this.#writeFd);
+    this.#dirty = false;
+  }
+
+  close(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    if (this.#writeFd >= 0) {
+      if (this.#opts.fsync !== 'never') this.sync();
+      closeSync(this.#writeFd);
+      this.#writeFd = -1;
+    }
+    this.#closeReadFd();
+  }
+
+  #file(index: number): string {
+    return path.join(this.#opts.dir, segName(index));
+  }
+
+  #startSegment(index: number): void {
+    if (this.#writeFd >= 0) {
+      if (this.#opts.fsync !== 'never') this.sync();
+      closeSync(this.#writeFd);
+    }
+    this.#writeFd = openSync(this.#file(index), 'a');
+    this.#segments.push(index);
+    this.#sizes.set(index, fstatSync(this.#writeFd).size);
+  }
+
+  #writeAll(frame: Buffer): void {
+    let off = 0;
+    while (off < frame.length) off += writeSync(this.#writeFd, frame, off, frame.length - off);
+    const last = this.#segments[this.#segments.length - 1]!;
+    this.#sizes.set(last, (this.#sizes.get(last) ?? 0) + frame.length);
+  }
+
+  #nextSegment(seg: number): number {
+    return this.#segments.find((s) => s > seg) ?? seg + 1;
+  }
+
+  #readFdFor(seg: number): number {
+    if (this.#readFdSegment !== seg) {
+      this.#closeReadFd();
+      this.#readFd = openSync(this.#file(seg), 'r');
+      this.#readFdSegment = seg;
+    }
+    return this.#readFd;
+  }
+
+  #closeReadFd(): void {
+    if (this.#readFd >= 0) closeSync(this.#readFd);
+    this.#readFd = -1;
+    this.#readFdSegment = -1;
+  }
+
+  #remove(index: number): void {
+    if (this.#readFdSegment === index) this.#closeReadFd();
+    rmSync(this.#file(index), { force: true });
+    this.#segments = this.#segments.filter((s) => s !== index);
+    this.#sizes.delete(index);
+  }
+
+  #loadCursor(): SpoolPosition {
+    const first = this.#segments[0];
+    try {
+      const c = JSON.parse(readFileSync(path.join(this.#opts.dir, 'cursor'), 'utf8')) as SpoolPosition;
+      if (Number.isInteger(c.segment) && Number.isInteger(c.offset)) {
+        // The cursor's segment may be gone (fully delivered and removed): start at the next one there is.
+        if (!this.#segments.includes(c.segment)) {
+          const next = this.#segments.find((s) => s > c.segment);
+          return next === undefined ? { segment: c.segment + 1, offset: 0 } : { segment: next, offset: 0 };
+        }
+        return c;
+      }
+    } catch {
+      // no cursor yet: everything on disk is unacknowledged
+    }
+    return { segment: first ?? 0, offset: 0 };
+  }
+
+  #saveCursor(): void {
+    const file = path.join(this.#opts.dir, 'cursor');
+    const tmp = `${file}.tmp`;
+    writeFileSync(tmp, JSON.stringify(this.#committed));
+    if (this.#opts.fsync === 'always') {
+      const fd = openSync(tmp, 'r');
+      fsyncSync(fd);
+      closeSync(fd);
+    }
+    renameSync(tmp, file);
+  }
+}
