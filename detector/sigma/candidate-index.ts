@@ -4,7 +4,7 @@
  * Rules with no such literal (only negations, numeric comparisons, ...) are evaluated on every event.
  */
 import type { CompiledRule } from './compile.js';
-import type { EvalContext } from './event-view.js';
+import { type EvalContext, type FieldRef, fieldRef } from './event-view.js';
 
 /** Beyond this many table cells an automaton keeps sparse transitions (memory over speed). */
 const MAX_DENSE_CELLS = 16_000_000;
@@ -23,6 +23,8 @@ export class AhoCorasick {
   private readonly narrowClass = new Uint16Array(256);
   private width = 1;
   private dense: Int32Array | undefined;
+  /** 1 where a state ends some pattern: the scan skips the output list everywhere else. */
+  private readonly hasOut: Uint8Array;
 
   constructor(patterns: readonly string[]) {
     patterns.forEach((p, id) => {
@@ -57,6 +59,8 @@ export class AhoCorasick {
       }
     }
     const states = this.next.length;
+    this.hasOut = new Uint8Array(states);
+    for (let q = 0; q < states; q++) if (this.out[q]!.length > 0) this.hasOut[q] = 1;
     if (states * this.width <= MAX_DENSE_CELLS) {
       const w = this.width;
       const table = new Int32Array(states * w);
@@ -73,13 +77,15 @@ export class AhoCorasick {
 
   /** Calls onMatch(patternId) for every occurrence (a pattern may be reported more than once). */
   scan(s: string, onMatch: (id: number) => void): void {
-    const { out, dense, narrowClass, width } = this;
+    const { out, dense, narrowClass, width, hasOut } = this;
     let state = 0;
     for (let i = 0; i < s.length; i++) {
       const c = s.charCodeAt(i);
       state = dense !== undefined && c < 256 ? dense[state * width + narrowClass[c]!]! : this.step(state, c);
-      const o = out[state]!;
-      for (let k = 0; k < o.length; k++) onMatch(o[k]!);
+      if (hasOut[state] === 1) {
+        const o = out[state]!;
+        for (let k = 0; k < o.length; k++) onMatch(o[k]!);
+      }
     }
   }
 
@@ -106,10 +112,15 @@ function buildAutomaton(byLiteral: Map<string, Set<number>>): FieldAutomaton {
   return { ac: new AhoCorasick(patterns), rules: patterns.map((p) => [...byLiteral.get(p)!]) };
 }
 
+/** What the index knows of one field: rules keyed by its exact value, and by substrings of it. */
+interface FieldIndex {
+  ref: FieldRef;
+  exact: Map<string, number[]> | undefined;
+  substrings: FieldAutomaton | undefined;
+}
+
 export class CandidateIndex {
-  private readonly byField = new Map<string, FieldAutomaton>();
-  /** Field → exact lowercased value → rules, for atoms that must equal the whole value. */
-  private readonly exactByField = new Map<string, Map<string, number[]>>();
+  private readonly fields = new Map<string, FieldIndex>();
   private readonly anyField: FieldAutomaton | undefined;
   /** Rules without a requirement: candidates for every event. */
   readonly always: readonly number[];
@@ -120,46 +131,49 @@ export class CandidateIndex {
   private found: number[] = [];
   private readonly hit = (id: number): void => {
     const rs = this.current[id]!;
-    const gen = this.generation;
-    for (let k = 0; k < rs.length; k++) {
-      const r = rs[k]!;
-      if (this.stamp[r] !== gen) {
-        this.stamp[r] = gen;
-        this.found.push(r);
-      }
-    }
+    for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
   };
 
   constructor(readonly rules: readonly CompiledRule[]) {
-    const fields = new Map<string, Map<string, Set<number>>>();
+    const substrings = new Map<string, Map<string, Set<number>>>();
+    const exact = new Map<string, Map<string, number[]>>();
     const any = new Map<string, Set<number>>();
     const always: number[] = [];
+    const add = <K, V>(m: Map<K, V>, k: K, make: () => V): V => {
+      let v = m.get(k);
+      if (v === undefined) m.set(k, (v = make()));
+      return v;
+    };
     rules.forEach((r, i) => {
       if (r.requirement === undefined || r.requirement.length === 0) {
         always.push(i);
         return;
       }
       for (const a of r.requirement) {
-        if (a.exact && a.field !== undefined) {
-          const m = this.exactByField.get(a.field) ?? new Map<string, number[]>();
-          this.exactByField.set(a.field, m);
-          const list = m.get(a.literal) ?? [];
+        if (a.field === undefined) add(any, a.literal, () => new Set()).add(i);
+        else if (a.exact) {
+          const list = add(
+            add(exact, a.field, () => new Map()),
+            a.literal,
+            () => [],
+          );
           if (!list.includes(i)) list.push(i);
-          m.set(a.literal, list);
-          continue;
-        }
-        let m: Map<string, Set<number>>;
-        if (a.field === undefined) m = any;
-        else {
-          m = fields.get(a.field) ?? new Map();
-          fields.set(a.field, m);
-        }
-        const set = m.get(a.literal) ?? new Set();
-        set.add(i);
-        m.set(a.literal, set);
+        } else
+          add(
+            add(substrings, a.field, () => new Map()),
+            a.literal,
+            () => new Set(),
+          ).add(i);
       }
     });
-    for (const [f, m] of fields) this.byField.set(f, buildAutomaton(m));
+    for (const f of new Set([...exact.keys(), ...substrings.keys()])) {
+      const sub = substrings.get(f);
+      this.fields.set(f, {
+        ref: fieldRef(f),
+        exact: exact.get(f),
+        substrings: sub === undefined ? undefined : buildAutomaton(sub),
+      });
+    }
     this.anyField = any.size > 0 ? buildAutomaton(any) : undefined;
     this.always = always;
     this.stamp = new Uint32Array(rules.length);
@@ -172,49 +186,42 @@ export class CandidateIndex {
     }
   }
 
+  private scanField(fi: FieldIndex, s: string): void {
+    if (fi.exact !== undefined) {
+      const rs = fi.exact.get(s);
+      if (rs !== undefined) for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
+    }
+    if (fi.substrings !== undefined) {
+      this.current = fi.substrings.rules;
+      fi.substrings.ac.scan(s, this.hit);
+    }
+  }
+
   /** Indexes (ascending) of the rules that may match the event; every other rule cannot. */
   candidates(ctx: EvalContext, fieldNames: readonly string[]): number[] {
     if (++this.generation === 0xffffffff) {
       this.stamp.fill(0);
       this.generation = 1;
     }
-    const gen = this.generation;
-    const stamp = this.stamp;
-    const found: number[] = [];
-    this.found = found;
-    const hit = this.hit;
-    for (const f of fieldNames) {
-      const ex = this.exactByField.get(f);
-      if (ex !== undefined) {
-        const s = ctx.lower(f);
-        const rs = s === undefined ? undefined : ex.get(s);
-        if (rs !== undefined) for (const r of rs) this.mark(r);
-        else if (s === undefined) {
-          const raw = ctx.raw(f);
-          if (Array.isArray(raw))
-            for (const x of raw) for (const r of ex.get(String(x).toLowerCase()) ?? []) this.mark(r);
-        }
-      }
-      const fa = this.byField.get(f);
-      if (fa === undefined) continue;
-      this.current = fa.rules;
-      const s = ctx.lower(f);
-      if (s !== undefined) fa.ac.scan(s, hit);
+    this.found = [];
+    for (let i = 0; i < fieldNames.length; i++) {
+      const f = fieldNames[i]!;
+      const fi = this.fields.get(f);
+      if (fi === undefined) continue;
+      const s = ctx.lower(fi.ref);
+      if (s !== undefined) this.scanField(fi, s);
       else {
-        const raw = ctx.raw(f);
-        if (Array.isArray(raw)) for (const x of raw) fa.ac.scan(String(x).toLowerCase(), hit);
+        const raw = ctx.raw(fi.ref);
+        if (Array.isArray(raw)) for (const x of raw) this.scanField(fi, String(x).toLowerCase());
       }
     }
     if (this.anyField !== undefined) {
       this.current = this.anyField.rules;
-      for (const s of ctx.keywordValuesLower()) this.anyField.ac.scan(s, hit);
+      for (const s of ctx.keywordValuesLower()) this.anyField.ac.scan(s, this.hit);
     }
-    for (const r of this.always) {
-      if (stamp[r] !== gen) {
-        stamp[r] = gen;
-        found.push(r);
-      }
-    }
-    return found.sort((a, b) => a - b);
+    for (let k = 0; k < this.always.length; k++) this.mark(this.always[k]!);
+    const found = this.found;
+    if (found.length > 1) found.sort((a, b) => a - b);
+    return found;
   }
 }

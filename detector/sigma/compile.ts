@@ -4,7 +4,7 @@
  */
 import { EdrError } from '../../infra/errors.js';
 import { type Condition, parseCondition } from './conditions.js';
-import type { EvalContext } from './event-view.js';
+import { type EvalContext, fieldRef } from './event-view.js';
 import { type CompileOptions, compileFieldItem, type FieldItem, itemMatches } from './modifiers.js';
 import { fail, type Locator, type LogSource, type RuleDoc } from './parse.js';
 
@@ -112,7 +112,15 @@ function compileSelection(
 // ---- requirement (for the candidate index) -------------------------------------------------------------
 
 // Fields whose values repeat across most events of a log source: poor index keys.
-const COMMON_FIELDS = new Set(['type', 'EventID', 'Channel', 'Provider_Name', 'EventType']);
+const COMMON_FIELDS = new Set([
+  'type',
+  'EventID',
+  'Channel',
+  'Provider_Name',
+  'EventType',
+  'User',
+  'LogonId',
+]);
 
 /** Rough chance that an event holds one of the atoms: exact values are rarer than substrings, long rarer than short. */
 function cost(req: Atom[]): number {
@@ -204,7 +212,7 @@ function any(ps: Predicate[]): Predicate {
 }
 
 function itemPredicate(item: FieldItem): Predicate {
-  const { field, tests } = item;
+  const { ref: field, tests } = item;
   if (tests.length === 1) {
     const t = tests[0]!;
     return (ctx) => t.test(ctx, field);
@@ -254,7 +262,7 @@ export function matchedFields(rule: CompiledDetection, ctx: EvalContext): { fiel
       const group = sel.groups.find((g) => g.every((it) => itemMatches(it, ctx)));
       for (const item of group ?? []) {
         for (const f of item.field === undefined ? [] : [item.field, ...item.refs]) {
-          const raw = ctx.raw(f);
+          const raw = ctx.raw(fieldRef(f));
           if (raw !== undefined && !out.has(f))
             out.set(f, typeof raw === 'string' ? raw : JSON.stringify(raw));
         }

@@ -143,11 +143,10 @@ function routeFor(engine: Engine, ls: LogSource): Route {
   return route;
 }
 
-/** Rules matching one event view. Pure and synchronous: the same event always gives the same matches. */
-export function evaluate(engine: Engine, event: SigmaEvent): Match[] {
+/** Rules matching one event view (appended to `out`). Pure and synchronous: the same event, the same matches. */
+export function evaluate(engine: Engine, event: SigmaEvent, out: Match[] = []): Match[] {
   const route = routeFor(engine, event.logsource);
   const ctx = engine.ctx.reset(event);
-  const out: Match[] = [];
   if (route.index !== undefined) {
     for (const i of route.index.candidates(ctx, event.fieldNames())) {
       const rule = route.rules[i]!;
@@ -169,29 +168,23 @@ export const AUDITD: LogSource = { product: 'linux', service: 'auditd' };
 const PC_FIELDS = Object.keys(processCreationFields);
 
 /**
- * An execve event seen as Sysmon-style process_creation, through the one field table. Fields are computed on
- * first read; `reset` lets an engine reuse one view for every event instead of allocating.
+ * An execve event seen as Sysmon-style process_creation, through the one field table. `reset` lets an engine
+ * reuse one view for every event instead of allocating.
  */
 export class ProcessCreationView implements SigmaEvent {
   readonly logsource = PROCESS_CREATION;
   private e!: ExecveEvent;
-  private readonly cache = new Map<string, unknown>();
   private all: string[] | undefined;
 
   reset(e: ExecveEvent): this {
     this.e = e;
-    this.cache.clear();
     this.all = undefined;
     return this;
   }
 
+  /** Computed on each call: the evaluation context caches what rules read. */
   get(field: string): unknown {
-    let v = this.cache.get(field);
-    if (v === undefined && !this.cache.has(field)) {
-      v = processCreationFields[field]?.(this.e);
-      this.cache.set(field, v);
-    }
-    return v;
+    return processCreationFields[field]?.(this.e);
   }
 
   // The names the table can produce; absent ones read as undefined. Computing none here keeps the index
@@ -248,7 +241,5 @@ export function execveViews(e: ExecveEvent): SigmaEvent[] {
 /** Matches of an execve event under both its views. */
 export function evaluateExecve(engine: Engine, e: ExecveEvent): Match[] {
   const out = evaluate(engine, engine.views.pc.reset(e));
-  const audit = evaluate(engine, engine.views.auditd.reset(e));
-  for (const m of audit) out.push(m);
-  return out;
+  return evaluate(engine, engine.views.auditd.reset(e), out);
 }

@@ -21,30 +21,76 @@ export function asString(v: unknown): string | undefined {
   return undefined;
 }
 
-/** Per-evaluation cache over one event. Reused across events by `reset` so the hot path does not allocate. */
+/** A field name resolved once, at compile time, to a slot in every evaluation's cache. */
+export interface FieldRef {
+  readonly name: string;
+  readonly slot: number;
+}
+
+const refs = new Map<string, FieldRef>();
+
+/** The one FieldRef of a field name (process-wide, so every rule and index shares the slots). */
+export function fieldRef(name: string): FieldRef {
+  let r = refs.get(name);
+  if (r === undefined) {
+    r = { name, slot: refs.size };
+    refs.set(name, r);
+  }
+  return r;
+}
+
+/**
+ * Per-evaluation cache over one event: raw and lowercased values by slot, valid while their stamp equals the
+ * current generation. `reset` moves to the next event without clearing or allocating.
+ */
 export class EvalContext {
   event!: SigmaEvent;
-  private readonly lowerCache = new Map<string, string | undefined>();
+  private generation = 0;
+  private rawStamp = new Uint32Array(64);
+  private lowStamp = new Uint32Array(64);
+  private rawValues: unknown[] = [];
+  private lowValues: (string | undefined)[] = [];
   private keywordLower: string[] | undefined;
 
   reset(event: SigmaEvent): this {
     this.event = event;
-    this.lowerCache.clear();
+    if (++this.generation === 0xffffffff) {
+      this.rawStamp.fill(0);
+      this.lowStamp.fill(0);
+      this.generation = 1;
+    }
     this.keywordLower = undefined;
     return this;
   }
 
-  raw(field: string): unknown {
-    return this.event.get(field);
+  private grow(slot: number): void {
+    const size = Math.max(slot + 1, this.rawStamp.length * 2);
+    const r = new Uint32Array(size);
+    r.set(this.rawStamp);
+    this.rawStamp = r;
+    const l = new Uint32Array(size);
+    l.set(this.lowStamp);
+    this.lowStamp = l;
+  }
+
+  raw(ref: FieldRef): unknown {
+    const slot = ref.slot;
+    if (slot >= this.rawStamp.length) this.grow(slot);
+    if (this.rawStamp[slot] === this.generation) return this.rawValues[slot];
+    const v = this.event.get(ref.name);
+    this.rawValues[slot] = v;
+    this.rawStamp[slot] = this.generation;
+    return v;
   }
 
   /** Lowercased string form of a scalar field, cached. */
-  lower(field: string): string | undefined {
-    let v = this.lowerCache.get(field);
-    if (v === undefined && !this.lowerCache.has(field)) {
-      v = asString(this.event.get(field))?.toLowerCase();
-      this.lowerCache.set(field, v);
-    }
+  lower(ref: FieldRef): string | undefined {
+    const slot = ref.slot;
+    if (slot >= this.lowStamp.length) this.grow(slot);
+    if (this.lowStamp[slot] === this.generation) return this.lowValues[slot];
+    const v = asString(this.raw(ref))?.toLowerCase();
+    this.lowValues[slot] = v;
+    this.lowStamp[slot] = this.generation;
     return v;
   }
 

@@ -3,7 +3,7 @@
  * escapes), and the compilation of `field|mod|mod: values` into tests that run without re-parsing.
  */
 import { EdrError } from '../../infra/errors.js';
-import { asString, type EvalContext } from './event-view.js';
+import { asString, type EvalContext, type FieldRef, fieldRef } from './event-view.js';
 import { compileRegex, requiredLiterals } from './safe-regex.js';
 
 type ModifierKind =
@@ -106,7 +106,7 @@ export interface IndexKey {
 
 /** A compiled test of one rule value against one field (or, with field undefined, the whole event). */
 export interface ValueTest {
-  test(ctx: EvalContext, field: string | undefined): boolean;
+  test(ctx: EvalContext, field: FieldRef | undefined): boolean;
   /** Undefined when no literal is known to be needed (regex without literals, null, numeric comparisons...). */
   readonly key: IndexKey | undefined;
 }
@@ -389,6 +389,8 @@ export interface CompileOptions {
 export interface FieldItem {
   /** Sigma field name; undefined for a keyword search over the whole event. */
   field: string | undefined;
+  /** The field's cache slot (undefined with field). */
+  ref: FieldRef | undefined;
   key: string;
   tests: ValueTest[];
   /** `all`: every value must match (else any). */
@@ -526,7 +528,7 @@ function cidrTest(value: string): ValueTest {
   };
 }
 
-function fieldrefTest(ref: string, wrapMod: string | undefined, cased: boolean): ValueTest {
+function fieldrefTest(ref: FieldRef, wrapMod: string | undefined, cased: boolean): ValueTest {
   const cmp: (a: string, b: string) => boolean =
     wrapMod === 'contains'
       ? (a, b) => a.includes(b)
@@ -696,7 +698,7 @@ export function compileFieldItem(
       case 'fieldref':
         if (typeof v !== 'string') badValue("'fieldref' needs the name of another field");
         refs.push(v as string);
-        t = fieldrefTest(v as string, wrapMod, cased);
+        t = fieldrefTest(fieldRef(v as string), wrapMod, cased);
         break;
       default: {
         if (timeMod !== undefined) {
@@ -742,12 +744,19 @@ export function compileFieldItem(
     return seen.has('neq') ? negate(t) : t;
   });
   // "Different from each value": a neq list is ANDed, else it would hold for any field with two values.
-  return { field, key, tests, all: all || seen.has('neq'), refs };
+  return {
+    field,
+    ref: field === undefined ? undefined : fieldRef(field),
+    key,
+    tests,
+    all: all || seen.has('neq'),
+    refs,
+  };
 }
 
 /** Whether an item matches the event (no recording). */
 export function itemMatches(item: FieldItem, ctx: EvalContext): boolean {
-  const { tests, field } = item;
+  const { tests, ref: field } = item;
   if (item.all) {
     for (const t of tests) if (!t.test(ctx, field)) return false;
     return true;
