@@ -47,6 +47,8 @@ export type PublisherMode = 'online' | 'offline' | 'draining';
 
 export interface PublisherCounters {
   mode: PublisherMode;
+  /** A producer is connected (the broker was reached and not lost since). */
+  connected: boolean;
   /** Events acknowledged by the broker (directly or from the spool). */
   eventsPublished: number;
   eventsSpooled: number;
@@ -138,6 +140,7 @@ export class Publisher {
   counters(): PublisherCounters {
     return {
       mode: this.#mode,
+      connected: this.#producer !== undefined,
       ...this.#counters,
       pendingEvents: countEvents(this.#pending),
       spoolBytes: this.spool.bytes,
