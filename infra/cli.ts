@@ -16,7 +16,9 @@ const commands: Record<string, () => Promise<{ command: Command }>> = {
   collector: () => import('../collector/main.js'),
   down: () => import('./down.js'),
   up: () => import('./up.js'),
+  detector: () => import('../detector/main.js'),
   hunt: () => import('../detector/hunt.js'),
+  replay: () => import('../detector/replay.js'),
   rules: () => import('../detector/rules-cli.js'),
   sinks: () => import('../sinks/main.js'),
 };

@@ -1,0 +1,80 @@
+/**
+ * From a rule match to an Alert record: deterministic ids (rule id + the event's identity, + the replay run id
+ * for replays), so the same match always has the same id and any consumer can de-duplicate.
+ */
+import { v5 as uuidv5 } from 'uuid';
+import type { HeaderValue, InRecord, OutRecord } from '../infra/transport.js';
+import type { Codec } from '../schemas/codec.js';
+import { processCreationFields } from '../schemas/sigma-fields.js';
+import type { Alert, ExecveEvent, MatchedField } from '../schemas/types.js';
+import { traceHeaders } from './telemetry.js';
+
+/** Namespace of alert ids (UUID v5); fixed forever, or ids of the same match would change. */
+const ALERT_NS = '6f1c7a52-3e0b-5d8e-9a4f-1b2c3d4e5f60';
+
+export function eventIdentity(e: ExecveEvent): string {
+  return `${e.hostId}|${e.bootId}|${e.pid}|${e.processStartNs}|${e.seq}|${e.timeNs}`;
+}
+
+export function alertId(ruleId: string, e: ExecveEvent, runId: string | null = null): string {
+  return uuidv5(`${ruleId}|${eventIdentity(e)}${runId === null ? '' : `|run:${runId}`}`, ALERT_NS);
+}
+
+export interface RuleInfo {
+  id: string;
+  title: string;
+  level: string;
+  status: string | null;
+  tags: string[];
+  author: string | null;
+  references: string[];
+}
+
+export function buildAlert(
+  rule: RuleInfo,
+  event: ExecveEvent,
+  matchedFields: MatchedField[],
+  ctx: { ruleSetVersion: string; detectorId: string; runId: string | null },
+): Alert {
+  return {
+    alertId: alertId(rule.id, event, ctx.runId),
+    ruleId: rule.id,
+    ruleTitle: rule.title,
+    ruleLevel: rule.level,
+    ruleStatus: rule.status,
+    ruleTags: rule.tags,
+    ruleAuthor: rule.author,
+    ruleReferences: rule.references,
+    ruleSetVersion: ctx.ruleSetVersion,
+    event,
+    matchedFields,
+    detectorId: ctx.detectorId,
+    detectedAtNs: BigInt(Date.now()) * 1_000_000n,
+    replayRunId: ctx.runId,
+  };
+}
+
+export const ALERT_HEADERS = { ruleSetVersion: 'edr-rule-set-version', runId: 'edr-replay-run-id' } as const;
+
+/** The alerts-topic record: keyed by host id, carrying the input's trace context. */
+export function alertRecord(
+  codec: Codec,
+  topic: string,
+  alert: Alert,
+  source: InRecord | undefined,
+): OutRecord {
+  const headers: Record<string, HeaderValue> = {
+    ...(source === undefined ? {} : traceHeaders(source)),
+    [ALERT_HEADERS.ruleSetVersion]: alert.ruleSetVersion,
+  };
+  if (alert.replayRunId !== null) headers[ALERT_HEADERS.runId] = alert.replayRunId;
+  return { topic, key: alert.event.hostId, value: codec.encode('dev.edr.v1.Alert', alert), headers };
+}
+
+/** Reads a Sigma field (process_creation names, then auditd's) of an event, for correlations. */
+export function eventField(e: ExecveEvent, field: string): unknown {
+  const f = processCreationFields[field];
+  if (f !== undefined) return f(e) ?? undefined;
+  if (field === 'hostId') return e.hostId;
+  return undefined;
+}

@@ -1,0 +1,58 @@
+/**
+ * `edr detector --config FILE`: one zod schema gives the config's type and its validation (every problem at once,
+ * unknown keys rejected). Topic names default to the topics table; tests and staging override them.
+ */
+import { hostname } from 'node:os';
+import { z } from 'zod';
+import { kafkaConfigSchema } from '../infra/kafka-transport.js';
+import { topics } from '../schemas/topics.js';
+
+export const detectorConfigSchema = z.strictObject({
+  kafka: kafkaConfigSchema,
+  /** Names this worker in alerts and logs; defaults to host name and pid. */
+  detectorId: z.string().min(1).default(`${hostname()}-${process.pid}`),
+  groupId: z.string().min(1).default('edr-detector'),
+  topics: z
+    .strictObject({
+      input: z.string().min(1).default(topics.raw.name),
+      alerts: z.string().min(1).default(topics.alerts.name),
+      rules: z.string().min(1).default(topics.rules.name),
+      audit: z.string().min(1).default(topics.audit.name),
+      deadLetter: z.string().min(1).default(topics.deadLetter.name),
+      /** Rule matches feeding correlations not grouped by host, keyed by their group-by values. */
+      correlation: z.string().min(1).default('edr.correlation.v1'),
+      /** Correlation state, written in the same transaction as the offsets it corresponds to. */
+      changelog: z.string().min(1).default('edr.correlation-state.v1'),
+    })
+    .prefault({}),
+  rules: z
+    .strictObject({
+      /** A watched rule directory (optional: the rules topic alone also works). */
+      dir: z.string().min(1).optional(),
+      /** How often the directory is checked for changes. */
+      pollMs: z.number().int().positive().default(1000),
+      /** Whether to follow the rules topic. */
+      topic: z.boolean().default(true),
+    })
+    .prefault({}),
+  maxBatchRecords: z.number().int().positive().default(1000),
+  correlation: z
+    .strictObject({
+      /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */
+      maxGroups: z.number().int().positive().default(10_000),
+      /** How long a worker waits for the state of a partition it took over before starting empty. */
+      restoreTimeoutMs: z.number().int().positive().default(15_000),
+    })
+    .prefault({}),
+  metrics: z
+    .strictObject({
+      /** Prometheus endpoint port (0: any free port, logged). */
+      port: z.number().int().min(0).max(65535),
+      host: z.string().default('127.0.0.1'),
+    })
+    .optional(),
+  /** Create the topics the detector uses when missing (with the table's partitions and retention). */
+  createTopics: z.boolean().default(true),
+});
+
+export type DetectorConfig = z.output<typeof detectorConfigSchema>;

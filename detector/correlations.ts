@@ -1,0 +1,272 @@
+/**
+ * Stateful Sigma correlations, driven by the engine's pure `stepCorrelation`, on event time.
+ *
+ * State is kept per input partition (a partition is owned by one worker at a time). Each batch's transaction
+ * carries, with the alerts and the input offsets, the groups the batch changed and a checkpoint record
+ * (`next` = the input offset after the batch) on a compacted changelog topic. A worker that takes a partition
+ * over (rebalance, restart, or after an aborted transaction) rebuilds the state from the changelog up to the
+ * checkpoint whose `next` equals the offset it resumes from: exactly the state the committed alerts came from,
+ * so a correlation spanning the hand-over fires once, neither missed nor repeated.
+ *
+ * Correlations grouped by host (a host field among their group-by) run where the host's events are (the input is
+ * keyed by host). Others are repartitioned: each match of one of their rules is forwarded, in the same
+ * transaction, to the correlation topic keyed by its group-by values, whose consumers (`stage` 'x') hold those
+ * groups' state the same way.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Logger } from '../infra/log.js';
+import type { OutRecord, Transport } from '../infra/transport.js';
+import type { ExecveEvent } from '../schemas/types.js';
+import { docHash } from './rule-store.js';
+import {
+  type CompiledCorrelation,
+  type CorrelationMatch,
+  type CorrelationState,
+  emptyCorrelationState,
+  stepCorrelation,
+} from './sigma/correlations.js';
+import type { DetectorMetrics } from './telemetry.js';
+
+/** Group-by fields that name the host: such correlations are evaluated where the host's events are. */
+const HOST_FIELDS = new Set(['Computer', 'hostname', 'Hostname', 'host', 'hostId', 'HostId']);
+
+export function isHostScoped(c: CompiledCorrelation): boolean {
+  return c.groupBy.some((g) => HOST_FIELDS.has(g));
+}
+
+/** The rule reference (id or name) by which a correlation names this rule, if it does. */
+export function ruleRef(
+  c: CompiledCorrelation,
+  rule: { id: string; doc: { name?: string | undefined } },
+): string | undefined {
+  if (c.rules.includes(rule.id)) return rule.id;
+  const name = rule.doc.name;
+  return name !== undefined && c.rules.includes(name) ? name : undefined;
+}
+
+/** The group-by values of a match (aliases resolved), as the correlation topic's key. */
+export function groupKey(c: CompiledCorrelation, ref: string, get: (f: string) => unknown): string {
+  return JSON.stringify(c.groupBy.map((g) => get(c.aliases[g]?.[ref] ?? g) ?? null));
+}
+
+type Stage = 'h' | 'x';
+
+interface PartitionState {
+  /** correlation key (id@content hash) → state */
+  states: Map<string, CorrelationState>;
+  /** The input offset the next batch must start at for this state to be current. */
+  next: number;
+}
+
+interface ChangelogEntry {
+  next?: number;
+  entries?: unknown;
+}
+
+export interface CorrelationStoreOptions {
+  stage: Stage;
+  transport: Transport;
+  changelogTopic: string;
+  changelogPartitions: number;
+  maxGroups: number;
+  restoreTimeoutMs: number;
+  metrics: DetectorMetrics;
+  log: Logger;
+}
+
+const corrKey = (c: CompiledCorrelation): string => `${c.id}@${docHash(c.doc).slice(0, 12)}`;
+
+export class CorrelationStore {
+  private readonly parts = new Map<number, PartitionState>();
+  /** Changed group keys per partition since the last checkpoint: `${corrKey}\u0000${group}`. */
+  private readonly dirty = new Map<number, Set<string>>();
+
+  constructor(private readonly o: CorrelationStoreOptions) {}
+
+  /**
+   * Makes the state of `partition` the one committed with input offset `first` (the batch's first offset). A
+   * continuation of the previous batch keeps the state in memory; anything else rebuilds it from the changelog.
+   */
+  async prepare(partition: number, first: number): Promise<void> {
+    const p = this.parts.get(partition);
+    if (p !== undefined && p.next === first) return;
+    this.dirty.delete(partition);
+    if (first === 0) {
+      this.parts.set(partition, { states: new Map(), next: 0 });
+      return;
+    }
+    const restored = await this.restore(partition, first);
+    this.parts.set(partition, { states: restored, next: first });
+  }
+
+  /** Feeds a rule match; returns the correlation matches it completes. */
+  step(
+    partition: number,
+    c: CompiledCorrelation,
+    ref: string,
+    timeMs: number,
+    get: (f: string) => unknown,
+  ): CorrelationMatch[] {
+    const p = this.parts.get(partition);
+    if (p === undefined) return [];
+    const k = corrKey(c);
+    const before = p.states.get(k) ?? emptyCorrelationState();
+    const r = stepCorrelation(c, before, { timeMs, rule: ref, get });
+    let groups = r.state.groups;
+    if (groups.size > this.o.maxGroups) {
+      // Evict the groups seen longest ago (event time) until back at the bound.
+      const order = [...groups].sort(
+        (a, b) => (a[1][a[1].length - 1]?.timeMs ?? 0) - (b[1][b[1].length - 1]?.timeMs ?? 0),
+      );
+      const m = new Map(groups);
+      const over = groups.size - this.o.maxGroups;
+      for (let i = 0; i < over; i++) m.delete(order[i]![0]);
+      groups = m;
+      this.o.metrics.correlationEvictions(over, c.id);
+    }
+    p.states.set(k, { groups });
+    const d = this.dirty.get(partition) ?? new Set<string>();
+    for (const g of new Set([...before.groups.keys(), ...groups.keys()])) {
+      if (before.groups.get(g) !== groups.get(g)) d.add(`${k}\u0000${g}`);
+    }
+    this.dirty.set(partition, d);
+    return r.matches;
+  }
+
+  /** The changelog records of the batch ending before `next`: changed groups, then the checkpoint. */
+  checkpoint(partition: number, next: number): OutRecord[] {
+    const p = this.parts.get(partition);
+    if (p === undefined) return [];
+    p.next = next;
+    const out: OutRecord[] = [];
+    const target = partition % this.o.changelogPartitions;
+    for (const dk of this.dirty.get(partition) ?? []) {
+      const [k, g] = dk.split('\u0000') as [string, string];
+      const entries = p.states.get(k)?.groups.get(g);
+      out.push({
+        topic: this.o.changelogTopic,
+        partition: target,
+        key: `${this.o.stage}|${partition}|${k}|${g}`,
+        value: entries === undefined ? null : Buffer.from(JSON.stringify({ entries })),
+      });
+    }
+    this.dirty.delete(partition);
+    out.push({
+      topic: this.o.changelogTopic,
+      partition: target,
+      key: `${this.o.stage}|${partition}|#`,
+      value: Buffer.from(JSON.stringify({ next })),
+    });
+    return out;
+  }
+
+  /** Forgets partitions (not needed for correctness: a stale state is never used, see prepare). */
+  clear(): void {
+    this.parts.clear();
+    this.dirty.clear();
+  }
+
+  /** State read from the changelog, per partition: valid for a batch starting at its `next`. */
+  private readonly restored = new Map<number, PartitionState>();
+
+  private async restore(partition: number, next: number): Promise<Map<string, CorrelationState>> {
+    let cached = this.restored.get(partition);
+    if (cached === undefined || cached.next !== next) {
+      await this.readChangelog();
+      cached = this.restored.get(partition);
+    }
+    this.restored.delete(partition);
+    if (cached === undefined || cached.next !== next) {
+      this.o.log.warn('correlation state: no checkpoint for the resumed offset; starting it empty', {
+        partition,
+        offset: next,
+        stage: this.o.stage,
+      });
+      return new Map();
+    }
+    return cached.states;
+  }
+
+  /**
+   * Reads the whole changelog (compacted: one record per live group) and keeps, per partition of this stage, the
+   * state as of its last checkpoint. Every transaction ends with its checkpoint, so what was read of a partition
+   * when the read ends is the state at that partition's last committed checkpoint.
+   */
+  private async readChangelog(): Promise<void> {
+    const t0 = Date.now();
+    const ends = await this.o.transport.endOffsets(this.o.changelogTopic);
+    const pending = new Map(ends.filter((e) => e.offset > 0).map((e) => [e.partition, e.offset]));
+    const acc = new Map<number, { next: number; groups: Map<string, Map<string, unknown>> }>();
+    if (pending.size > 0) {
+      let settle!: () => void;
+      const done = new Promise<void>((r) => {
+        settle = r;
+      });
+      const timer = setTimeout(settle, this.o.restoreTimeoutMs);
+      // The visible end may lie before the end offset (a transaction aborted last): stop also when idle.
+      let idle = setTimeout(settle, 3000);
+      const consumption = await this.o.transport.consume({
+        groupId: `edr-detector-restore-${randomBytes(6).toString('hex')}`,
+        topics: [this.o.changelogTopic],
+        start: 'earliest',
+        maxBatchRecords: 5000,
+        handler: async (batch) => {
+          clearTimeout(idle);
+          idle = setTimeout(settle, 1500);
+          for (const r of batch.records) {
+            const key = r.key?.toString('utf8') ?? '';
+            const [stage, part, ...rest] = key.split('|');
+            if (stage !== this.o.stage) continue;
+            const q = Number(part);
+            let a = acc.get(q);
+            if (a === undefined) {
+              a = { next: -1, groups: new Map() };
+              acc.set(q, a);
+            }
+            if (rest.length === 1 && rest[0] === '#') {
+              a.next = (JSON.parse(r.value?.toString('utf8') ?? '{}') as ChangelogEntry).next ?? -1;
+              continue;
+            }
+            const ck = rest[0]!;
+            const g = rest.slice(1).join('|');
+            let m = a.groups.get(ck);
+            if (m === undefined) {
+              m = new Map();
+              a.groups.set(ck, m);
+            }
+            if (r.value === null) m.delete(g);
+            else m.set(g, (JSON.parse(r.value.toString('utf8')) as ChangelogEntry).entries);
+          }
+          const last = batch.records[batch.records.length - 1];
+          const end = pending.get(batch.partition);
+          // end - 2: the last transaction's commit marker takes the last offset.
+          if (last !== undefined && end !== undefined && last.offset >= end - 2) {
+            pending.delete(batch.partition);
+            if (pending.size === 0) settle();
+          }
+        },
+      });
+      await done;
+      clearTimeout(timer);
+      clearTimeout(idle);
+      await consumption.stop();
+    }
+    this.restored.clear();
+    for (const [q, a] of acc) {
+      const states = new Map<string, CorrelationState>();
+      for (const [ck, m] of a.groups)
+        if (m.size > 0) states.set(ck, { groups: m as CorrelationState['groups'] });
+      this.restored.set(q, { next: a.next, states });
+    }
+    this.o.log.info('correlation state read from the changelog', {
+      stage: this.o.stage,
+      partitions: acc.size,
+      ms: Date.now() - t0,
+    });
+  }
+}
+
+/** Time of an event in milliseconds (event time, not arrival). */
+export function eventTimeMs(e: ExecveEvent): number {
+  return Number(e.timeNs / 1_000_000n);
+}

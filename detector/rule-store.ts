@@ -1,0 +1,197 @@
+/**
+ * The rules a worker runs: a watched directory plus the compacted rules topic (key rule id, value YAML, a
+ * tombstone deletes). Every change compiles a whole new snapshot off to the side and swaps one reference, so an
+ * event is evaluated against the old set or the new one, never half of each, and ingestion never waits for more
+ * than one compile. A document that fails is rejected with its reason; the others apply.
+ *
+ * The version is a hash of what runs (each rule's id and content, and the ids disabled), so workers that read
+ * the same directory and topic compute the same version.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { relative } from 'node:path';
+import type { Logger } from '../infra/log.js';
+import type { CompiledCorrelation } from './sigma/correlations.js';
+import {
+  type CompiledRule,
+  compileDocs,
+  createEngine,
+  type Engine,
+  type RuleProblem,
+} from './sigma/engine.js';
+import { parseRuleText, ruleFiles, type SigmaDoc } from './sigma/parse.js';
+
+export interface RuleSnapshot {
+  readonly version: string;
+  readonly rules: readonly CompiledRule[];
+  readonly correlations: readonly CompiledCorrelation[];
+  readonly engine: Engine;
+  /** Rule ids disabled after throwing at evaluation, with why. */
+  readonly disabled: ReadonlyMap<string, string>;
+  /** Documents rejected in the last build, with file (or `rules-topic:<key>`), line and reason. */
+  readonly problems: readonly RuleProblem[];
+}
+
+export interface RuleStoreOptions {
+  dir?: string | undefined;
+  log: Logger;
+  /** Called after every swap. */
+  onChange?: (snap: RuleSnapshot, previous: RuleSnapshot) => void;
+}
+
+/** The content hash of a document (its parsed form, so formatting and comments do not count). */
+export function docHash(doc: SigmaDoc): string {
+  return createHash('sha256').update(JSON.stringify(doc.raw)).digest('hex');
+}
+
+export function docId(doc: SigmaDoc): string {
+  return doc.id ?? doc.title;
+}
+
+export class RuleStore {
+  #current: RuleSnapshot;
+  private dirDocs: SigmaDoc[] = [];
+  private dirProblems: RuleProblem[] = [];
+  private dirSignature = '';
+  private readonly topicEntries = new Map<string, { docs: SigmaDoc[]; problems: RuleProblem[] }>();
+  private readonly disabled = new Map<string, string>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly opts: RuleStoreOptions) {
+    this.#current = this.build();
+  }
+
+  /** The snapshot to evaluate an event (or a batch) against: read it once and hold it. */
+  get current(): RuleSnapshot {
+    return this.#current;
+  }
+
+  /** Reads the directory now if it changed since the last read; returns whether it did. */
+  refreshDir(): boolean {
+    const dir = this.opts.dir;
+    if (dir === undefined) return false;
+    let files: string[];
+    try {
+      files = ruleFiles(dir);
+    } catch (err) {
+      this.opts.log.warn('cannot read rule directory', { dir, err });
+      return false;
+    }
+    const stats = files.map((f) => {
+      try {
+        const s = statSync(f);
+        return `${f}:${s.mtimeMs}:${s.size}`;
+      } catch {
+        return `${f}:gone`;
+      }
+    });
+    const signature = stats.join('\n');
+    if (signature === this.dirSignature) return false;
+    this.dirSignature = signature;
+    const docs: SigmaDoc[] = [];
+    const problems: RuleProblem[] = [];
+    for (const f of files) {
+      let text: string;
+      try {
+        text = readFileSync(f, 'utf8');
+      } catch {
+        continue; // removed between listing and reading: the next poll sees it gone
+      }
+      const r = parseRuleText(text, relative(dir, f) || f);
+      docs.push(...r.docs);
+      problems.push(...r.problems);
+    }
+    this.dirDocs = docs;
+    this.dirProblems = problems;
+    this.swap();
+    return true;
+  }
+
+  /** Follows the directory every `pollMs` (mtime and size of each file; cheap enough for thousands). */
+  watch(pollMs: number): void {
+    this.refreshDir();
+    this.timer = setInterval(() => this.refreshDir(), pollMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+
+  /** Applies records of the rules topic (in offset order) and swaps once. */
+  applyTopic(records: ReadonlyArray<{ key: string; value: string | null }>): void {
+    for (const { key, value } of records) {
+      if (value === null) {
+        this.topicEntries.delete(key);
+        continue;
+      }
+      const r = parseRuleText(value, `rules-topic:${key}`);
+      this.topicEntries.set(key, r);
+    }
+    if (records.length > 0) this.swap();
+  }
+
+  /** Takes a rule out of evaluation after it threw; a new snapshot (and version) follows. */
+  disable(ruleId: string, reason: string): void {
+    if (this.disabled.has(ruleId)) return;
+    this.disabled.set(ruleId, reason);
+    this.swap();
+  }
+
+  private swap(): void {
+    const prev = this.#current;
+    const next = this.build();
+    this.#current = next;
+    for (const p of next.problems) {
+      if (!prev.problems.some((q) => q.file === p.file && q.line === p.line && q.message === p.message)) {
+        this.opts.log.warn('rule rejected', {
+          file: p.file,
+          line: p.line,
+          ruleId: p.id,
+          code: p.code,
+          reason: p.message,
+        });
+      }
+    }
+    if (next.version !== prev.version) {
+      this.opts.log.info('rule set loaded', {
+        version: next.version,
+        rules: next.rules.length,
+        correlations: next.correlations.length,
+        rejected: next.problems.length,
+      });
+    }
+    this.opts.onChange?.(next, prev);
+  }
+
+  private build(): RuleSnapshot {
+    // Topic rules override directory rules with the same id: the topic is the fleet-wide source of truth.
+    const fromTopic: SigmaDoc[] = [];
+    const problems: RuleProblem[] = [...this.dirProblems];
+    for (const key of [...this.topicEntries.keys()].sort()) {
+      const e = this.topicEntries.get(key)!;
+      fromTopic.push(...e.docs);
+      problems.push(...e.problems);
+    }
+    const topicIds = new Set(fromTopic.map(docId));
+    const docs = [...this.dirDocs.filter((d) => !topicIds.has(docId(d))), ...fromTopic];
+    const set = compileDocs(docs);
+    problems.push(...set.problems);
+    const rules = set.rules.filter((r) => !this.disabled.has(r.id));
+    const lines = [
+      ...rules.map((r) => `r ${r.id} ${docHash(r.doc)}`),
+      ...set.correlations.map((c) => `c ${c.id} ${docHash(c.doc)}`),
+      ...set.filters.map((f) => `f ${docId(f.doc)} ${docHash(f.doc)}`),
+      ...[...this.disabled.keys()].map((id) => `d ${id}`),
+    ].sort();
+    const version = createHash('sha256').update(lines.join('\n')).digest('hex').slice(0, 16);
+    return {
+      version,
+      rules,
+      correlations: set.correlations,
+      engine: createEngine(rules),
+      disabled: new Map(this.disabled),
+      problems,
+    };
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * Helpers for the detector's integration tests and bench: worker processes (so SIGKILL is real), their config
+ * files, unique topic sets, and a read-committed reader of the alerts topic.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import yaml from 'js-yaml';
+import { repoRoot } from '../infra/paths.js';
+import type { Consumption, InRecord, Transport } from '../infra/transport.js';
+import { projectCodec } from '../schemas/codec.js';
+import type { Alert } from '../schemas/types.js';
+import type { WorkerTopics } from './worker.js';
+
+export interface TestTopics extends WorkerTopics {
+  rules: string;
+}
+
+export function testTopics(prefix: string): TestTopics {
+  return {
+    input: `${prefix}.raw`,
+    alerts: `${prefix}.alerts`,
+    rules: `${prefix}.rules`,
+    audit: `${prefix}.audit`,
+    deadLetter: `${prefix}.dlq`,
+    correlation: `${prefix}.corr`,
+    changelog: `${prefix}.state`,
+  };
+}
+
+export async function createTestTopics(t: Transport, topics: TestTopics, partitions = 6): Promise<void> {
+  await t.createTopics([
+    { name: topics.input, partitions },
+    { name: topics.alerts, partitions: 3 },
+    { name: topics.rules, partitions: 1, cleanupPolicy: 'compact', retentionMs: -1 },
+    { name: topics.audit, partitions },
+    { name: topics.deadLetter, partitions: 1 },
+    { name: topics.correlation, partitions },
+    { name: topics.changelog, partitions, cleanupPolicy: 'compact', retentionMs: -1 },
+  ]);
+}
+
+export function writeConfig(dir: string, name: string, config: Record<string, unknown>): string {
+  const file = path.join(dir, `${name}.yaml`);
+  writeFileSync(file, yaml.dump(config));
+  return file;
+}
+
+export function tempDir(prefix: string): string {
+  return mkdtempSync(path.join(tmpdir(), `${prefix}-`));
+}
+
+/** A detector worker as a child process: `node dist/infra/cli.js detector --config FILE`. */
+export class WorkerProcess {
+  child: ChildProcess | undefined;
+  log = '';
+
+  constructor(readonly configFile: string) {}
+
+  start(): this {
+    const cli = path.join(repoRoot, 'dist', 'infra', 'cli.js');
+    this.child = spawn(process.execPath, [cli, 'detector', '--config', this.configFile], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, EDR_LOG_LEVEL: process.env['EDR_WORKER_LOG_LEVEL'] ?? 'info' },
+    });
+    this.child.stderr?.on('data', (d: Buffer) => {
+      this.log += d.toString('utf8');
+      if (this.log.length > 2_000_000) this.log = this.log.slice(-1_000_000);
+    });
+    return this;
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const c = this.child;
+    if (c === undefined || c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
+    return new Promise((resolve) => {
+      c.once('exit', () => resolve());
+      c.kill(signal);
+    });
+  }
+
+  /** Resolves when the worker logged `msg` (a JSON log line's msg) at least `times` times. */
+  logged(msg: string): number {
+    return this.log.split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).length;
+  }
+}
+
+/** Reads the alerts topic read-committed (the transport's consume), collecting every alert and its headers. */
+export async function collectAlerts(
+  t: Transport,
+  topic: string,
+  groupId: string,
+): Promise<{ alerts: Array<{ alert: Alert; record: InRecord }>; consumption: Consumption }> {
+  const codec = projectCodec();
+  const alerts: Array<{ alert: Alert; record: InRecord }> = [];
+  const consumption = await t.consume({
+    groupId,
+    topics: [topic],
+    start: 'earliest',
+    maxBatchRecords: 5000,
+    handler: async (batch) => {
+      for (const r of batch.records) {
+        alerts.push({ alert: codec.decodeAs('dev.edr.v1.Alert', r.value ?? Buffer.alloc(0)), record: r });
+      }
+    },
+  });
+  return { alerts, consumption };
+}

@@ -1,0 +1,362 @@
+/**
+ * The detector's batch loop: a member of the detector group on the input topic, consume → decode → evaluate →
+ * publish alerts, with the batch's alerts, dead letters, correlation state and input offsets in one Kafka
+ * transaction (consume-transform-produce). A worker killed at any point leaves either all of a batch's outputs
+ * with its offsets, or none; the next owner of the partition redoes what was not committed.
+ */
+
+import { deadLetterRecord } from '../infra/batch-runner.js';
+import { errorMessage } from '../infra/errors.js';
+import type { Logger } from '../infra/log.js';
+import type { Batch, Consumption, InRecord, OutRecord, Transport } from '../infra/transport.js';
+import { type Codec, projectCodec } from '../schemas/codec.js';
+import type { Alert, ExecveEvent } from '../schemas/types.js';
+import { alertRecord, buildAlert, eventField, type RuleInfo } from './alerts.js';
+import { CorrelationStore, eventTimeMs, groupKey, isHostScoped, ruleRef } from './correlations.js';
+import type { RuleSnapshot, RuleStore } from './rule-store.js';
+import type { CompiledCorrelation, CorrelationMatch } from './sigma/correlations.js';
+import { type CompiledRule, createEngine, evaluateExecve, type Match } from './sigma/engine.js';
+import type { DetectorMetrics } from './telemetry.js';
+
+export interface WorkerTopics {
+  input: string;
+  alerts: string;
+  audit: string;
+  deadLetter: string;
+  correlation: string;
+  changelog: string;
+}
+
+export interface WorkerOptions {
+  transport: Transport;
+  store: RuleStore;
+  groupId: string;
+  detectorId: string;
+  topics: WorkerTopics;
+  /** Partitions of the changelog topic (the input's count). */
+  changelogPartitions: number;
+  maxBatchRecords: number;
+  maxGroups: number;
+  restoreTimeoutMs: number;
+  metrics: DetectorMetrics;
+  log: Logger;
+}
+
+export function ruleInfo(r: CompiledRule): RuleInfo {
+  return {
+    id: r.id,
+    title: r.title,
+    level: r.level,
+    status: r.doc.status ?? null,
+    tags: r.doc.tags,
+    author: r.author ?? null,
+    references: r.doc.references,
+  };
+}
+
+function correlationInfo(c: CompiledCorrelation): RuleInfo {
+  const raw = c.doc.raw;
+  const strs = (v: unknown): string[] =>
+    Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+  return {
+    id: c.id,
+    title: c.title,
+    level: c.level,
+    status: typeof raw['status'] === 'string' ? raw['status'] : null,
+    tags: strs(raw['tags']),
+    author: typeof raw['author'] === 'string' ? raw['author'] : null,
+    references: strs(raw['references']),
+  };
+}
+
+/**
+ * Evaluates one event; a rule that throws is found (by evaluating each rule alone), disabled in the store and
+ * reported, and the event evaluated again without it. Never throws.
+ */
+export function evaluateSafely(
+  store: RuleStore,
+  event: ExecveEvent,
+  onDisabled: (rule: CompiledRule, err: unknown) => void,
+): { snap: RuleSnapshot; matches: Match[] } {
+  for (;;) {
+    const snap = store.current;
+    try {
+      return { snap, matches: evaluateExecve(snap.engine, event) };
+    } catch (err) {
+      let culprit = false;
+      for (const rule of snap.rules) {
+        try {
+          evaluateExecve(createEngine([rule]), event);
+        } catch (e) {
+          culprit = true;
+          store.disable(rule.id, errorMessage(e));
+          onDisabled(rule, e);
+        }
+      }
+      // An error no single rule reproduces: skip the event's matches rather than loop.
+      if (!culprit) return { snap, matches: [] };
+    }
+  }
+}
+
+/** Rules whose matches are only correlation input (every correlation naming them has generate: false). */
+function silentRules(snap: RuleSnapshot): Set<string> {
+  const named = new Map<string, boolean>();
+  for (const c of snap.correlations) {
+    for (const r of snap.rules) {
+      if (ruleRef(c, r) !== undefined) named.set(r.id, (named.get(r.id) ?? false) || c.generate);
+    }
+  }
+  return new Set([...named].filter(([, gen]) => !gen).map(([id]) => id));
+}
+
+interface SnapDerived {
+  silent: Set<string>;
+  local: CompiledCorrelation[];
+  remote: CompiledCorrelation[];
+}
+
+const derivedCache = new WeakMap<RuleSnapshot, SnapDerived>();
+function derived(snap: RuleSnapshot): SnapDerived {
+  let d = derivedCache.get(snap);
+  if (d === undefined) {
+    d = {
+      silent: silentRules(snap),
+      local: snap.correlations.filter(isHostScoped),
+      remote: snap.correlations.filter((c) => !isHostScoped(c)),
+    };
+    derivedCache.set(snap, d);
+  }
+  return d;
+}
+
+/** The audit record reporting a disabled rule: a CollectorRecord (kind CONFIG) so audit readers decode it. */
+function disabledReport(codec: Codec, o: WorkerOptions, rule: CompiledRule, err: unknown): OutRecord {
+  return {
+    topic: o.topics.audit,
+    key: o.detectorId,
+    value: codec.encode('dev.edr.v1.CollectorRecord', {
+      hostId: o.detectorId,
+      hostname: o.detectorId,
+      bootId: '',
+      timeNs: BigInt(Date.now()) * 1_000_000n,
+      collectorVersion: 'edr-detector',
+      kind: 'CONFIG',
+      config: JSON.stringify({ event: 'rule-disabled', ruleId: rule.id, reason: errorMessage(err) }),
+      losses: null,
+      lastSeq: 0n,
+      message: `detector ${o.detectorId} disabled rule ${rule.id} (${rule.title}): it threw at evaluation: ${errorMessage(err)}`,
+    }),
+    headers: { 'edr-record': 'rule-disabled' },
+  };
+}
+
+function correlationAlert(
+  m: CorrelationMatch,
+  event: ExecveEvent,
+  version: string,
+  detectorId: string,
+): Alert {
+  const fields = [
+    ...Object.entries(m.group).map(([field, v]) => ({ field, value: String(v) })),
+    { field: `${m.correlation.type}`, value: String(m.value) },
+  ];
+  return buildAlert(correlationInfo(m.correlation), event, fields, {
+    ruleSetVersion: version,
+    detectorId,
+    runId: null,
+  });
+}
+
+export class DetectorWorker {
+  private readonly codec = projectCodec();
+  private readonly local: CorrelationStore;
+  private readonly remote: CorrelationStore;
+  private consumptions: Consumption[] = [];
+
+  constructor(private readonly o: WorkerOptions) {
+    const common = {
+      transport: o.transport,
+      changelogTopic: o.topics.changelog,
+      changelogPartitions: o.changelogPartitions,
+      maxGroups: o.maxGroups,
+      restoreTimeoutMs: o.restoreTimeoutMs,
+      metrics: o.metrics,
+      log: o.log,
+    };
+    this.local = new CorrelationStore({ ...common, stage: 'h' });
+    this.remote = new CorrelationStore({ ...common, stage: 'x' });
+  }
+
+  async start(): Promise<void> {
+    const o = this.o;
+    this.consumptions.push(
+      await o.transport.consumeTransform({
+        groupId: o.groupId,
+        topics: [o.topics.input],
+        start: 'earliest',
+        maxBatchRecords: o.maxBatchRecords,
+        deadLetterTopic: o.topics.deadLetter,
+        transactionalIdPrefix: o.groupId,
+        transform: (batch) => this.transform(batch),
+      }),
+    );
+    this.consumptions.push(
+      await o.transport.consumeTransform({
+        groupId: `${o.groupId}-correlate`,
+        topics: [o.topics.correlation],
+        start: 'earliest',
+        maxBatchRecords: o.maxBatchRecords,
+        deadLetterTopic: o.topics.deadLetter,
+        transactionalIdPrefix: `${o.groupId}-correlate`,
+        transform: (batch) => this.transformRepartitioned(batch),
+      }),
+    );
+  }
+
+  /** Settles when a consumption ends (rejects on a fatal error). */
+  get done(): Promise<void> {
+    return Promise.all(this.consumptions.map((c) => c.done)).then(() => {});
+  }
+
+  assignments(): Array<{ topic: string; partition: number }> {
+    return this.consumptions.flatMap((c) => c.assignments());
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.consumptions.map((c) => c.stop()));
+  }
+
+  /** One batch of the input partition → the records of its transaction. Never throws for a bad record. */
+  async transform(batch: Batch): Promise<OutRecord[]> {
+    const o = this.o;
+    const out: OutRecord[] = [];
+    const first = batch.records[0];
+    if (first === undefined) return out;
+    const startSnap = o.store.current;
+    const hasLocal = derived(startSnap).local.length > 0;
+    if (hasLocal) await this.local.prepare(batch.partition, first.offset);
+    const t0 = performance.now();
+    let alerts = 0;
+    let dead = 0;
+    for (const r of batch.records) {
+      let decoded: ReturnType<Codec['decode']>;
+      try {
+        decoded = this.codec.decode(r.value ?? Buffer.alloc(0));
+      } catch (err) {
+        out.push(deadLetterRecord(o.topics.deadLetter, r, err));
+        dead++;
+        continue;
+      }
+      if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue; // lifecycle records on the audit topic
+      const ev = decoded.value;
+      const { snap, matches } = evaluateSafely(o.store, ev, (rule, err) => {
+        o.log.error('rule disabled: it threw at evaluation', { ruleId: rule.id, err });
+        out.push(disabledReport(this.codec, o, rule, err));
+      });
+      const d = derived(snap);
+      for (const m of matches) {
+        o.metrics.ruleMatched(m.rule.id);
+        if (!d.silent.has(m.rule.id)) {
+          const alert = buildAlert(ruleInfo(m.rule), ev, m.fields, {
+            ruleSetVersion: snap.version,
+            detectorId: o.detectorId,
+            runId: null,
+          });
+          out.push(alertRecord(this.codec, o.topics.alerts, alert, r));
+          alerts++;
+        }
+        alerts += this.correlate(batch.partition, snap, d, m, ev, r, out, hasLocal);
+      }
+    }
+    if (hasLocal)
+      out.push(
+        ...this.local.checkpoint(batch.partition, batch.records[batch.records.length - 1]!.offset + 1),
+      );
+    o.metrics.evaluationMs(performance.now() - t0);
+    o.metrics.eventsConsumed(batch.records.length, { topic: batch.topic });
+    if (alerts > 0) o.metrics.alertsEmitted(alerts);
+    if (dead > 0) o.metrics.deadLetters(dead);
+    return out;
+  }
+
+  /** Feeds a match to the correlations naming its rule; returns the number of alerts added to `out`. */
+  private correlate(
+    partition: number,
+    snap: RuleSnapshot,
+    d: SnapDerived,
+    m: Match,
+    ev: ExecveEvent,
+    source: InRecord,
+    out: OutRecord[],
+    localReady: boolean,
+  ): number {
+    let n = 0;
+    const get = (f: string) => eventField(ev, f);
+    if (localReady) {
+      for (const c of d.local) {
+        const ref = ruleRef(c, m.rule);
+        if (ref === undefined) continue;
+        for (const cm of this.local.step(partition, c, ref, eventTimeMs(ev), get)) {
+          out.push(
+            alertRecord(
+              this.codec,
+              this.o.topics.alerts,
+              correlationAlert(cm, ev, snap.version, this.o.detectorId),
+              source,
+            ),
+          );
+          n++;
+        }
+      }
+    }
+    for (const c of d.remote) {
+      const ref = ruleRef(c, m.rule);
+      if (ref === undefined) continue;
+      // The base match travels as an Alert, keyed by the correlation's group-by values.
+      const base = buildAlert(ruleInfo(m.rule), ev, m.fields, {
+        ruleSetVersion: snap.version,
+        detectorId: this.o.detectorId,
+        runId: null,
+      });
+      out.push({
+        topic: this.o.topics.correlation,
+        key: `${c.id}|${groupKey(c, ref, get)}`,
+        value: this.codec.encode('dev.edr.v1.Alert', base),
+        headers: { 'edr-correlation-id': c.id, 'edr-rule-ref': ref },
+      });
+    }
+    return n;
+  }
+
+  /** Stage two: matches repartitioned by group-by values → correlation alerts. */
+  async transformRepartitioned(batch: Batch): Promise<OutRecord[]> {
+    const o = this.o;
+    const out: OutRecord[] = [];
+    const first = batch.records[0];
+    if (first === undefined) return out;
+    await this.remote.prepare(batch.partition, first.offset);
+    const snap = o.store.current;
+    const byId = new Map(derived(snap).remote.map((c) => [c.id, c]));
+    for (const r of batch.records) {
+      let base: Alert;
+      try {
+        base = this.codec.decodeAs('dev.edr.v1.Alert', r.value ?? Buffer.alloc(0));
+      } catch (err) {
+        out.push(deadLetterRecord(o.topics.deadLetter, r, err));
+        continue;
+      }
+      const c = byId.get(r.headers['edr-correlation-id']?.toString('utf8') ?? '');
+      const ref = r.headers['edr-rule-ref']?.toString('utf8');
+      if (c === undefined || ref === undefined) continue; // correlation removed since
+      const ev = base.event;
+      for (const cm of this.remote.step(batch.partition, c, ref, eventTimeMs(ev), (f) => eventField(ev, f))) {
+        out.push(
+          alertRecord(this.codec, o.topics.alerts, correlationAlert(cm, ev, snap.version, o.detectorId), r),
+        );
+      }
+    }
+    out.push(...this.remote.checkpoint(batch.partition, batch.records[batch.records.length - 1]!.offset + 1));
+    return out;
+  }
+}
