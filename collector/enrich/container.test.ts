@@ -1,0 +1,51 @@
+import assert from 'node:assert/strict';
+import { it } from 'node:test';
+import { cgroupV2Path, containerIdFromCgroup } from './container.js';
+
+const id = 'c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789';
+const id2 = 'feed000000000000000000000000000000000000000000000000000000000042';
+
+const cases: Array<[string, string, string | null]> = [
+  ['host process', '/user.slice/user-1000.slice/session-3.scope', null],
+  ['systemd service', '/system.slice/ssh.service', null],
+  ['root cgroup', '/', null],
+  ['docker, systemd driver', `/system.slice/docker-${id}.scope`, id],
+  ['docker, cgroupfs driver', `/docker/${id}`, id],
+  [
+    'containerd CRI, systemd driver',
+    `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_5678.slice/cri-containerd-${id}.scope`,
+    id,
+  ],
+  [
+    'CRI-O',
+    `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podabcd.slice/crio-${id}.scope`,
+    id,
+  ],
+  [
+    'CRI-O conmon is not the container',
+    `/kubepods.slice/kubepods-podabcd.slice/crio-conmon-${id}.scope`,
+    null,
+  ],
+  ['podman, systemd', `/machine.slice/libpod-${id}.scope`, id],
+  ['podman, nested payload cgroup', `/machine.slice/libpod-${id}.scope/container`, id],
+  ['podman, cgroupfs', `/libpod_parent/libpod-${id}`, id],
+  ['podman conmon is not the container', `/machine.slice/libpod-conmon-${id}.scope`, null],
+  ['kubelet, cgroupfs driver', `/kubepods/burstable/pod0a1b2c3d-1111-2222-3333-444455556666/${id}`, id],
+  ['nerdctl', `/system.slice/nerdctl-${id}.scope`, id],
+  ['containerd namespace', `/default/${id}`, id],
+  ['nested: the innermost wins', `/docker/${id}/docker/${id2}`, id2],
+  ['too short to be an id', '/docker/abc123', null],
+  ['upper case is not a runtime id', `/docker/${id.toUpperCase()}`, null],
+];
+
+for (const [name, cgroup, want] of cases) {
+  it(`container id: ${name}`, () => {
+    assert.equal(containerIdFromCgroup(cgroup), want);
+  });
+}
+
+it('reads the cgroup v2 path from /proc/PID/cgroup', () => {
+  assert.equal(cgroupV2Path(`0::/system.slice/docker-${id}.scope\n`), `/system.slice/docker-${id}.scope`);
+  assert.equal(cgroupV2Path('12:pids:/docker/x\n0::/init.scope\n'), '/init.scope');
+  assert.equal(cgroupV2Path('12:pids:/docker/x\n'), null);
+});
