@@ -1,0 +1,253 @@
+/**
+ * Slack sink over the real broker against a local HTTP server standing in for the incoming webhook: the Block
+ * Kit body, 429 with Retry-After then 500s (waits as told, each alert delivered once), 404 parks alerts on the
+ * undeliverable topic, dedup across a restart, and a storm of 10,000 identical alerts folded into a handful.
+ */
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { KafkaTransport } from '../../infra/kafka-transport.js';
+import type { Alert } from '../../schemas/types.js';
+import { parseSinksConfig } from '../../sinks/config.js';
+import { runSinks } from '../../sinks/main.js';
+import { createRedactor } from '../../sinks/redact.js';
+import { slackPayload } from '../../sinks/slack.js';
+import { stopOwnBroker, testTransport } from '../harness/broker.js';
+import { unique, waitFor } from '../harness/names.js';
+import { alertN, publishAlerts, readTopic, sinksConfig, sinkTopics, tempDir } from './sinks-harness.js';
+
+interface Seen {
+  at: number;
+  status: number;
+  body: { text: string; attachments: Array<{ blocks: unknown[] }> };
+}
+
+/** An HTTP server answering each POST with `answer(n)` (n counts from 0) and recording what it saw. */
+async function webhook(
+  answer: (n: number) => { status: number; headers?: Record<string, string>; body?: string },
+) {
+  const seen: Seen[] = [];
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    let data = '';
+    req.on('data', (d: Buffer) => {
+      data += d.toString();
+    });
+    req.on('end', () => {
+      const a = answer(seen.length);
+      seen.push({ at: Date.now(), status: a.status, body: JSON.parse(data) });
+      res.writeHead(a.status, { 'content-type': 'text/plain', ...a.headers });
+      res.end(a.body ?? (a.status === 200 ? 'ok' : 'error'));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const env = unique('TEST_SLACK_URL').replaceAll('-', '_').toUpperCase();
+  process.env[env] = `http://127.0.0.1:${(server.address() as AddressInfo).port}/services/T000/B000/XXXX`;
+  return {
+    env,
+    seen,
+    delivered: () => seen.filter((s) => s.status === 200),
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+/** "(×N)" in a message's fallback text, or 1. */
+function countOf(s: Seen): number {
+  const m = /\(×(\d+)\)/.exec(s.body.text);
+  return m ? Number(m[1]) : 1;
+}
+
+/** The alert id a single-alert message carries in its last context block. */
+function alertIdOf(s: Seen): string {
+  const m = /alert (alert-\d+)/.exec(JSON.stringify(s.body));
+  return m ? m[1]! : '?';
+}
+
+describe('sinks: slack', () => {
+  let transport: KafkaTransport;
+  before(async () => {
+    transport = await testTransport('sinks-slack-test');
+  });
+  after(async () => {
+    await transport.close();
+    await stopOwnBroker();
+  });
+
+  async function router(
+    hook: { env: string },
+    over: Record<string, unknown> = {},
+    at?: { topics: Awaited<ReturnType<typeof sinkTopics>>; stateDir: string; name: string },
+  ) {
+    const topics = at?.topics ?? (await sinkTopics(transport));
+    const stateDir = at?.stateDir ?? path.join(await tempDir('edr-sinks-slack'), 'state');
+    const name = at?.name ?? unique('soc');
+    const cfg = parseSinksConfig(
+      await sinksConfig(
+        topics,
+        stateDir,
+        {
+          [name]: {
+            type: 'slack',
+            webhookUrl: { env: hook.env },
+            ruleUrl: 'https://rules.example/{ruleId}',
+            retry: { initialBackoffMs: 50, maxBackoffMs: 200 },
+            messagesPerSecond: 0,
+            ...over,
+          },
+        },
+        [{ to: [name], minLevel: 'medium' }],
+      ),
+    );
+    const r = await runSinks(cfg, transport);
+    return { r, topics, stateDir, name };
+  }
+
+  test('posts the Block Kit message, redacted, with the rule author and MITRE links', {
+    timeout: 30_000,
+  }, async () => {
+    const hook = await webhook(() => ({ status: 200 }));
+    const { r, topics } = await router(hook);
+    try {
+      const a: Alert = alertN(1, {
+        event: {
+          ...alertN(1).event,
+          argv: ['mysql', '-u', 'root', '--password=hunter2', 'https://bob:s3cret@db.example/x'],
+        },
+      });
+      const low = alertN(2, { ruleLevel: 'low' }); // below the route's minimum level
+      await publishAlerts(transport, topics.alerts, [low, a]);
+      await waitFor('one webhook call', () => hook.seen.length >= 1);
+      await new Promise((res) => setTimeout(res, 500));
+      assert.equal(hook.seen.length, 1);
+      const redacted = createRedactor().alert(a);
+      const expected = slackPayload(
+        { folds: [{ key: '', alerts: [redacted], firstSeenNs: a.event.timeNs, lastSeenNs: a.event.timeNs }] },
+        { ruleUrl: 'https://rules.example/{ruleId}' },
+      );
+      assert.deepEqual(hook.seen[0]!.body, JSON.parse(JSON.stringify(expected)));
+      const text = JSON.stringify(hook.seen[0]!.body);
+      assert.ok(!text.includes('hunter2') && !text.includes('s3cret'), text);
+      assert.match(text, /Rule by EDR project/);
+      assert.match(text, /https:\/\/attack\.mitre\.org\/techniques\/T1059\/004\//);
+      assert.match(text, /https:\/\/rules\.example\/00000000-0000-4000-8000-000000000001/);
+    } finally {
+      await r.stop();
+      await hook.close();
+    }
+  });
+
+  test('429 with Retry-After, then 500s: waits as told, retries, delivers each alert once', {
+    timeout: 30_000,
+  }, async () => {
+    const hook = await webhook((n) => {
+      if (n === 0) return { status: 429, headers: { 'retry-after': '1' }, body: 'rate_limited' };
+      if (n === 1 || n === 2) return { status: 500 };
+      return { status: 200 };
+    });
+    const { r, topics } = await router(hook);
+    try {
+      // Three rules: three messages (not folded).
+      const alerts = [0, 1, 2].map((i) => alertN(i, { ruleId: `rule-${i}` }));
+      await publishAlerts(transport, topics.alerts, alerts);
+      await waitFor('three deliveries', () => hook.delivered().length >= 3);
+      await new Promise((res) => setTimeout(res, 500));
+      assert.ok(
+        hook.seen[1]!.at - hook.seen[0]!.at >= 950,
+        `waited ${hook.seen[1]!.at - hook.seen[0]!.at} ms`,
+      );
+      assert.equal(hook.seen.length, 6);
+      const ids = hook.delivered().map(alertIdOf).sort();
+      assert.deepEqual(ids, ['alert-0', 'alert-1', 'alert-2']);
+    } finally {
+      await r.stop();
+      await hook.close();
+    }
+  });
+
+  test('404 parks the alerts on the undeliverable topic with the reason, and moves on', {
+    timeout: 30_000,
+  }, async () => {
+    const hook = await webhook(() => ({ status: 404, body: 'no_service' }));
+    const { r, topics, name } = await router(hook);
+    try {
+      const alerts = [0, 1].map((i) => alertN(i, { ruleId: `rule-${i}` }));
+      await publishAlerts(transport, topics.alerts, alerts);
+      const parked = await readTopic(transport, topics.undeliverable, (got) => got.length >= 2);
+      assert.deepEqual(parked.map((p) => p.key?.toString()).sort(), ['alert-0', 'alert-1']);
+      for (const p of parked) {
+        assert.equal(p.headers['edr-error-code']?.toString(), 'EDR_SINK_REJECTED');
+        assert.match(p.headers['edr-error']?.toString() ?? '', /HTTP 404 no_service/);
+        assert.equal(p.headers['edr-sink']?.toString(), name);
+        assert.equal(p.headers['edr-source-topic']?.toString(), topics.alerts);
+      }
+      assert.equal(hook.seen.length, 2, 'a permanent error is not retried');
+    } finally {
+      await r.stop();
+      await hook.close();
+    }
+  });
+
+  test('an alert delivered before a restart is not sent again when it comes again', {
+    timeout: 30_000,
+  }, async () => {
+    const hook = await webhook(() => ({ status: 200 }));
+    const alerts = [0, 1, 2].map((i) => alertN(i, { ruleId: `rule-${i}` }));
+    const first = await router(hook);
+    await publishAlerts(transport, first.topics.alerts, alerts);
+    await waitFor('three deliveries', () => hook.delivered().length >= 3);
+    await first.r.stop();
+    // The same alerts again (an upstream redelivery), and one new one.
+    await publishAlerts(transport, first.topics.alerts, [...alerts, alertN(3, { ruleId: 'rule-3' })]);
+    const second = await router(hook, {}, first);
+    try {
+      await waitFor('the new alert', () => hook.delivered().length >= 4);
+      await new Promise((res) => setTimeout(res, 1000));
+      assert.deepEqual(hook.delivered().map(alertIdOf).sort(), ['alert-0', 'alert-1', 'alert-2', 'alert-3']);
+    } finally {
+      await second.r.stop();
+      await hook.close();
+    }
+  });
+
+  test('a storm of 10,000 identical alerts arrives as a handful of folded messages', {
+    timeout: 60_000,
+  }, async (t) => {
+    const hook = await webhook(() => ({ status: 200 }));
+    const topics = await sinkTopics(transport);
+    await publishAlerts(
+      transport,
+      topics.alerts,
+      Array.from({ length: 10_000 }, (_, i) => alertN(i)),
+    );
+    const { r } = await router(
+      hook,
+      { messagesPerSecond: 5 },
+      {
+        topics,
+        stateDir: path.join(await tempDir('edr-sinks-storm'), 'state'),
+        name: unique('storm'),
+      },
+    );
+    try {
+      await waitFor(
+        '10,000 alerts',
+        () => hook.delivered().reduce((n, s) => n + countOf(s), 0) >= 10_000,
+        40_000,
+      );
+      await new Promise((res) => setTimeout(res, 500));
+      const counts = hook.delivered().map(countOf);
+      t.diagnostic(`${counts.length} messages: ${counts.join(', ')}`);
+      assert.equal(
+        counts.reduce((a, b) => a + b, 0),
+        10_000,
+      );
+      assert.ok(counts.length <= 10, `${counts.length} messages: ${counts.join(', ')}`);
+      const text = JSON.stringify(hook.seen[0]!.body);
+      assert.match(text, /identical alerts \(same rule and host\) folded: first seen/);
+    } finally {
+      await r.stop();
+      await hook.close();
+    }
+  });
+});
