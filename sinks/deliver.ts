@@ -21,7 +21,7 @@ import { levels, type Route, type SinkInstanceConfig, type SinksConfig } from '.
 import { DeliveredStore } from './delivered-store.js';
 import { createRedactor, type Redactor } from './redact.js';
 import { registry } from './registry.js';
-import { alertsOf, type Fold, type Message, type Sink, type SinkDefaults } from './sink.js';
+import { alertsOf, type Fold, type Message, type Sink, type SinkContext, type SinkDefaults } from './sink.js';
 
 // ---- routing ----
 
@@ -192,6 +192,8 @@ export interface DeliverDeps {
   topics: SinksConfig['topics'];
   stateDir: string;
   routes: readonly Route[];
+  /** Replaces the registry's `create` (tests drive the loop with a scripted sink). */
+  makeSink?: (ctx: SinkContext) => Sink | Promise<Sink>;
 }
 
 export interface RunningSink {
@@ -241,7 +243,8 @@ export async function startSink(
   const store = await DeliveredStore.open({ dir: deps.stateDir, name, windowMs: config.dedup.windowMs });
   let sink: Sink;
   try {
-    sink = await module.create(config as never, { name, log, timeoutMs: config.timeoutMs });
+    const ctx: SinkContext = { name, log, timeoutMs: config.timeoutMs };
+    sink = await (deps.makeSink ? deps.makeSink(ctx) : module.create(config as never, ctx));
     if (sink.delivered) await store.add(await sink.delivered());
   } catch (err) {
     await store.close();
