@@ -1,20 +1,42 @@
 /**
  * `edr rules <subcommand>`: rule-set tooling. `check DIR` compiles every rule under DIR and prints a verdict per
- * rule and a summary; the exit code is 1 if any rule failed, so it can gate a rules repository's CI.
+ * rule and a summary; the exit code is 1 if any rule failed, so it can gate a rules repository's CI. `push` and
+ * `list` publish to and read the fleet's compacted rules topic.
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { load as loadYaml } from 'js-yaml';
+import { stringify as stringifyYaml } from 'yaml';
 import type { Command } from '../infra/cli.js';
+import { loadConfig } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
+import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
+import { createLogger } from '../infra/log.js';
+import type { OutRecord } from '../infra/transport.js';
+import { topics } from '../schemas/topics.js';
+import { detectorConfigSchema } from './config.js';
+import { docHash, docId, RuleStore } from './rule-store.js';
+import { readRulesTopic } from './rules-topic.js';
 import { loadRules } from './sigma/engine.js';
 import type { Placeholders } from './sigma/modifiers.js';
+import { parseRuleText } from './sigma/parse.js';
 
 const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
+       edr rules push DIR (--config FILE | --brokers HOST:PORT,...) [--topic T] [--delete ID]... [--prune]
+       edr rules list (--config FILE | --brokers HOST:PORT,...) [--topic T]
 
   check DIR             compile every .yml/.yaml rule under DIR; print a verdict per rule and a summary
     --quiet, -q         print only failures, warnings and the summary
     --placeholders FILE YAML map of placeholder name to values, for rules using the 'expand' modifier
+  push DIR              validate the rules under DIR and publish the new and changed ones to the rules topic
+                        (key rule id, value its YAML); rejected rules are reported and not published, the
+                        others are; exit code 1 if any was rejected
+    --delete ID         also delete rule ID from the fleet (a tombstone); repeatable
+    --prune             delete every rule on the topic that DIR does not have
+  list                  what the fleet runs: every rule on the rules topic, and the rule-set version a worker
+                        without a rules directory computes from it
+    --config FILE       a detector config: its kafka section and topics.rules are used
+    --brokers LIST      or the brokers directly (with --topic, default the topics table's)
 `;
 
 /** Reads a YAML map `name: [values]` for `|expand` placeholders. */
@@ -84,13 +106,147 @@ async function check(argv: string[]): Promise<number> {
   return set.problems.length > 0 ? 1 : 0;
 }
 
+const kafkaOptions = {
+  config: { type: 'string' },
+  brokers: { type: 'string' },
+  topic: { type: 'string' },
+  help: { type: 'boolean' },
+} as const;
+
+/** The rules topic and a transport to it, from --config or --brokers/--topic. */
+function rulesTopic(values: { config?: string; brokers?: string; topic?: string }): {
+  transport: KafkaTransport;
+  topic: string;
+} {
+  if (values.config !== undefined) {
+    const c = loadConfig(detectorConfigSchema, values.config);
+    return {
+      transport: new KafkaTransport(c.kafka, createLogger({ component: 'rules' })),
+      topic: values.topic ?? c.topics.rules,
+    };
+  }
+  if (values.brokers === undefined) {
+    throw new EdrError('EDR_DETECTOR_USAGE', 'give --config FILE or --brokers HOST:PORT,...');
+  }
+  return {
+    transport: new KafkaTransport(
+      kafkaConfigSchema.parse({ brokers: values.brokers.split(','), clientId: 'edr-rules' }),
+      createLogger({ component: 'rules' }),
+    ),
+    topic: values.topic ?? topics.rules.name,
+  };
+}
+
+async function push(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { ...kafkaOptions, delete: { type: 'string', multiple: true }, prune: { type: 'boolean' } },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const [dir] = positionals;
+  if (dir === undefined || positionals.length > 1) {
+    process.stderr.write(USAGE);
+    return 2;
+  }
+  const set = loadRules(dir);
+  const out: string[] = [];
+  for (const p of set.problems) {
+    out.push(`REJECTED  ${p.file}:${p.line}  ${p.id ?? '-'}  ${p.title ?? ''}: ${p.message} [${p.code}]`);
+  }
+  const docs = [
+    ...set.rules.map((r) => r.doc),
+    ...set.filters.map((f) => f.doc),
+    ...set.correlations.map((c) => c.doc),
+  ];
+  const { transport, topic } = rulesTopic(values);
+  try {
+    await transport.createTopics([{ name: topic, partitions: 1, cleanupPolicy: 'compact', retentionMs: -1 }]);
+    const current = await readRulesTopic(transport, topic);
+    const records: OutRecord[] = [];
+    let unchanged = 0;
+    const mine = new Set<string>();
+    for (const doc of docs) {
+      const id = docId(doc);
+      mine.add(id);
+      const have = current.get(id);
+      const same = have !== undefined && parseRuleText(have, id).docs.map(docHash).join() === docHash(doc);
+      if (same) {
+        unchanged++;
+        continue;
+      }
+      records.push({ topic, key: id, value: Buffer.from(stringifyYaml(doc.raw)) });
+      out.push(
+        `${have === undefined ? 'added   ' : 'changed '}  ${doc.file}:${doc.line}  ${id}  ${doc.title}`,
+      );
+    }
+    const deletions = new Set(values.delete ?? []);
+    if (values.prune) for (const id of current.keys()) if (!mine.has(id)) deletions.add(id);
+    for (const id of deletions) {
+      if (!current.has(id)) {
+        out.push(`absent    ${id} (nothing to delete)`);
+        continue;
+      }
+      records.push({ topic, key: id, value: null });
+      out.push(`deleted   ${id}`);
+    }
+    const producer = await transport.producer();
+    await producer.publish(records);
+    await producer.close();
+    out.push(
+      `${records.length - [...deletions].filter((d) => current.has(d)).length} published, ${unchanged} unchanged, ` +
+        `${[...deletions].filter((d) => current.has(d)).length} deleted, ${set.problems.length} rejected`,
+    );
+  } finally {
+    await transport.close();
+  }
+  process.stdout.write(`${out.join('\n')}\n`);
+  return set.problems.length > 0 ? 1 : 0;
+}
+
+async function list(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: kafkaOptions });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const { transport, topic } = rulesTopic(values);
+  let current: Map<string, string>;
+  try {
+    current = await readRulesTopic(transport, topic);
+  } finally {
+    await transport.close();
+  }
+  const store = new RuleStore({ log: createLogger({ component: 'rules' }, 'error') });
+  store.applyTopic([...current].map(([key, value]) => ({ key, value })));
+  const snap = store.current;
+  const out: string[] = [];
+  const ok = [
+    ...snap.rules.map((r) => ({ id: r.id, title: r.title, level: r.level, kind: 'rule' })),
+    ...snap.correlations.map((c) => ({ id: c.id, title: c.title, level: c.level, kind: c.type })),
+  ].sort((a, b) => (a.id < b.id ? -1 : 1));
+  for (const r of ok) out.push(`${r.id}  ${r.level.padEnd(13)} ${r.kind.padEnd(12)} ${r.title}`);
+  for (const p of snap.problems)
+    out.push(`REJECTED  ${p.file}:${p.line}  ${p.id ?? '-'}: ${p.message} [${p.code}]`);
+  out.push(`${ok.length} rules on ${topic}; rule-set version ${snap.version}`);
+  process.stdout.write(`${out.join('\n')}\n`);
+  return 0;
+}
+
 export const command: Command = {
-  summary: 'rule-set tooling: check',
+  summary: 'rule-set tooling: check, push, list',
   async run(argv) {
     const [sub, ...rest] = argv;
     switch (sub) {
       case 'check':
         return check(rest);
+      case 'push':
+        return push(rest);
+      case 'list':
+        return list(rest);
       case undefined:
       case '--help':
       case '-h':

@@ -3,7 +3,7 @@
  * files, unique topic sets, and a read-committed reader of the alerts topic.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import yaml from 'js-yaml';
@@ -65,6 +65,7 @@ export class WorkerProcess {
       env: { ...process.env, EDR_LOG_LEVEL: process.env['EDR_WORKER_LOG_LEVEL'] ?? 'info' },
     });
     this.child.stderr?.on('data', (d: Buffer) => {
+      appendFileSync(`${this.configFile}.log`, d);
       this.log += d.toString('utf8');
       if (this.log.length > 2_000_000) this.log = this.log.slice(-1_000_000);
     });

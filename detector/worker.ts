@@ -82,7 +82,7 @@ export function evaluateSafely(
     const snap = store.current;
     try {
       return { snap, matches: evaluateExecve(snap.engine, event) };
-    } catch (err) {
+    } catch {
       let culprit = false;
       for (const rule of snap.rules) {
         try {

@@ -1,0 +1,183 @@
+/**
+ * Fleet-wide hot rules: two worker processes follow the rules topic. A rule pushed with `edr rules push` during
+ * the run produces alerts on both workers (with the version `edr rules list` shows); a malformed rule in the
+ * same push is rejected and reported while the good one applies; a malformed record put on the topic directly
+ * is rejected by the workers; a tombstone (`push --delete`) stops the rule.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import {
+  collectAlerts,
+  createTestTopics,
+  tempDir,
+  testTopics,
+  WorkerProcess,
+  writeConfig,
+} from '../../detector/testing.js';
+import { repoRoot } from '../../infra/paths.js';
+import type { OutRecord, Transport } from '../../infra/transport.js';
+import { projectCodec } from '../../schemas/codec.js';
+import { sampleEvent } from '../fixtures/events.js';
+import { testBrokers, testTransport } from '../harness/broker.js';
+import { unique, waitFor } from '../harness/names.js';
+
+const RULE_ID = '5d3c0e0a-0000-4000-8000-00000000e101';
+const GOOD = `title: Hot pushed rule
+id: ${RULE_ID}
+status: test
+level: medium
+logsource:
+  product: linux
+  category: process_creation
+detection:
+  selection:
+    CommandLine|contains: 'hot-marker'
+  condition: selection
+`;
+const MALFORMED = `title: Broken rule
+id: 5d3c0e0a-0000-4000-8000-00000000e102
+logsource:
+  product: linux
+  category: process_creation
+detection:
+  selection:
+    CommandLine|nosuchmodifier: 'x'
+  condition: selection
+`;
+
+const workers: WorkerProcess[] = [];
+after(async () => {
+  await Promise.all(workers.map((w) => w.kill()));
+});
+
+function cli(args: string[]): { code: number; out: string } {
+  const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'infra', 'cli.js'), ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, EDR_LOG_LEVEL: 'error' },
+  });
+  return { code: r.status ?? 1, out: `${r.stdout}${r.stderr}` };
+}
+
+function loaded(w: WorkerProcess, version: string): boolean {
+  return w.log
+    .split('\n')
+    .some((l) => l.includes('"msg":"rule set loaded"') && l.includes(`"version":"${version}"`));
+}
+
+let seq = 0;
+async function produce(t: Transport, topic: string, n: number, marker: string): Promise<void> {
+  const codec = projectCodec();
+  const p = await t.producer();
+  const records: OutRecord[] = [];
+  for (let i = 0; i < n; i++) {
+    const host = `host-${i % 32}`;
+    const e = sampleEvent({
+      hostId: host,
+      hostname: host,
+      seq: BigInt(++seq),
+      timeNs: 1_795_000_000_000_000_000n + BigInt(seq) * 1_000_000n,
+      argv: ['sh', '-c', `echo ${marker} ${seq}`],
+    });
+    records.push({ topic, key: host, value: codec.encode('dev.edr.v1.ExecveEvent', e) });
+  }
+  await p.publish(records);
+  await p.close();
+}
+
+test('rules pushed during a run apply on every worker; malformed ones are rejected; tombstones stop them', async () => {
+  const t = await testTransport('detector-rules');
+  const topics = testTopics(unique('drl'));
+  await createTestTopics(t, topics);
+  const dir = tempDir('edr-drl');
+  const group = unique('edr-detector');
+  const brokers = await testBrokers();
+  const cfg = (name: string) =>
+    writeConfig(dir, name, {
+      kafka: { brokers, clientId: name, sessionTimeoutMs: 6000 },
+      detectorId: name,
+      groupId: group,
+      topics,
+      createTopics: false,
+    });
+  const a = new WorkerProcess(cfg('worker-a')).start();
+  const b = new WorkerProcess(cfg('worker-b')).start();
+  workers.push(a, b);
+  const { alerts, consumption } = await collectAlerts(t, topics.alerts, unique('reader'));
+  try {
+    await waitFor('both workers to own partitions', async () => {
+      const lag = await t.lag(group, topics.input);
+      return a.logged('detector started') === 1 && b.logged('detector started') === 1 && lag.length === 6;
+    });
+    // Before the push: nothing matches.
+    await produce(t, topics.input, 64, 'hot-marker');
+    await waitFor('the first events consumed', async () =>
+      (await t.lag(group, topics.input)).every((l) => l.lag === 0),
+    );
+    assert.equal(alerts.length, 0);
+
+    // A malformed record straight on the topic: rejected by the workers, the rest applies.
+    const p = await t.producer();
+    await p.publish([{ topic: topics.rules, key: 'broken-direct', value: Buffer.from('title: [unclosed') }]);
+    await p.close();
+
+    const rulesDir = path.join(dir, 'rules');
+    mkdirSync(rulesDir);
+    writeFileSync(path.join(rulesDir, 'good.yml'), GOOD);
+    writeFileSync(path.join(rulesDir, 'broken.yml'), MALFORMED);
+    const pushed = cli(['rules', 'push', rulesDir, '--brokers', brokers.join(','), '--topic', topics.rules]);
+    assert.equal(pushed.code, 1, pushed.out);
+    assert.match(pushed.out, /REJECTED\s+broken\.yml:\d+/);
+    assert.match(pushed.out, new RegExp(`added\\s+good\\.yml:\\d+\\s+${RULE_ID}`));
+    assert.match(pushed.out, /1 published, 0 unchanged, 0 deleted, 1 rejected/);
+
+    const listed = cli(['rules', 'list', '--brokers', brokers.join(','), '--topic', topics.rules]);
+    assert.equal(listed.code, 0, listed.out);
+    assert.match(listed.out, new RegExp(RULE_ID));
+    assert.match(listed.out, /REJECTED\s+rules-topic:broken-direct/);
+    const version = /rule-set version ([0-9a-f]+)/.exec(listed.out)?.[1];
+    assert.ok(version, listed.out);
+
+    await waitFor('both workers to load the pushed rule', () => [a, b].every((w) => loaded(w, version)));
+    assert.ok(a.logged('rule rejected') >= 1 && b.logged('rule rejected') >= 1);
+    await produce(t, topics.input, 64, 'hot-marker');
+    await waitFor('64 alerts', () => alerts.length >= 64);
+    const by = new Set(alerts.map((x) => x.alert.detectorId));
+    assert.deepEqual([...by].sort(), ['worker-a', 'worker-b'], 'alerts from both workers');
+    assert.deepEqual(new Set(alerts.map((x) => x.alert.ruleSetVersion)), new Set([version]));
+    assert.deepEqual(new Set(alerts.map((x) => x.alert.ruleId)), new Set([RULE_ID]));
+
+    // Pushing again changes nothing; a tombstone stops the rule everywhere.
+    const again = cli(['rules', 'push', rulesDir, '--brokers', brokers.join(','), '--topic', topics.rules]);
+    assert.match(again.out, /0 published, 1 unchanged/);
+    mkdirSync(path.join(dir, 'nothing'));
+    const del = cli([
+      'rules',
+      'push',
+      path.join(dir, 'nothing'),
+      '--brokers',
+      brokers.join(','),
+      '--topic',
+      topics.rules,
+      '--delete',
+      RULE_ID,
+    ]);
+    assert.match(del.out, new RegExp(`deleted\\s+${RULE_ID}`), del.out);
+    const emptied = cli(['rules', 'list', '--brokers', brokers.join(','), '--topic', topics.rules]);
+    const v2 = /rule-set version ([0-9a-f]+)/.exec(emptied.out)?.[1];
+    assert.ok(v2 && v2 !== version, emptied.out);
+    await waitFor('both workers to drop the rule', () => [a, b].every((w) => loaded(w, v2)));
+    await produce(t, topics.input, 64, 'hot-marker');
+    await waitFor('the last events consumed', async () =>
+      (await t.lag(group, topics.input)).every((l) => l.lag === 0),
+    );
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(alerts.length, 64, 'no alert after the tombstone');
+  } finally {
+    await consumption.stop();
+    await Promise.all(workers.map((w) => w.kill('SIGTERM')));
+    await t.close();
+  }
+});
