@@ -34,8 +34,13 @@ export function commandLine(argv: readonly string[]): string {
  */
 export function auditdExecveFields(e: ExecveEvent): Record<string, string> {
   const out: Record<string, string> = { type: 'EXECVE', argc: String(e.argv.length) };
-  e.argv.forEach((a, i) => {
-    out[`a${i}`] = a;
-  });
+  for (let i = 0; i < e.argv.length; i++) out[argKey(i)] = e.argv[i]!;
   return out;
+}
+
+// `a0`, `a1`, … built once: this runs for every event, and a fresh key string per argument is measurable.
+const ARG_KEYS: string[] = [];
+function argKey(i: number): string {
+  while (ARG_KEYS.length <= i) ARG_KEYS.push(`a${ARG_KEYS.length}`);
+  return ARG_KEYS[i]!;
 }

@@ -117,7 +117,17 @@ interface FieldIndex {
   ref: FieldRef;
   exact: Map<string, number[]> | undefined;
   substrings: FieldAutomaton | undefined;
+  /**
+   * Raw value → rules it makes candidates. Field values repeat heavily across a fleet (images, directories,
+   * users, cron and service command lines): a repeated value costs one lookup instead of a lowercase and a scan.
+   */
+  memo: Map<string, readonly number[]>;
 }
+
+/** Values longer than this are scanned every time (they rarely repeat and would make the memo large). */
+const MEMO_MAX_VALUE = 256;
+/** Entries per field before the memo starts afresh (a bounded, allocation-cheap stand-in for an LRU). */
+const MEMO_MAX_ENTRIES = 4096;
 
 export class CandidateIndex {
   private readonly fields = new Map<string, FieldIndex>();
@@ -126,6 +136,11 @@ export class CandidateIndex {
   readonly always: readonly number[];
   private readonly stamp: Uint32Array;
   private generation = 0;
+  // Memo entries are computed with their own stamps, so marks made earlier for the event do not hide rules.
+  private readonly memoStamp: Uint32Array;
+  private memoGeneration = 0;
+  private activeStamp: Uint32Array;
+  private activeGeneration = 0;
   // Scan state, kept on the instance so a scan allocates nothing but its result.
   private current: number[][] = [];
   private found: number[] = [];
@@ -170,6 +185,7 @@ export class CandidateIndex {
       const sub = substrings.get(f);
       this.fields.set(f, {
         ref: fieldRef(f),
+        memo: new Map(),
         exact: exact.get(f),
         substrings: sub === undefined ? undefined : buildAutomaton(sub),
       });
@@ -177,11 +193,13 @@ export class CandidateIndex {
     this.anyField = any.size > 0 ? buildAutomaton(any) : undefined;
     this.always = always;
     this.stamp = new Uint32Array(rules.length);
+    this.memoStamp = new Uint32Array(rules.length);
+    this.activeStamp = this.stamp;
   }
 
   private mark(r: number): void {
-    if (this.stamp[r] !== this.generation) {
-      this.stamp[r] = this.generation;
+    if (this.activeStamp[r] !== this.activeGeneration) {
+      this.activeStamp[r] = this.activeGeneration;
       this.found.push(r);
     }
   }
@@ -197,23 +215,51 @@ export class CandidateIndex {
     }
   }
 
+  /** The rules one value of the field makes candidates, on their own (for the memo). */
+  private scanAlone(fi: FieldIndex, s: string): number[] {
+    const saved = this.found;
+    if (++this.memoGeneration === 0xffffffff) {
+      this.memoStamp.fill(0);
+      this.memoGeneration = 1;
+    }
+    this.activeStamp = this.memoStamp;
+    this.activeGeneration = this.memoGeneration;
+    this.found = [];
+    this.scanField(fi, s);
+    const out = this.found;
+    this.found = saved;
+    this.activeStamp = this.stamp;
+    this.activeGeneration = this.generation;
+    return out;
+  }
+
   /** Indexes (ascending) of the rules that may match the event; every other rule cannot. */
   candidates(ctx: EvalContext, fieldNames: readonly string[]): number[] {
     if (++this.generation === 0xffffffff) {
       this.stamp.fill(0);
       this.generation = 1;
     }
+    this.activeStamp = this.stamp;
+    this.activeGeneration = this.generation;
     this.found = [];
     for (let i = 0; i < fieldNames.length; i++) {
       const f = fieldNames[i]!;
       const fi = this.fields.get(f);
       if (fi === undefined) continue;
+      const raw = ctx.raw(fi.ref);
+      if (typeof raw === 'string' && raw.length <= MEMO_MAX_VALUE) {
+        let rs = fi.memo.get(raw);
+        if (rs === undefined) {
+          rs = this.scanAlone(fi, ctx.lower(fi.ref)!);
+          if (fi.memo.size >= MEMO_MAX_ENTRIES) fi.memo.clear();
+          fi.memo.set(raw, rs);
+        }
+        for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
+        continue;
+      }
       const s = ctx.lower(fi.ref);
       if (s !== undefined) this.scanField(fi, s);
-      else {
-        const raw = ctx.raw(fi.ref);
-        if (Array.isArray(raw)) for (const x of raw) this.scanField(fi, String(x).toLowerCase());
-      }
+      else if (Array.isArray(raw)) for (const x of raw) this.scanField(fi, String(x).toLowerCase());
     }
     if (this.anyField !== undefined) {
       this.current = this.anyField.rules;

@@ -12,6 +12,9 @@ interface Re2 {
 // re2-wasm is CommonJS and ships no ESM entry.
 const { RE2 } = createRequire(import.meta.url)('re2-wasm') as { RE2: new (p: string, f: string) => Re2 };
 
+const MEMO_MAX_INPUT = 512;
+const MEMO_MAX_ENTRIES = 1024;
+
 export interface SafeRegex {
   source: string;
   test(s: string): boolean;
@@ -44,7 +47,22 @@ export function compileRegex(source: string, flags: string): SafeRegex {
     );
     throw new EdrError('EDR_SIGMA_REGEX', `regular expression /${source}/ rejected: ${why}`, { cause: err });
   }
-  return { source, test: (s) => re.test(s) };
+  // Each call into the WebAssembly engine costs microseconds, and command lines repeat across a fleet: keep
+  // recent answers for short inputs (bounded; cleared when full).
+  const memo = new Map<string, boolean>();
+  return {
+    source,
+    test: (s) => {
+      if (s.length > MEMO_MAX_INPUT) return re.test(s);
+      let hit = memo.get(s);
+      if (hit === undefined) {
+        hit = re.test(s);
+        if (memo.size >= MEMO_MAX_ENTRIES) memo.clear();
+        memo.set(s, hit);
+      }
+      return hit;
+    },
+  };
 }
 
 const MAX_ALTERNATIVES = 64;
