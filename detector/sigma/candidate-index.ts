@@ -155,9 +155,11 @@ export class CandidateIndex {
     const any = new Map<string, Set<number>>();
     const always: number[] = [];
     const add = <K, V>(m: Map<K, V>, k: K, make: () => V): V => {
-      let v = m.get(k);
-      if (v === undefined) m.set(k, (v = make()));
-      return v;
+      const v = m.get(k);
+      if (v !== undefined) return v;
+      const fresh = make();
+      m.set(k, fresh);
+      return fresh;
     };
     rules.forEach((r, i) => {
       if (r.requirement === undefined || r.requirement.length === 0) {
