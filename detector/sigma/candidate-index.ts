@@ -235,7 +235,7 @@ export class CandidateIndex {
     return out;
   }
 
-  /** Indexes (ascending) of the rules that may match the event; every other rule cannot. */
+  /** Indexes (in no particular order) of the rules that may match the event; every other rule cannot. */
   candidates(ctx: EvalContext, fieldNames: readonly string[]): number[] {
     if (++this.generation === 0xffffffff) {
       this.stamp.fill(0);
@@ -268,8 +268,6 @@ export class CandidateIndex {
       for (const s of ctx.keywordValuesLower()) this.anyField.ac.scan(s, this.hit);
     }
     for (let k = 0; k < this.always.length; k++) this.mark(this.always[k]!);
-    const found = this.found;
-    if (found.length > 1) found.sort((a, b) => a - b);
-    return found;
+    return this.found;
   }
 }

@@ -148,10 +148,14 @@ export function evaluate(engine: Engine, event: SigmaEvent, out: Match[] = []): 
   const route = routeFor(engine, event.logsource);
   const ctx = engine.ctx.reset(event);
   if (route.index !== undefined) {
-    for (const i of route.index.candidates(ctx, event.fieldNames())) {
+    // Candidates come in scan order; matches are reported in rule order, like the naive path.
+    const hits: number[] = [];
+    for (const i of route.index.candidates(ctx, event.fieldNames()))
+      if (ruleMatches(route.rules[i]!, ctx)) hits.push(i);
+    if (hits.length > 1) hits.sort((a, b) => a - b);
+    for (const i of hits) {
       const rule = route.rules[i]!;
-      if (ruleMatches(rule, ctx))
-        out.push({ rule, logsource: event.logsource, fields: matchedFields(rule, ctx) });
+      out.push({ rule, logsource: event.logsource, fields: matchedFields(rule, ctx) });
     }
   } else {
     for (const rule of route.rules) {

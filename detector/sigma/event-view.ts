@@ -48,8 +48,9 @@ export class EvalContext {
   private generation = 0;
   private rawStamp = new Uint32Array(64);
   private lowStamp = new Uint32Array(64);
-  private rawValues: unknown[] = [];
-  private lowValues: (string | undefined)[] = [];
+  // Filled to their length so they stay dense arrays (a write far past the end would make them dictionaries).
+  private rawValues: unknown[] = new Array(64).fill(undefined);
+  private lowValues: (string | undefined)[] = new Array(64).fill(undefined);
   private keywordLower: string[] | undefined;
 
   reset(event: SigmaEvent): this {
@@ -71,6 +72,8 @@ export class EvalContext {
     const l = new Uint32Array(size);
     l.set(this.lowStamp);
     this.lowStamp = l;
+    while (this.rawValues.length < size) this.rawValues.push(undefined);
+    while (this.lowValues.length < size) this.lowValues.push(undefined);
   }
 
   raw(ref: FieldRef): unknown {
