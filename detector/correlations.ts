@@ -65,6 +65,9 @@ interface ChangelogEntry {
 
 export interface CorrelationStoreOptions {
   stage: Stage;
+  /** The group and topic whose committed offsets the state follows. */
+  groupId: string;
+  inputTopic: string;
   transport: Transport;
   changelogTopic: string;
   changelogPartitions: number;
@@ -84,19 +87,28 @@ export class CorrelationStore {
   constructor(private readonly o: CorrelationStoreOptions) {}
 
   /**
-   * Makes the state of `partition` the one committed with input offset `first` (the batch's first offset). A
-   * continuation of the previous batch keeps the state in memory; anything else rebuilds it from the changelog.
+   * Makes the state of `partition` the one committed with the input offsets, before a batch starting at `first`.
+   * A continuation of this worker's previous batch keeps the state in memory; anything else (the partition was
+   * elsewhere meanwhile, or a transaction aborted) rebuilds it from the changelog. Offsets of a transactional
+   * input have gaps (commit markers), so a gap is checked against the group's committed offset.
    */
   async prepare(partition: number, first: number): Promise<void> {
     const p = this.parts.get(partition);
     if (p !== undefined && p.next === first) return;
+    const committed = await this.committed(partition);
+    if (p !== undefined && committed >= 0 && p.next === committed && first >= committed) return;
     this.dirty.delete(partition);
-    if (first === 0) {
-      this.parts.set(partition, { states: new Map(), next: 0 });
+    if (committed <= 0) {
+      this.parts.set(partition, { states: new Map(), next: first });
       return;
     }
-    const restored = await this.restore(partition, first);
-    this.parts.set(partition, { states: restored, next: first });
+    const restored = await this.restore(partition, committed);
+    this.parts.set(partition, { states: restored, next: committed });
+  }
+
+  private async committed(partition: number): Promise<number> {
+    const lag = await this.o.transport.lag(this.o.groupId, this.o.inputTopic);
+    return lag.find((l) => l.partition === partition)?.committed ?? -1;
   }
 
   /** Feeds a rule match; returns the correlation matches it completes. */
@@ -169,6 +181,7 @@ export class CorrelationStore {
   /** State read from the changelog, per partition: valid for a batch starting at its `next`. */
   private readonly restored = new Map<number, PartitionState>();
 
+  /** The state whose checkpoint is `next`, the committed offset (every transaction writes its checkpoint). */
   private async restore(partition: number, next: number): Promise<Map<string, CorrelationState>> {
     let cached = this.restored.get(partition);
     if (cached === undefined || cached.next !== next) {

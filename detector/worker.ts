@@ -184,8 +184,18 @@ export class DetectorWorker {
       metrics: o.metrics,
       log: o.log,
     };
-    this.local = new CorrelationStore({ ...common, stage: 'h' });
-    this.remote = new CorrelationStore({ ...common, stage: 'x' });
+    this.local = new CorrelationStore({
+      ...common,
+      stage: 'h',
+      groupId: o.groupId,
+      inputTopic: o.topics.input,
+    });
+    this.remote = new CorrelationStore({
+      ...common,
+      stage: 'x',
+      groupId: `${o.groupId}-correlate`,
+      inputTopic: o.topics.correlation,
+    });
   }
 
   async start(): Promise<void> {

@@ -134,7 +134,8 @@ test('correlations fire exactly once across a worker restart (host-scoped and re
   const { alerts, consumption } = await collectAlerts(t, topics.alerts, unique('reader'));
   const drained = async () =>
     (await t.lag(group, topics.input)).every((l) => l.lag === 0) &&
-    (await t.lag(`${group}-correlate`, topics.correlation)).every((l) => l.lag === 0);
+    // The repartition topic is written in transactions: its last offset can be a commit marker, never consumed.
+    (await t.lag(`${group}-correlate`, topics.correlation)).every((l) => l.lag <= 1);
   try {
     await waitFor(
       'both workers started',
