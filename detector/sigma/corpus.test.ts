@@ -69,21 +69,38 @@ describe('SigmaHQ corpus', () => {
   );
   it('has the 144 linux process_creation rules', () => assert.equal(linuxPc.length, 144));
 
-  const engine = createEngine(linuxPc.map((x) => x.rule));
-  describe('each linux process_creation rule fires on a matching event and not on a near miss', () => {
-    for (const { dir, rule } of linuxPc) {
-      it(`${rule.title} (${dir}/${rule.doc.file})`, () => {
-        const fires = (e: ExecveEvent) => evaluateExecve(engine, e).some((m) => m.rule === rule);
-        const found = findMatchingEvent(rule, fires);
-        assert.ok(found, `no generated event makes '${rule.title}' fire`);
-        const miss = findNearMiss(found, fires);
-        assert.ok(miss, `every near miss of the matching event still fires '${rule.title}'`);
-      });
-    }
-  });
+  const auditdExecve = all.filter(({ dir, rule: r }) =>
+    `${dir}/${r.doc.file}`.startsWith('rules/linux/auditd/execve/'),
+  );
+  it('has the 28 auditd execve rules', () => assert.equal(auditdExecve.length, 28));
+
+  const engine = createEngine([...linuxPc, ...auditdExecve].map((x) => x.rule));
+  const suites: [string, typeof linuxPc][] = [
+    ['each linux process_creation rule fires on a matching event and not on a near miss', linuxPc],
+    [
+      'each auditd execve rule fires on the auditd view of a matching event and not on a near miss',
+      auditdExecve,
+    ],
+  ];
+  for (const [name, rules] of suites) {
+    describe(name, () => {
+      for (const { dir, rule } of rules) {
+        it(`${rule.title} (${dir}/${rule.doc.file})`, () => {
+          const fires = (e: ExecveEvent) => evaluateExecve(engine, e).some((m) => m.rule === rule);
+          const found = findMatchingEvent(rule, fires);
+          assert.ok(found, `no generated event makes '${rule.title}' fire`);
+          const miss = findNearMiss(found, fires);
+          assert.ok(miss, `every near miss of the matching event still fires '${rule.title}'`);
+        });
+      }
+    });
+  }
 });
 
 // ---- building events from a rule's detection ---------------------------------------------------------------
+
+/** Pseudo-field of keyword fragments: they go anywhere in the event (here, as extra arguments). */
+const KEYWORD = '*';
 
 interface Fragment {
   field: string;
@@ -196,9 +213,10 @@ function plain(value: unknown): string {
 
 function fragmentsOf(key: string, value: unknown, rnd: () => number): Fragment[] | undefined {
   const [field = '', ...mods] = key.split('|');
-  if (field === '' || value === null) return value === null ? [] : undefined;
+  if (value === null) return [];
   const values = Array.isArray(value) ? value : [value];
   const chosen = mods.includes('all') ? values : [values[Math.floor(rnd() * values.length)]];
+  if (field === '') return chosen.map((v) => ({ field: KEYWORD, kind: 'contains', text: plain(v) }));
   const kind: Fragment['kind'] = mods.includes('contains')
     ? 'contains'
     : mods.includes('startswith')
@@ -262,21 +280,33 @@ function build(fragments: readonly Fragment[]): ExecveEvent | undefined {
     User: 'neutral',
     LogonId: '1000',
   };
+  const args: string[] = [];
+  const keywords: string[] = [];
   for (const [field, fs] of by) {
     const exact = fs.find((f) => f.kind === 'exact');
-    if (exact) {
-      values[field] = exact.text;
-      continue;
+    let value: string;
+    if (exact) value = exact.text;
+    else {
+      const starts = fs.filter((f) => f.kind === 'starts').map((f) => f.text);
+      const ends = fs.filter((f) => f.kind === 'ends').map((f) => f.text);
+      const mid = fs.filter((f) => f.kind === 'contains').map((f) => f.text);
+      value = [...starts, ...mid, ...ends].join(' ');
     }
-    const starts = fs.filter((f) => f.kind === 'starts').map((f) => f.text);
-    const ends = fs.filter((f) => f.kind === 'ends').map((f) => f.text);
-    const mid = fs.filter((f) => f.kind === 'contains').map((f) => f.text);
-    values[field] = [...starts, ...mid, ...ends].join(' ');
+    const arg = /^a(\d+)$/.exec(field);
+    if (arg) args[Number(arg[1])] = value;
+    else if (field === KEYWORD) keywords.push(...fs.map((f) => f.text));
+    else if (field === 'type') {
+      if (value.toUpperCase() !== 'EXECVE') return undefined; // not something an execve event can be
+    } else if (field in values) values[field] = value;
+    else return undefined; // a field our events do not have
   }
   if (!/^\d+$/.test(values['LogonId']!)) return undefined;
+  // auditd rules read argv positionally; process_creation rules read the command line.
+  const argv = args.length > 0 ? Array.from(args, (a) => a ?? 'x') : values['CommandLine']!.split(' ');
+  argv.push(...keywords);
   return execveEvent({
     image: values['Image']!,
-    argv: values['CommandLine']!.split(' '),
+    argv,
     parentImage: values['ParentImage']!,
     parentCommandLine: values['ParentCommandLine']!,
     cwd: values['CurrentDirectory']!,
@@ -299,6 +329,10 @@ function findMatchingEvent(rule: CompiledRule, fires: (e: ExecveEvent) => boolea
       const sel = detection[name];
       const groups = Array.isArray(sel) ? sel : [sel];
       const group = groups[Math.floor(rnd() * groups.length)];
+      if (typeof group === 'string' || typeof group === 'number') {
+        fragments.push({ field: KEYWORD, kind: 'contains', text: plain(group) }); // keyword: anywhere in the event
+        continue;
+      }
       if (typeof group !== 'object' || group === null) {
         ok = false;
         break;
