@@ -327,3 +327,97 @@ describe('the delivery loop (memory transport, scripted sink)', () => {
     assert.deepEqual(seen, ['curl -u x https://u:***@h/']);
   });
 });
+
+describe('throttle windows (memory transport)', () => {
+  const codec = projectCodec();
+  process.env['DELIVER_TEST_URL'] = 'http://127.0.0.1:1/unused';
+
+  async function setup(stateDir: string, windowMs: number) {
+    const transport = new MemoryTransport();
+    const topics = { alerts: 'alerts', undeliverable: 'undeliverable', deadLetter: 'dead' };
+    await transport.createTopics([
+      { name: 'alerts', partitions: 1 },
+      { name: 'undeliverable', partitions: 1 },
+      { name: 'dead', partitions: 1 },
+    ]);
+    const cfg = parseSinksConfig({
+      kafka: { brokers: ['127.0.0.1:1'] },
+      topics,
+      stateDir,
+      sinks: {
+        s: {
+          type: 'slack',
+          webhookUrl: { env: 'DELIVER_TEST_URL' },
+          messagesPerSecond: 0,
+          fold: { windowMs },
+        },
+      },
+      routes: [{ to: ['s'] }],
+    });
+    const producer = await transport.producer();
+    const sent: string[][] = [];
+    const start = () =>
+      startSink('s', cfg.sinks['s']!, {
+        transport,
+        producer,
+        codec,
+        log: createLogger({}, 'error'),
+        topics,
+        stateDir,
+        routes: cfg.routes,
+        makeSink: () => ({
+          async send(m) {
+            sent.push(alertsOf(m).map((a) => a.alertId));
+          },
+          async close() {},
+        }),
+      });
+    const publish = (alerts: Alert[]) =>
+      producer.publish(
+        alerts.map((a) => ({ topic: 'alerts', key: 'k', value: codec.encode('dev.edr.v1.Alert', a) })),
+      );
+    const consumed = () =>
+      waitFor('all consumed', async () =>
+        (await transport.lag('edr-sink-s', 'alerts')).every((l) => l.lag === 0),
+      );
+    return { transport, sent, start, publish, consumed };
+  }
+
+  it('holds identical alerts after a message and sends them as one summary when the window closes', async () => {
+    const t = await setup(await mkdtemp(path.join(tmpdir(), 'edr-throttle-')), 3_600_000);
+    const s = await t.start();
+    await t.publish([alert(1)]);
+    await waitFor('the first message', () => t.sent.length === 1);
+    // One alert per batch, as in a slow storm.
+    for (const i of [2, 3, 4]) {
+      await t.publish([alert(i)]);
+      await t.consumed();
+    }
+    await t.publish([alert(5, { ruleId: 'other-rule' })]);
+    await waitFor('the other rule', () => t.sent.length === 2);
+    // The window's timer, without the wait.
+    await s.flushHeld();
+    await s.stop();
+    await t.transport.close();
+    assert.deepEqual(t.sent.sort(), [['a1'], ['a2', 'a3', 'a4'], ['a5']]);
+  });
+
+  it('sends alerts held when it stopped at the next start, once', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'edr-throttle-'));
+    const t = await setup(dir, 3_600_000);
+    const first = await t.start();
+    await t.publish([alert(1)]);
+    await waitFor('the first message', () => t.sent.length === 1);
+    await t.publish([alert(2), alert(3)]);
+    await t.consumed();
+    await first.stop();
+    assert.deepEqual(t.sent, [['a1']]);
+    const second = await t.start();
+    await waitFor('the held alerts', () => t.sent.length === 2);
+    await t.publish([alert(2)]); // a redelivery of a held alert is not sent again
+    await t.consumed();
+    await second.stop();
+    await t.transport.close();
+    assert.deepEqual(t.sent, [['a1'], ['a2', 'a3']]);
+  });
+});

@@ -199,6 +199,8 @@ export interface DeliverDeps {
 export interface RunningSink {
   name: string;
   consumption: Consumption;
+  /** Closes every throttle window now, sending what is held (tests; an operator's flush). */
+  flushHeld(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -294,7 +296,12 @@ export async function startSink(
     });
   };
 
-  const deliver = async (message: Message, signal: AbortSignal, records: Map<string, InRecord>) => {
+  /** Sends one message with retries; true when delivered, false when parked. Throws only when stopping. */
+  const deliver = async (
+    message: Message,
+    signal: AbortSignal,
+    records: Map<string, InRecord>,
+  ): Promise<boolean> => {
     for (let n = 1; ; n++) {
       const wait = policy.bucket.reserve();
       if (wait > 0) await abortableDelay(wait, signal);
@@ -302,14 +309,14 @@ export async function startSink(
       try {
         await attempt(message, signal);
         await store.add(alertsOf(message).map((a) => a.alertId));
-        return;
+        return true;
       } catch (raw) {
         if (signal.aborted) throw stopping();
         const err = raw instanceof EdrError ? raw : classify(raw, false);
         if (err.code === 'EDR_SINK_STATE_WRITE') throw err;
         if (!err.retryable || n >= policy.retry.maxAttempts) {
           await park(message, err, n, records);
-          return;
+          return false;
         }
         const retryAfter = err.details['retryAfterMs'];
         const delay = retryDelayMs(n, typeof retryAfter === 'number' ? retryAfter : undefined, policy.retry);
@@ -318,6 +325,99 @@ export async function startSink(
       }
     }
   };
+
+  // ---- throttle windows ----
+  // After a message for a rule and host, identical alerts within the fold window are held (journalled with their
+  // record, fsynced, then their offsets commit) and sent as one summary when the window closes; the window stays
+  // open while they keep coming. So a slow storm (one alert per batch) is one message per window, not one per
+  // alert. Held alerts survive a crash in the journal and are sent at the next start.
+  interface Held {
+    alert: Alert;
+    record: InRecord;
+  }
+  interface Window {
+    timer: NodeJS.Timeout | undefined;
+    held: Held[];
+  }
+  const windows = new Map<string, Window>();
+  const flushes = new Set<Promise<void>>();
+  const stopAc = new AbortController();
+  const windowMs = policy.fold === false ? 0 : policy.fold;
+
+  const arm = (key: string, w: Window, ms: number) => {
+    if (stopAc.signal.aborted) return;
+    w.timer = setTimeout(() => flushWindow(key), ms);
+  };
+  const openWindow = (key: string): Window => {
+    let w = windows.get(key);
+    if (w === undefined) {
+      w = { timer: undefined, held: [] };
+      windows.set(key, w);
+      arm(key, w, windowMs);
+    }
+    return w;
+  };
+  const flushWindow = (key: string): void => {
+    const w = windows.get(key);
+    if (w === undefined) return;
+    clearTimeout(w.timer);
+    w.timer = undefined;
+    if (w.held.length === 0) {
+      windows.delete(key);
+      return;
+    }
+    const held = w.held;
+    w.held = [];
+    const run = (async () => {
+      const records = new Map(held.map((h) => [h.alert.alertId, h.record]));
+      const messages = groupMessages(
+        foldAlerts(
+          held.map((h) => h.alert),
+          policy.fold,
+        ),
+        policy.messages,
+      );
+      for (const m of messages) await deliver(m, stopAc.signal, records);
+    })();
+    const p = run.then(
+      () => arm(key, w, windowMs),
+      (err: unknown) => {
+        if (stopAc.signal.aborted) return; // still in the journal: sent at the next start
+        log.error('held alerts not sent; trying again', { err });
+        w.held.unshift(...held.filter((h) => store.isHeld(h.alert.alertId)));
+        arm(key, w, Math.max(windowMs, 1000));
+      },
+    );
+    flushes.add(p);
+    void p.finally(() => flushes.delete(p));
+  };
+  const MAX_HELD = 10_000;
+
+  // Alerts held when the last run stopped are owed a summary: send them now.
+  for (const e of store.held()) {
+    const record: InRecord = {
+      topic: e.topic,
+      partition: e.partition,
+      offset: e.offset,
+      key: e.recordKey === null ? null : Buffer.from(e.recordKey, 'base64'),
+      value: Buffer.from(e.value, 'base64'),
+      headers: {},
+      timestampMs: 0,
+    };
+    let a: Alert;
+    try {
+      a = deps.codec.decodeAs('dev.edr.v1.Alert', record.value!);
+    } catch {
+      continue;
+    }
+    let w = windows.get(e.key);
+    if (w === undefined) {
+      w = { timer: undefined, held: [] };
+      windows.set(e.key, w);
+      arm(e.key, w, 0);
+    }
+    w.held.push({ alert: policy.redactor ? policy.redactor.alert(a) : a, record });
+  }
 
   const handler = async (batch: Batch): Promise<void> => {
     const records = new Map<string, InRecord>();
@@ -342,12 +442,42 @@ export async function startSink(
       });
       await deps.producer.publish(dead);
     }
-    const messages = groupMessages(foldAlerts(alerts, policy.fold), policy.messages);
+    const folds = foldAlerts(alerts, policy.fold);
+    const hold = folds.filter((f) => windows.has(f.key));
+    if (hold.length > 0) {
+      await store.hold(
+        hold.flatMap((f) =>
+          f.alerts.map((a) => {
+            const r = records.get(a.alertId)!;
+            return {
+              id: a.alertId,
+              key: f.key,
+              topic: r.topic,
+              partition: r.partition,
+              offset: r.offset,
+              recordKey: r.key === null ? null : r.key.toString('base64'),
+              value: (r.value ?? Buffer.alloc(0)).toString('base64'),
+            };
+          }),
+        ),
+      );
+      for (const f of hold) {
+        const w = openWindow(f.key);
+        for (const a of f.alerts) w.held.push({ alert: a, record: records.get(a.alertId)! });
+        if (w.held.length >= MAX_HELD) flushWindow(f.key);
+      }
+    }
+    const messages = groupMessages(
+      folds.filter((f) => !hold.includes(f)),
+      policy.messages,
+    );
     let next = 0;
     const worker = async () => {
       while (next < messages.length) {
         const m = messages[next++]!;
-        await deliver(m, batch.signal, records);
+        if ((await deliver(m, batch.signal, records)) && policy.fold !== false) {
+          for (const f of m.folds) openWindow(f.key);
+        }
       }
     };
     const results = await Promise.allSettled(
@@ -370,9 +500,18 @@ export async function startSink(
   return {
     name,
     consumption,
+    async flushHeld() {
+      for (const key of [...windows.keys()]) flushWindow(key);
+      await Promise.allSettled([...flushes]);
+    },
     stop() {
       stopped ??= (async () => {
         await consumption.stop().catch((err) => log.warn('consumer stop failed', { err }));
+        stopAc.abort();
+        for (const w of windows.values()) clearTimeout(w.timer);
+        await Promise.allSettled([...flushes]);
+        const held = [...windows.values()].reduce((n, w) => n + w.held.length, 0);
+        if (held > 0) log.info('held alerts kept for the next start', { alerts: held });
         await sink.close().catch((err) => log.warn('sink close failed', { err }));
         await store.close();
       })();

@@ -1,8 +1,9 @@
 /**
- * Which alert ids a sink instance has handled (delivered, or parked as undeliverable), kept on local disk so a
- * restart does not deliver twice what Kafka redelivers (offsets are committed after delivery, so a crash in
- * between redelivers). An append-only journal of `<ms> <alertId>` lines, fsynced before the offsets commit,
- * rewritten without expired entries when opened and when it has grown.
+ * What a sink instance has handled, kept on local disk: ids delivered (or parked as undeliverable), so a
+ * restart does not deliver twice what Kafka redelivers (offsets commit after delivery, so a crash in between
+ * redelivers), and alerts held in an open throttle window (see deliver.ts), with their original record, so they
+ * are sent after a crash. An append-only journal fsynced before offsets commit: `<ms> <alertId>` for handled,
+ * `H <ms> <json>` for held; rewritten without expired or settled entries when opened and when it has grown.
  *
  * Why local disk and not a Kafka topic: the sinks' peers (SMTP, Slack) have no idempotency keys, so dedup is
  * only as good as the record written right after the peer said yes; a local fsync is the shortest such window.
@@ -22,8 +23,22 @@ export interface DeliveredStoreOptions {
   now?: () => number;
 }
 
+/** An alert held for a throttle window's summary: enough to send it, or park it, after a restart. */
+export interface HeldEntry {
+  id: string;
+  /** Fold key (rule and host). */
+  key: string;
+  topic: string;
+  partition: number;
+  offset: number;
+  /** Original record key and value, base64. */
+  recordKey: string | null;
+  value: string;
+}
+
 export class DeliveredStore {
   private readonly seen = new Map<string, number>();
+  private readonly heldEntries = new Map<string, HeldEntry>();
   private appended = 0;
   private queue: Promise<unknown> = Promise.resolve();
 
@@ -49,18 +64,35 @@ export class DeliveredStore {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
     const oldest = now() - opts.windowMs;
-    // A torn last line (killed mid-write) is dropped: its alert was not recorded, so it is delivered again.
+    // A torn last line (killed mid-write) is dropped: its alert was not recorded, so it comes again.
     const complete = text.endsWith('\n') ? text : text.slice(0, text.lastIndexOf('\n') + 1);
+    const held = new Map<string, [number, HeldEntry]>();
     for (const line of complete.split('\n')) {
+      if (line.startsWith('H ')) {
+        const sp = line.indexOf(' ', 2);
+        try {
+          const e = JSON.parse(line.slice(sp + 1)) as HeldEntry;
+          held.set(e.id, [Number(line.slice(2, sp)), e]);
+        } catch {}
+        continue;
+      }
       const sp = line.indexOf(' ');
       if (sp <= 0) continue;
       const at = Number(line.slice(0, sp));
-      if (Number.isFinite(at) && at >= oldest) store.seen.set(line.slice(sp + 1), at);
+      const id = line.slice(sp + 1);
+      held.delete(id);
+      if (Number.isFinite(at) && at >= oldest) store.seen.set(id, at);
+    }
+    // Held alerts never expire: they are owed a delivery.
+    for (const [id, [at, e]] of held) {
+      store.seen.set(id, at);
+      store.heldEntries.set(id, e);
     }
     await store.rewrite();
     return store;
   }
 
+  /** Whether the alert was delivered, parked or is held. */
   has(id: string): boolean {
     return this.seen.has(id);
   }
@@ -69,15 +101,42 @@ export class DeliveredStore {
     return this.seen.size;
   }
 
-  /** Records ids as handled; resolves when they are on disk. */
+  isHeld(id: string): boolean {
+    return this.heldEntries.has(id);
+  }
+
+  /** Alerts held when the previous run stopped, owed a delivery. */
+  held(): HeldEntry[] {
+    return [...this.heldEntries.values()];
+  }
+
+  /** Records ids as handled (delivered or parked); resolves when they are on disk. */
   add(ids: Iterable<string>): Promise<void> {
     const at = this.now();
     let text = '';
     for (const id of ids) {
-      if (this.seen.has(id)) continue;
+      if (this.seen.has(id) && !this.heldEntries.has(id)) continue;
+      this.heldEntries.delete(id);
       this.seen.set(id, at);
       text += `${at} ${id}\n`;
     }
+    return this.append(text);
+  }
+
+  /** Records alerts as held for a later summary; resolves when they are on disk. */
+  hold(entries: Iterable<HeldEntry>): Promise<void> {
+    const at = this.now();
+    let text = '';
+    for (const e of entries) {
+      if (this.seen.has(e.id)) continue;
+      this.seen.set(e.id, at);
+      this.heldEntries.set(e.id, e);
+      text += `H ${at} ${JSON.stringify(e)}\n`;
+    }
+    return this.append(text);
+  }
+
+  private append(text: string): Promise<void> {
     if (text === '') return this.queue.then(() => {});
     const run = async () => {
       await this.handle.appendFile(text);
@@ -105,7 +164,7 @@ export class DeliveredStore {
 
   private async compact(): Promise<void> {
     const oldest = this.now() - this.windowMs;
-    for (const [id, at] of this.seen) if (at < oldest) this.seen.delete(id);
+    for (const [id, at] of this.seen) if (at < oldest && !this.heldEntries.has(id)) this.seen.delete(id);
     await this.handle.close();
     await this.rewrite();
   }
@@ -114,7 +173,10 @@ export class DeliveredStore {
   private async rewrite(): Promise<void> {
     const tmp = `${this.file}.tmp`;
     let text = '';
-    for (const [id, at] of this.seen) text += `${at} ${id}\n`;
+    for (const [id, at] of this.seen) {
+      const e = this.heldEntries.get(id);
+      text += e === undefined ? `${at} ${id}\n` : `H ${at} ${JSON.stringify(e)}\n`;
+    }
     await writeFile(tmp, text, { flush: true });
     await rename(tmp, this.file);
     this.handle = await open(this.file, 'a');
