@@ -17,6 +17,7 @@ import {
   WorkerProcess,
   writeConfig,
 } from '../../detector/testing.js';
+import { freePort } from '../../infra/kafka/broker.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord, Transport } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
@@ -67,6 +68,11 @@ function loaded(w: WorkerProcess, version: string): boolean {
     .some((l) => l.includes('"msg":"rule set loaded"') && l.includes(`"version":"${version}"`));
 }
 
+/** A W3C trace context per event, as a collector would set it. */
+function traceparent(n: number): string {
+  return `00-${n.toString(16).padStart(32, '0')}-${'ab'.repeat(8)}-01`;
+}
+
 let seq = 0;
 async function produce(t: Transport, topic: string, n: number, marker: string): Promise<void> {
   const codec = projectCodec();
@@ -81,7 +87,12 @@ async function produce(t: Transport, topic: string, n: number, marker: string): 
       timeNs: 1_795_000_000_000_000_000n + BigInt(seq) * 1_000_000n,
       argv: ['sh', '-c', `echo ${marker} ${seq}`],
     });
-    records.push({ topic, key: host, value: codec.encode('dev.edr.v1.ExecveEvent', e) });
+    records.push({
+      topic,
+      key: host,
+      value: codec.encode('dev.edr.v1.ExecveEvent', e),
+      headers: { traceparent: traceparent(seq) },
+    });
   }
   await p.publish(records);
   await p.close();
@@ -94,6 +105,7 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
   const dir = tempDir('edr-drl');
   const group = unique('edr-detector');
   const brokers = await testBrokers();
+  const metricsPort = await freePort();
   const cfg = (name: string) =>
     writeConfig(dir, name, {
       kafka: { brokers, clientId: name, sessionTimeoutMs: 6000 },
@@ -101,6 +113,7 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
       groupId: group,
       topics,
       createTopics: false,
+      ...(name === 'worker-a' ? { metrics: { port: metricsPort } } : {}),
     });
   const a = new WorkerProcess(cfg('worker-a')).start();
   const b = new WorkerProcess(cfg('worker-b')).start();
@@ -148,6 +161,25 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
     assert.deepEqual([...by].sort(), ['worker-a', 'worker-b'], 'alerts from both workers');
     assert.deepEqual(new Set(alerts.map((x) => x.alert.ruleSetVersion)), new Set([version]));
     assert.deepEqual(new Set(alerts.map((x) => x.alert.ruleId)), new Set([RULE_ID]));
+    for (const { alert, record } of alerts) {
+      assert.equal(
+        record.headers['traceparent']?.toString(),
+        traceparent(Number(alert.event.seq)),
+        'trace continues',
+      );
+    }
+    // The Prometheus endpoint of worker A.
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    for (const m of [
+      'edr_detector_events_consumed',
+      'edr_detector_alerts_emitted',
+      'edr_detector_rule_matches',
+      'edr_detector_evaluation_ms',
+      `edr_detector_rule_set_version{version="${version}"`,
+    ]) {
+      assert.ok(text.includes(m), `${m} in /metrics`);
+    }
+    assert.match(text, new RegExp(`edr_detector_rule_matches_total\\{ruleId="${RULE_ID}"[^}]*\\} \\d+`));
 
     // Pushing again changes nothing; a tombstone stops the rule everywhere.
     const again = cli(['rules', 'push', rulesDir, '--brokers', brokers.join(','), '--topic', topics.rules]);
