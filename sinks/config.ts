@@ -51,7 +51,10 @@ export const deliveryShape = {
       maxRetryAfterMs: z.number().int().positive().default(300_000),
     })
     .prefault({}),
-  /** Fold identical alerts (same rule and host, event times within windowMs) into one message; false: never. */
+  /**
+   * Fold identical alerts (same rule and host, event times within windowMs) into one message, and after such a
+   * message hold identical ones for windowMs and send them as one summary (throttling); false: neither.
+   */
   fold: z
     .union([z.literal(false), z.strictObject({ windowMs: z.number().int().positive().default(300_000) })])
     .optional(),

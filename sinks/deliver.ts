@@ -1,15 +1,18 @@
 /**
  * The one delivery loop, shared by every sink: one consumer group per sink instance (`edr-sink-<name>`), so a
- * slow or failing sink never holds back another. Per consumed batch: decode, route, drop what this instance
- * already handled (dedup journal on disk), redact, fold identical alerts, group into messages, then send each
- * under the instance's concurrency and rate limits, retrying with capped exponential backoff and jitter (or as
- * long as Retry-After says). A message given up (permanent error, or retries spent) is parked on the
- * undeliverable topic with the reason. The batch's offsets commit only when every alert in it is delivered or
- * parked.
+ * slow or failing sink never holds back another. Per consumed batch: decode (undecodable → dead-letter topic),
+ * route, drop what this instance already handled (the journal on disk, see delivered-store.ts), redact, fold
+ * identical alerts (same rule and host, event times within the fold window), group into messages, then send each
+ * under the instance's concurrency and rate limits, retrying with capped exponential backoff and jitter, or as
+ * long as Retry-After says. A message given up (permanent error, or the retry budget spent) is parked on the
+ * undeliverable topic with the reason and the sink moves on. A batch's offsets commit only when each of its
+ * alerts is delivered, parked, or held (below).
  *
- * Why folding is per batch: an alert's offset may commit only once the alert is in a delivered message, so alerts
- * cannot wait for later batches without stalling the partition. In a storm the batches are full (up to
- * maxBatchRecords), so a storm becomes about one message per batch.
+ * Throttling across batches: once a message for a rule and host went out, identical alerts arriving within the
+ * fold window are held — written to the journal with their original record and fsynced before their offsets
+ * commit — and sent as one summary when the window closes (the window stays open while they keep coming). A held
+ * alert is owed a delivery: the journal brings it back after a crash. Without this, a slow storm (one alert per
+ * batch) would be one message per alert; holding in memory only would lose them in a crash.
  */
 import { abortableDelay, deadLetterRecord } from '../infra/batch-runner.js';
 import { EdrError, errorMessage } from '../infra/errors.js';

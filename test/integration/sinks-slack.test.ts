@@ -210,6 +210,43 @@ describe('sinks: slack', () => {
     }
   });
 
+  test('a failing sink does not hold back another', { timeout: 30_000 }, async () => {
+    const down = await webhook(() => ({ status: 503 }));
+    const up = await webhook(() => ({ status: 200 }));
+    const topics = await sinkTopics(transport);
+    const stuck = unique('stuck');
+    const fine = unique('fine');
+    const slack = (env: string) => ({
+      type: 'slack',
+      webhookUrl: { env },
+      messagesPerSecond: 0,
+      retry: { maxAttempts: 1000, initialBackoffMs: 50, maxBackoffMs: 100 },
+    });
+    const cfg = parseSinksConfig(
+      await sinksConfig(
+        topics,
+        path.join(await tempDir('edr-sinks-isolation'), 'state'),
+        { [stuck]: slack(down.env), [fine]: slack(up.env) },
+        [{ to: [stuck, fine] }],
+      ),
+    );
+    const r = await runSinks(cfg, transport);
+    try {
+      await publishAlerts(
+        transport,
+        topics.alerts,
+        [0, 1, 2].map((i) => alertN(i, { ruleId: `rule-${i}` })),
+      );
+      await waitFor('the healthy sink delivers all', () => up.delivered().length >= 3);
+      assert.ok(down.seen.length >= 2, 'the failing sink keeps retrying');
+      assert.equal(down.delivered().length, 0);
+    } finally {
+      await r.stop();
+      await down.close();
+      await up.close();
+    }
+  });
+
   test('a storm of 10,000 identical alerts arrives as a handful of folded messages', {
     timeout: 60_000,
   }, async (t) => {
