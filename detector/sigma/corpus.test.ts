@@ -4,14 +4,17 @@
  * built from its own detection and stay silent on a near miss of that event.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { parseAllDocuments } from 'yaml';
 import type { ExecveEvent } from '../../schemas/types.js';
 import type { Condition } from './conditions.js';
 import { type CompiledRule, createEngine, evaluateExecve, loadRules } from './engine.js';
 import { parseSigmaString } from './modifiers.js';
+import { ruleFiles } from './parse.js';
+import { compileRegex } from './safe-regex.js';
 import { execveEvent, prng } from './sample-events.js';
 
 function repoRoot(): string {
@@ -73,6 +76,42 @@ describe('SigmaHQ corpus', () => {
     `${dir}/${r.doc.file}`.startsWith('rules/linux/auditd/execve/'),
   );
   it('has the 28 auditd execve rules', () => assert.equal(auditdExecve.length, 28));
+
+  it("runs all 231 '|re' values (active rules and unsupported/) on the linear-time engine, (?i) included", () => {
+    const res: { src: string; flags: string }[] = [];
+    const walk = (v: unknown, key: string): void => {
+      if (Array.isArray(v)) for (const x of v) walk(x, key);
+      else if (v !== null && typeof v === 'object') for (const [k, x] of Object.entries(v)) walk(x, k);
+      else if (key.split('|').includes('re')) {
+        const flags = key.split('|').filter((m) => m === 'i' || m === 'm' || m === 's');
+        res.push({ src: String(v), flags: flags.join('') });
+      }
+    };
+    for (const dir of [...ACTIVE, 'unsupported']) {
+      for (const file of ruleFiles(join(SIGMA, dir))) {
+        for (const doc of parseAllDocuments(readFileSync(file, 'utf8'))) {
+          const data = doc.toJS() as Record<string, unknown> | null;
+          if (data !== null && typeof data === 'object') walk(data['detection'], '');
+        }
+      }
+    }
+    assert.equal(res.length, 231);
+    const inline = res.filter((r) => r.src.startsWith('(?i)'));
+    assert.equal(inline.length, 18);
+    let checked = 0;
+    for (const { src, flags } of res) {
+      const re = compileRegex(src, flags);
+      if (!src.startsWith('(?i)')) continue;
+      const sample = sampleRegex(src.slice(4));
+      if (!re.test(sample)) continue; // the sampler is best effort; the count below keeps it honest
+      const swapped = [...sample]
+        .map((c) => (c === c.toLowerCase() ? c.toUpperCase() : c.toLowerCase()))
+        .join('');
+      assert.ok(re.test(swapped), `/${src}/ should match ${JSON.stringify(swapped)} regardless of case`);
+      checked++;
+    }
+    assert.ok(checked >= 12, `only ${checked} inline-flag patterns could be sampled`);
+  });
 
   const engine = createEngine([...linuxPc, ...auditdExecve].map((x) => x.rule));
   const suites: [string, typeof linuxPc][] = [
