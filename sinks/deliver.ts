@@ -278,6 +278,18 @@ export async function startSink(
     }
   };
 
+  // Kafka being unavailable is never a reason to lose an alert: the batch is tried again.
+  const publishOrRetry = async (records: OutRecord[], topic: string) => {
+    try {
+      await deps.producer.publish(records);
+    } catch (err) {
+      throw new EdrError('EDR_SINK_PARK_FAILED', `cannot publish to ${topic}: ${errorMessage(err)}`, {
+        retryable: true,
+        cause: err,
+      });
+    }
+  };
+
   const park = async (message: Message, err: EdrError, attempts: number, records: Map<string, InRecord>) => {
     const out: OutRecord[] = [];
     for (const a of alertsOf(message)) {
@@ -289,7 +301,7 @@ export async function startSink(
       rec.headers = { ...rec.headers, 'edr-sink': name, 'edr-attempts': String(attempts) };
       out.push(rec);
     }
-    await deps.producer.publish(out);
+    await publishOrRetry(out, deps.topics.undeliverable);
     await store.add(alertsOf(message).map((a) => a.alertId));
     log.error('alerts parked as undeliverable', {
       err,
@@ -443,7 +455,7 @@ export async function startSink(
         count: dead.length,
         topic: deps.topics.deadLetter,
       });
-      await deps.producer.publish(dead);
+      await publishOrRetry(dead, deps.topics.deadLetter);
     }
     const folds = foldAlerts(alerts, policy.fold);
     const hold = folds.filter((f) => windows.has(f.key));
