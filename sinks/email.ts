@@ -28,7 +28,10 @@ export const configShape = {
   to: z.array(z.email()).min(1),
   subjectPrefix: z.string().default('[EDR]'),
   /** Link for the rule title; `{ruleId}` is replaced. */
-  ruleUrl: z.string().optional(),
+  ruleUrl: z
+    .string()
+    .refine((u) => URL.canParse(u.replaceAll('{ruleId}', 'x')), 'not a URL')
+    .optional(),
 };
 export type EmailConfig = z.output<z.ZodObject<typeof configShape>>;
 

@@ -98,7 +98,7 @@ describe('file sink', () => {
       log,
       timeoutMs: 1000,
     });
-    assert.deepEqual([...(await again.delivered!())].sort(), ['c', 'd', 'e', 'f', 'g']);
+    assert.deepEqual([...(await again.delivered!())], ['g']);
     await again.close();
   });
 
