@@ -67,7 +67,7 @@ describe('sinks: file', () => {
 
   test('writes every alert once across SIGKILL and restart, rotating by size', {
     timeout: 90_000,
-  }, async () => {
+  }, async (t) => {
     const topics = await sinkTopics(transport);
     const dir = await tempDir('edr-sinks-file');
     const out = path.join(dir, 'out');
@@ -108,6 +108,7 @@ describe('sinks: file', () => {
     first.child.kill('SIGKILL');
     await first.exited;
     const atKill = (await readOutput(out)).ids.length;
+    t.diagnostic(`${atKill} of 2000 written when killed`);
     // While the sink is down, more alerts arrive: the restart has work whatever the timing of the kill.
     await publishAlerts(transport, topics.alerts, alerts.slice(2000));
 
