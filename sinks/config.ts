@@ -81,7 +81,7 @@ export type SinkInstanceConfig = DeliveryOptions & { type: SinkType } & Record<s
 
 function variant(type: SinkType) {
   const m: SinkModule = registry[type];
-  const s = z.strictObject({ type: z.literal(type), ...m.configShape, ...deliveryShape });
+  const s = z.strictObject({ type: z.literal(type), ...m.configSchema.shape, ...deliveryShape });
   const check = m.check;
   if (check === undefined) return s;
   return s.superRefine((c, ctx) =>

@@ -17,7 +17,7 @@ import {
 } from './sink.js';
 import { attackUrl, isoFromNs } from './slack.js';
 
-export const configShape = {
+export const configSchema = z.strictObject({
   host: z.string().min(1),
   port: z.number().int().min(1).max(65535).default(587),
   /** tls: TLS from the first byte (port 465); starttls: upgrade required (port 587); none: local relays only. */
@@ -32,8 +32,8 @@ export const configShape = {
     .string()
     .refine((u) => URL.canParse(u.replaceAll('{ruleId}', 'x')), 'not a URL')
     .optional(),
-};
-export type EmailConfig = z.output<z.ZodObject<typeof configShape>>;
+});
+export type EmailConfig = z.output<typeof configSchema>;
 
 export const defaults: SinkDefaults = {
   fold: true,

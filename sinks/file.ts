@@ -28,7 +28,7 @@ import {
   type SinkDefaults,
 } from './sink.js';
 
-export const configShape = {
+export const configSchema = z.strictObject({
   /** Absolute directory every file of this sink lives in. */
   directory: z
     .string()
@@ -52,8 +52,8 @@ export const configShape = {
       keep: z.number().int().min(0).default(10),
     })
     .prefault({}),
-};
-export type FileConfig = z.output<z.ZodObject<typeof configShape>>;
+});
+export type FileConfig = z.output<typeof configSchema>;
 
 export const defaults: SinkDefaults = {
   fold: false,

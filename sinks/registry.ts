@@ -9,8 +9,8 @@ import type { Sink, SinkContext, SinkDefaults } from './sink.js';
 import * as slack from './slack.js';
 
 export interface SinkModule {
-  /** The type's own config fields (the shared delivery fields are added by config.ts). */
-  configShape: Record<string, z.ZodType>;
+  /** The type's own config fields (config.ts adds `type` and the shared delivery fields). */
+  configSchema: z.ZodObject<Record<string, z.ZodType>>;
   defaults: SinkDefaults;
   /** Cross-field checks at config time. */
   check?(config: never, issue: (path: string, message: string) => void): void;

@@ -17,7 +17,7 @@ import {
   type SinkDefaults,
 } from './sink.js';
 
-export const configShape = {
+export const configSchema = z.strictObject({
   webhookUrl: secret().refine((s) => isHttpUrl(s.reveal()), 'not an http(s) URL'),
   /** Overrides the webhook's channel (legacy webhooks only). */
   channel: z.string().min(1).optional(),
@@ -28,8 +28,8 @@ export const configShape = {
     .string()
     .refine((u) => isHttpUrl(u.replaceAll('{ruleId}', 'x')), 'not an http(s) URL')
     .optional(),
-};
-export type SlackConfig = z.output<z.ZodObject<typeof configShape>>;
+});
+export type SlackConfig = z.output<typeof configSchema>;
 
 export const defaults: SinkDefaults = {
   fold: true,
