@@ -115,6 +115,8 @@ function buildAutomaton(byLiteral: Map<string, Set<number>>): FieldAutomaton {
 /** What the index knows of one field: rules keyed by its exact value, and by substrings of it. */
 interface FieldIndex {
   ref: FieldRef;
+  /** Rules that only need the field to be there. */
+  presence: number[] | undefined;
   exact: Map<string, number[]> | undefined;
   substrings: FieldAutomaton | undefined;
   /**
@@ -152,6 +154,7 @@ export class CandidateIndex {
   constructor(readonly rules: readonly CompiledRule[]) {
     const substrings = new Map<string, Map<string, Set<number>>>();
     const exact = new Map<string, Map<string, number[]>>();
+    const presence = new Map<string, number[]>();
     const any = new Map<string, Set<number>>();
     const always: number[] = [];
     const add = <K, V>(m: Map<K, V>, k: K, make: () => V): V => {
@@ -167,7 +170,10 @@ export class CandidateIndex {
         return;
       }
       for (const a of r.requirement) {
-        if (a.field === undefined) add(any, a.literal, () => new Set()).add(i);
+        if (a.presence && a.field !== undefined) {
+          const list = add(presence, a.field, () => []);
+          if (!list.includes(i)) list.push(i);
+        } else if (a.field === undefined) add(any, a.literal, () => new Set()).add(i);
         else if (a.exact) {
           const list = add(
             add(exact, a.field, () => new Map()),
@@ -183,10 +189,11 @@ export class CandidateIndex {
           ).add(i);
       }
     });
-    for (const f of new Set([...exact.keys(), ...substrings.keys()])) {
+    for (const f of new Set([...exact.keys(), ...substrings.keys(), ...presence.keys()])) {
       const sub = substrings.get(f);
       this.fields.set(f, {
         ref: fieldRef(f),
+        presence: presence.get(f),
         memo: new Map(),
         exact: exact.get(f),
         substrings: sub === undefined ? undefined : buildAutomaton(sub),
@@ -249,6 +256,8 @@ export class CandidateIndex {
       const fi = this.fields.get(f);
       if (fi === undefined) continue;
       const raw = ctx.raw(fi.ref);
+      if (raw == null) continue;
+      if (fi.presence !== undefined) for (const r of fi.presence) this.mark(r);
       if (typeof raw === 'string' && raw.length <= MEMO_MAX_VALUE) {
         let rs = fi.memo.get(raw);
         if (rs === undefined) {

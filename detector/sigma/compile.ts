@@ -14,11 +14,15 @@ export interface Selection {
   groups: FieldItem[][];
 }
 
-/** A literal the named field (or, with field undefined, any value of the event) must contain or, exact, equal. */
+/**
+ * A literal the named field (or, with field undefined, any value of the event) must contain or, exact, equal;
+ * or, with presence, only that the field is there (not null).
+ */
 export interface Atom {
   field: string | undefined;
   literal: string;
   exact: boolean;
+  presence?: boolean;
 }
 
 /** Detection part shared by rules and filters. */
@@ -127,7 +131,7 @@ function cost(req: Atom[]): number {
   let c = 0;
   for (const a of req) {
     const common = COMMON_FIELDS.has(a.field ?? '') ? 20 : 1;
-    c += common * (a.exact ? 0.02 : 1 / Math.min(a.literal.length, 8) ** 2);
+    c += common * (a.presence ? 2 : a.exact ? 0.02 : 1 / Math.min(a.literal.length, 8) ** 2);
   }
   return c;
 }
@@ -148,13 +152,19 @@ function union(reqs: (Atom[] | undefined)[]): Atom[] | undefined {
 }
 
 function itemRequirement(item: FieldItem): Atom[] | undefined {
-  const per = item.tests.map((t) =>
-    t.key?.literals.map((literal) => ({
-      field: item.field,
-      literal,
-      exact: t.key!.exact && item.field !== undefined,
-    })),
-  );
+  const field = item.field;
+  const per = item.tests.map((t): Atom[] | undefined => {
+    if (t.key !== undefined) {
+      return t.key.literals.map((literal) => ({
+        field,
+        literal,
+        exact: t.key!.exact && field !== undefined,
+      }));
+    }
+    return t.needsField && field !== undefined
+      ? [{ field, literal: '', exact: false, presence: true }]
+      : undefined;
+  });
   return item.all ? best(per) : union(per);
 }
 

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { CandidateIndex } from './candidate-index.js';
 import { parseCondition } from './conditions.js';
 import { compileDocs, createEngine, evaluate, evaluateExecve } from './engine.js';
-import { jsonEvent } from './event-view.js';
+import { EvalContext, jsonEvent } from './event-view.js';
 import { parseRuleText } from './parse.js';
 import { execveEvent, generateEvents } from './sample-events.js';
 
@@ -303,6 +304,30 @@ detection:
 });
 
 describe('candidate index', () => {
+  it('keys rules by literal, exact value or field presence; only negations are left for every event', () => {
+    const y = [
+      rule('  s:\n    A|contains: needle\n  condition: s'),
+      rule('  s:\n    A: Exact\n  condition: s'),
+      rule('  s:\n    B|cidr: 10.0.0.0/8\n  condition: s'),
+      rule('  s:\n    A: x\n  condition: not s'),
+    ]
+      .map((r, i) => r.replace('id: r1', `id: r${i}`))
+      .join('---\n');
+    const set = rules(y);
+    const index = new CandidateIndex(set.rules);
+    assert.deepEqual(index.always, [3]);
+    const ctx = new EvalContext();
+    const cands = (e: Record<string, unknown>) => {
+      const ev = jsonEvent(e, { product: 'test' });
+      return [...index.candidates(ctx.reset(ev), ev.fieldNames())].sort();
+    };
+    assert.deepEqual(cands({ A: 'a NEEDLE here' }), [0, 3]);
+    assert.deepEqual(cands({ A: 'exact' }), [1, 3]);
+    assert.deepEqual(cands({ A: 'exactly' }), [3]);
+    assert.deepEqual(cands({ B: '192.168.1.1' }), [2, 3]);
+    assert.deepEqual(cands({ B: null }), [3]);
+  });
+
   it('finds exactly what evaluating every rule finds', () => {
     const y = [
       rule('  s:\n    CommandLine|contains: -la\n  condition: s'),
@@ -313,6 +338,9 @@ describe('candidate index', () => {
       rule(
         '  a:\n    CommandLine|contains|all: [tar, -czf]\n  b:\n    CurrentDirectory: /srv\n  condition: all of them',
       ),
+      rule('  s:\n    CommandLine|re: "[0-9]{4}"\n  condition: s'), // no literal: the field must be present
+      rule('  s:\n    ParentProcessId|gt: 1\n    Image|fieldref: ParentImage\n  condition: s'),
+      rule('  s:\n    DestinationIp|cidr: 10.0.0.0/8\n  condition: s'), // a field our events never have
     ]
       .map((r, i) =>
         r

@@ -109,6 +109,8 @@ export interface ValueTest {
   test(ctx: EvalContext, field: FieldRef | undefined): boolean;
   /** Undefined when no literal is known to be needed (regex without literals, null, numeric comparisons...). */
   readonly key: IndexKey | undefined;
+  /** True when the test cannot pass on an absent or null field (the index can then ask for its presence). */
+  readonly needsField?: boolean;
 }
 
 const NEVER: ValueTest = { test: () => false, key: undefined };
@@ -232,6 +234,7 @@ function globTest(parts: readonly Part[], cased: boolean): ValueTest {
   const { match, key } = globMatcher(parts, !cased);
   return {
     key,
+    needsField: true,
     test(ctx, field) {
       if (field === undefined) {
         const vals = cased ? ctx.keywordValues() : ctx.keywordValuesLower();
@@ -450,6 +453,7 @@ function numericTest(op: string, n: number, part: string | undefined): ValueTest
   const cmp = COMPARE[op]!;
   return {
     key: undefined,
+    needsField: true,
     test(ctx, field) {
       if (field === undefined) return false;
       const raw = ctx.raw(field);
@@ -519,6 +523,7 @@ function cidrTest(value: string): ValueTest {
   };
   return {
     key: undefined,
+    needsField: true,
     test(ctx, field) {
       if (field === undefined) return false;
       const raw = ctx.raw(field);
@@ -539,6 +544,7 @@ function fieldrefTest(ref: FieldRef, wrapMod: string | undefined, cased: boolean
           : (a, b) => a === b;
   return {
     key: undefined,
+    needsField: true,
     test(ctx, field) {
       if (field === undefined) return false;
       const a = cased ? asString(ctx.raw(field)) : ctx.lower(field);
@@ -564,6 +570,7 @@ function negate(t: ValueTest): ValueTest {
   // A value "different from" another needs a value: an absent field is not different, it is absent.
   return {
     key: undefined,
+    needsField: true,
     test: (ctx, field) => field !== undefined && ctx.raw(field) != null && !t.test(ctx, field),
   };
 }
@@ -577,6 +584,7 @@ function anyOf(tests: ValueTest[]): ValueTest {
     : undefined;
   return {
     key,
+    needsField: tests.every((t) => t.needsField === true),
     test(ctx, field) {
       for (const t of tests) if (t.test(ctx, field)) return true;
       return false;
@@ -673,6 +681,7 @@ export function compileFieldItem(
         const literals = requiredLiterals(v as string);
         t = {
           key: literals === undefined ? undefined : { literals, exact: false },
+          needsField: true,
           test(ctx, f) {
             if (f === undefined) {
               for (const s of ctx.keywordValues()) if (re.test(s)) return true;
@@ -712,6 +721,7 @@ export function compileFieldItem(
           const s = String(v).toLowerCase();
           t = {
             key: { literals: [s], exact: false },
+            needsField: true,
             test(ctx, f) {
               if (f === undefined) return ctx.keywordValuesLower().some((x) => x.includes(s));
               const raw = ctx.raw(f);
