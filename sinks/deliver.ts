@@ -311,7 +311,10 @@ export async function startSink(
     });
   };
 
-  /** Sends one message with retries; true when delivered, false when parked. Throws only when stopping. */
+  /**
+   * Sends one message with retries; true when delivered, false when parked. Throws (retryable) only when
+   * stopping, or when the journal or Kafka cannot record the outcome: then the batch is tried again.
+   */
   const deliver = async (
     message: Message,
     signal: AbortSignal,

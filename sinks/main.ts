@@ -12,10 +12,11 @@ import { topics as topicTable } from '../schemas/topics.js';
 import { loadSinksConfig, type SinksConfig } from './config.js';
 import { type RunningSink, startSink } from './deliver.js';
 
-const USAGE = `usage: edr sinks --config FILE [--sink NAME ...]
+const USAGE = `usage: edr sinks --config FILE [--sink NAME ...] [--check]
 
-  --config FILE   sinks config (YAML): kafka, stateDir, sinks, routes
+  --config FILE   sinks config (YAML): kafka, stateDir, sinks, routes (see sinks/README.md)
   --sink NAME     run only this sink instance (repeatable); default all
+  --check         check the config (every problem at once) and exit
 `;
 
 export interface Router {
@@ -76,6 +77,7 @@ export const command: Command = {
       options: {
         config: { type: 'string' },
         sink: { type: 'string', multiple: true },
+        check: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -92,6 +94,11 @@ export const command: Command = {
     if (unknown.length > 0) {
       process.stderr.write(`edr sinks: no sink named ${unknown.join(', ')} in ${values.config}\n`);
       return 2;
+    }
+    if (values.check) {
+      const n = Object.keys(config.sinks).length;
+      process.stdout.write(`${values.config}: ok (${n} sink(s), ${config.routes.length} route(s))\n`);
+      return 0;
     }
     const log = createLogger({ component: 'sinks' });
     const transport = new KafkaTransport(config.kafka);
