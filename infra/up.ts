@@ -5,6 +5,7 @@
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { startBackgroundCollector, stopBackgroundCollector } from '../collector/background.js';
 import { allTopics } from '../schemas/topics.js';
 import type { Command } from './cli.js';
 import { runningBroker, startBroker, stopRunningBroker } from './kafka/broker.js';
@@ -15,11 +16,13 @@ import { repoRoot } from './paths.js';
 const help = `usage: edr up [--brokers HOST:PORT,...] [--port N]
        edr down
 
-  up    start a local Kafka broker in .edr/kafka (port 9092) unless --brokers is given, and create the topics
-  down  stop the local broker
+  up    start a local Kafka broker in .edr/kafka (port 9092) unless --brokers is given, create the topics,
+        and start the collector in the background when it can capture (root, native addon built)
+  down  stop the collector and the local broker
 `;
 
-const brokerDir = path.join(repoRoot, '.edr', 'kafka');
+const stateDir = path.join(repoRoot, '.edr');
+const brokerDir = path.join(stateDir, 'kafka');
 
 export const command: Command = {
   summary: 'start the pipeline on this host',
@@ -71,6 +74,8 @@ export const command: Command = {
         `topic      ready     ${t.name} (${t.partitions} partitions, ${t.cleanupPolicy})\n`,
       );
     }
+    const collector = await startBackgroundCollector(stateDir, brokers);
+    process.stdout.write(`collector  ${collector.state.padEnd(9)} ${collector.detail}\n`);
     process.stdout.write('\nstop it with: npx edr down\n');
     return 0;
   },
@@ -79,6 +84,8 @@ export const command: Command = {
 export const down: Command = {
   summary: 'stop the local pipeline',
   async run() {
+    const collector = await stopBackgroundCollector(stateDir);
+    process.stdout.write(collector ? 'collector  stopped\n' : 'collector  was not running\n');
     const stopped = await stopRunningBroker(brokerDir);
     process.stdout.write(stopped ? 'kafka      stopped\n' : 'kafka      was not running\n');
     return 0;
