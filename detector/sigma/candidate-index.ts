@@ -133,6 +133,7 @@ const MEMO_MAX_ENTRIES = 4096;
 
 export class CandidateIndex {
   private readonly fields = new Map<string, FieldIndex>();
+  private readonly byNames = new WeakMap<readonly string[], FieldIndex[]>();
   private readonly anyField: FieldAutomaton | undefined;
   /** Rules without a requirement: candidates for every event. */
   readonly always: readonly number[];
@@ -224,6 +225,24 @@ export class CandidateIndex {
     }
   }
 
+  /**
+   * The indexed fields among an event's names. A frozen names array (a view's fixed field list) is resolved
+   * once and remembered; others, often built per event, are resolved each time.
+   */
+  private indexedFields(fieldNames: readonly string[]): FieldIndex[] {
+    const frozen = Object.isFrozen(fieldNames);
+    let list = frozen ? this.byNames.get(fieldNames) : undefined;
+    if (list === undefined) {
+      list = [];
+      for (const f of fieldNames) {
+        const fi = this.fields.get(f);
+        if (fi !== undefined) list.push(fi);
+      }
+      if (frozen) this.byNames.set(fieldNames, list);
+    }
+    return list;
+  }
+
   /** The rules one value of the field makes candidates, on their own (for the memo). */
   private scanAlone(fi: FieldIndex, s: string): number[] {
     const saved = this.found;
@@ -251,10 +270,9 @@ export class CandidateIndex {
     this.activeStamp = this.stamp;
     this.activeGeneration = this.generation;
     this.found = [];
-    for (let i = 0; i < fieldNames.length; i++) {
-      const f = fieldNames[i]!;
-      const fi = this.fields.get(f);
-      if (fi === undefined) continue;
+    const indexed = this.indexedFields(fieldNames);
+    for (let i = 0; i < indexed.length; i++) {
+      const fi = indexed[i]!;
       const raw = ctx.raw(fi.ref);
       if (raw == null) continue;
       if (fi.presence !== undefined) for (const r of fi.presence) this.mark(r);

@@ -169,7 +169,7 @@ export function evaluate(engine: Engine, event: SigmaEvent, out: Match[] = []): 
 export const PROCESS_CREATION: LogSource = { product: 'linux', category: 'process_creation' };
 export const AUDITD: LogSource = { product: 'linux', service: 'auditd' };
 
-const PC_FIELDS = Object.keys(processCreationFields);
+const PC_FIELDS: readonly string[] = Object.freeze(Object.keys(processCreationFields));
 
 /**
  * An execve event seen as Sysmon-style process_creation, through the one field table. `reset` lets an engine
