@@ -134,7 +134,8 @@ const MEMO_MAX_ENTRIES = 4096;
 export class CandidateIndex {
   private readonly fields = new Map<string, FieldIndex>();
   private readonly byNames = new WeakMap<readonly string[], FieldIndex[]>();
-  private readonly anyField: FieldAutomaton | undefined;
+  /** Keyword literals, searched in every value of the event. */
+  private readonly anyField: FieldIndex | undefined;
   /** Rules without a requirement: candidates for every event. */
   readonly always: readonly number[];
   private readonly stamp: Uint32Array;
@@ -200,7 +201,16 @@ export class CandidateIndex {
         substrings: sub === undefined ? undefined : buildAutomaton(sub),
       });
     }
-    this.anyField = any.size > 0 ? buildAutomaton(any) : undefined;
+    this.anyField =
+      any.size > 0
+        ? {
+            ref: fieldRef(''),
+            presence: undefined,
+            memo: new Map(),
+            exact: undefined,
+            substrings: buildAutomaton(any),
+          }
+        : undefined;
     this.always = always;
     this.stamp = new Uint32Array(rules.length);
     this.memoStamp = new Uint32Array(rules.length);
@@ -243,6 +253,21 @@ export class CandidateIndex {
     return list;
   }
 
+  /** Marks the rules a string value makes candidates, through the field's memo when the value is short. */
+  private scanValue(fi: FieldIndex, raw: string, lower: string | undefined): void {
+    if (raw.length > MEMO_MAX_VALUE) {
+      this.scanField(fi, lower ?? raw.toLowerCase());
+      return;
+    }
+    let rs = fi.memo.get(raw);
+    if (rs === undefined) {
+      rs = this.scanAlone(fi, lower ?? raw.toLowerCase());
+      if (fi.memo.size >= MEMO_MAX_ENTRIES) fi.memo.clear();
+      fi.memo.set(raw, rs);
+    }
+    for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
+  }
+
   /** The rules one value of the field makes candidates, on their own (for the memo). */
   private scanAlone(fi: FieldIndex, s: string): number[] {
     const saved = this.found;
@@ -276,24 +301,15 @@ export class CandidateIndex {
       const raw = ctx.raw(fi.ref);
       if (raw == null) continue;
       if (fi.presence !== undefined) for (const r of fi.presence) this.mark(r);
-      if (typeof raw === 'string' && raw.length <= MEMO_MAX_VALUE) {
-        let rs = fi.memo.get(raw);
-        if (rs === undefined) {
-          rs = this.scanAlone(fi, ctx.lower(fi.ref)!);
-          if (fi.memo.size >= MEMO_MAX_ENTRIES) fi.memo.clear();
-          fi.memo.set(raw, rs);
-        }
-        for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
-        continue;
-      }
-      const s = ctx.lower(fi.ref);
-      if (s !== undefined) this.scanField(fi, s);
+      if (typeof raw === 'string') this.scanValue(fi, raw, ctx.lower(fi.ref));
       else if (Array.isArray(raw)) for (const x of raw) this.scanField(fi, String(x).toLowerCase());
+      else {
+        const s = ctx.lower(fi.ref); // numbers, booleans
+        if (s !== undefined) this.scanField(fi, s);
+      }
     }
-    if (this.anyField !== undefined) {
-      this.current = this.anyField.rules;
-      for (const s of ctx.keywordValuesLower()) this.anyField.ac.scan(s, this.hit);
-    }
+    if (this.anyField !== undefined)
+      for (const v of ctx.keywordValues()) this.scanValue(this.anyField, v, undefined);
     for (let k = 0; k < this.always.length; k++) this.mark(this.always[k]!);
     return this.found;
   }
