@@ -67,10 +67,6 @@ export class Collector {
     this.host = hostIdentity(config.host);
     this.#key = Buffer.from(this.host.hostId);
     this.#enricher = new Enricher(this.host, config);
-    // Seed before the source opens would miss processes started in between; after, a process may be seen twice
-    // (seed, then its fork or exec), which the table absorbs.
-    this.#source = options.source?.(this.#stop.signal) ?? createSource(config.source, this.#stop.signal);
-    if (config.source.type === 'ebpf') this.#enricher.seed(config.enrich.procDir);
     this.#spool = new Spool({
       dir: config.spool.dir,
       maxBytes: config.spool.maxBytes,
@@ -95,6 +91,17 @@ export class Collector {
       },
       this.#log,
     );
+    // The source opens last: an eBPF capture keeps the process alive, so nothing may throw after it opened.
+    // Seeding before it opens would miss processes started in between; after, a process may be seen twice
+    // (seed, then its fork or exec), which the table absorbs.
+    try {
+      this.#source = options.source?.(this.#stop.signal) ?? createSource(config.source, this.#stop.signal);
+    } catch (err) {
+      this.#spool.close();
+      throw err;
+    }
+    if (config.source.type === 'ebpf' && options.source === undefined)
+      this.#enricher.seed(config.enrich.procDir);
   }
 
   counters(): CollectorCounters {

@@ -84,7 +84,8 @@ export const collectorConfigSchema = z.strictObject({
       /** Images of the grandparent and above, nearest first. */
       ancestorsMax: z.number().int().min(0).default(8),
       procDir: z.string().default('/proc'),
-      cgroupRoot: z.string().default('/sys/fs/cgroup'),
+      /** Where cgroup v2 is mounted; found in /proc/self/mounts when unset. */
+      cgroupRoot: z.string().optional(),
     })
     .prefault({}),
   hashing: z

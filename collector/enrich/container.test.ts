@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
-import { cgroupV2Path, containerIdFromCgroup } from './container.js';
+import { cgroup2Mount, cgroupV2Path, containerIdFromCgroup, containerIdFromV1 } from './container.js';
 
 const id = 'c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789';
 const id2 = 'feed000000000000000000000000000000000000000000000000000000000042';
@@ -48,4 +48,17 @@ it('reads the cgroup v2 path from /proc/PID/cgroup', () => {
   assert.equal(cgroupV2Path(`0::/system.slice/docker-${id}.scope\n`), `/system.slice/docker-${id}.scope`);
   assert.equal(cgroupV2Path('12:pids:/docker/x\n0::/init.scope\n'), '/init.scope');
   assert.equal(cgroupV2Path('12:pids:/docker/x\n'), null);
+});
+
+it('finds container ids in cgroup v1 lines (hybrid hosts) and the cgroup2 mount point', () => {
+  assert.equal(containerIdFromV1(`12:pids:/docker/${id}\n4:memory:/docker/${id}\n0::/\n`), id);
+  assert.equal(containerIdFromV1('4:memory:/user.slice\n1:name=systemd:/init.scope\n0::/\n'), null);
+  assert.equal(
+    cgroup2Mount(
+      'tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n',
+    ),
+    '/sys/fs/cgroup/unified',
+  );
+  assert.equal(cgroup2Mount('cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n'), '/sys/fs/cgroup');
+  assert.equal(cgroup2Mount('proc /proc proc rw 0 0\n'), null);
 });

@@ -36,26 +36,66 @@ export function cgroupV2Path(procCgroup: string): string | null {
   return null;
 }
 
+/** A container id in the cgroup v1 lines of /proc/PID/cgroup (`N:controllers:/path`), or null. */
+export function containerIdFromV1(procCgroup: string): string | null {
+  for (const line of procCgroup.split('\n')) {
+    if (line === '' || line.startsWith('0::')) continue;
+    const id = containerIdFromCgroup(line.slice(line.indexOf(':', line.indexOf(':') + 1) + 1));
+    if (id !== null) return id;
+  }
+  return null;
+}
+
+/** Where cgroup v2 is mounted: /sys/fs/cgroup (unified), /sys/fs/cgroup/unified (hybrid), from /proc/self/mounts. */
+export function cgroup2Mount(mounts: string): string | null {
+  for (const line of mounts.split('\n')) {
+    const [, where, type] = line.split(' ');
+    if (type === 'cgroup2' && where) return where.replace(/\\040/g, ' ');
+  }
+  return null;
+}
+
 /**
- * Resolves a kernel event's cgroup id to a container id. The cgroup id of cgroup v2 is the inode number of the
+ * Resolves a kernel event's cgroup id (cgroup v2) to a container id. The cgroup id is the inode number of the
  * cgroup's directory: the first time an id is met, /proc/PID/cgroup gives its path when the process is still
- * alive; otherwise the cgroup tree is walked once (at most once a second) to map directory inodes to paths.
- * Results (also "no container") are cached per cgroup id, bounded.
+ * alive; otherwise the cgroup tree is walked (at most once a second) to map directory inodes to paths. Results
+ * are cached per cgroup id, bounded.
+ *
+ * Hybrid hosts (cgroup v1 controllers beside an unused v2 tree) leave every process in the v2 root: there the id
+ * says nothing, so the v1 lines of /proc/PID/cgroup are read for each exec (uncached; a process already gone is
+ * reported without a container id).
  */
 export class ContainerIds {
   readonly #cache = new Map<bigint, string | null>();
   #scannedAt = Number.NEGATIVE_INFINITY;
   #byInode = new Map<bigint, string>();
+  readonly #root: string | null;
+  #rootIno: bigint | undefined;
 
   constructor(
     private readonly procDir = '/proc',
-    private readonly cgroupRoot = '/sys/fs/cgroup',
+    cgroupRoot?: string,
     private readonly maxEntries = 4096,
-  ) {}
+  ) {
+    if (cgroupRoot !== undefined) this.#root = cgroupRoot;
+    else {
+      try {
+        this.#root = cgroup2Mount(readFileSync(path.join(procDir, 'self', 'mounts'), 'utf8'));
+      } catch {
+        this.#root = null;
+      }
+    }
+    try {
+      if (this.#root !== null) this.#rootIno = statSync(this.#root, { bigint: true }).ino;
+    } catch {
+      // no cgroup v2 tree: ids cannot be resolved
+    }
+  }
 
   lookup(cgroupId: bigint, pid: number): string | null {
     const cached = this.#cache.get(cgroupId);
     if (cached !== undefined) return cached;
+    if (cgroupId === this.#rootIno) return this.#fromV1(pid);
     const found = this.#resolve(cgroupId, pid);
     if (found === undefined) return null; // unknown yet: do not cache, a later scan may find it
     if (this.#cache.size >= this.maxEntries) this.#cache.delete(this.#cache.keys().next().value!);
@@ -63,13 +103,22 @@ export class ContainerIds {
     return found;
   }
 
+  #fromV1(pid: number): string | null {
+    try {
+      return containerIdFromV1(readFileSync(path.join(this.procDir, String(pid), 'cgroup'), 'utf8'));
+    } catch {
+      return null;
+    }
+  }
+
   /** undefined: the cgroup's path could not be found. */
   #resolve(cgroupId: bigint, pid: number): string | null | undefined {
+    if (this.#root === null) return null;
     try {
       const p = cgroupV2Path(readFileSync(path.join(this.procDir, String(pid), 'cgroup'), 'utf8'));
       // The process may have moved (or the pid been reused) since the event: trust the path only if its inode
       // is the event's cgroup id.
-      if (p !== null && statSync(path.join(this.cgroupRoot, p), { bigint: true }).ino === cgroupId) {
+      if (p !== null && statSync(path.join(this.#root, p), { bigint: true }).ino === cgroupId) {
         return containerIdFromCgroup(p);
       }
     } catch {
@@ -77,13 +126,13 @@ export class ContainerIds {
     }
     let p = this.#byInode.get(cgroupId);
     if (p === undefined && Date.now() - this.#scannedAt >= 1000) {
-      this.#scan();
+      this.#scan(this.#root);
       p = this.#byInode.get(cgroupId);
     }
     return p === undefined ? undefined : containerIdFromCgroup(p);
   }
 
-  #scan(): void {
+  #scan(root: string): void {
     this.#scannedAt = Date.now();
     const byInode = new Map<bigint, string>();
     const walk = (dir: string, rel: string, depth: number): void => {
@@ -106,12 +155,7 @@ export class ContainerIds {
         walk(full, relPath, depth + 1);
       }
     };
-    try {
-      byInode.set(statSync(this.cgroupRoot, { bigint: true }).ino, '/');
-    } catch {
-      // no cgroup v2 mount
-    }
-    walk(this.cgroupRoot, '', 0);
+    walk(root, '', 0);
     this.#byInode = byInode;
   }
 }

@@ -5,10 +5,19 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { cgroup2Mount } from '../../collector/enrich/container.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { Consumption, InRecord } from '../../infra/transport.js';
 import { ARGV_MAX_BYTES } from '../../native/index.js';
@@ -205,10 +214,40 @@ describe('edr collector (eBPF source → Kafka)', { skip: !isRoot }, () => {
     assert.equal(ev.parentImage, nodeImage);
   });
 
+  it('gives a process in a container cgroup its container id (a docker-style cgroup made for the test)', async (t) => {
+    let mount: string | null = null;
+    try {
+      mount = cgroup2Mount(readFileSync('/proc/self/mounts', 'utf8'));
+    } catch {}
+    if (mount === null) {
+      t.skip('no cgroup v2 mount');
+      return;
+    }
+    const id = Buffer.from(marker).toString('hex').padEnd(64, '0').slice(0, 64);
+    const cg = path.join(mount, `docker-${id}.scope`);
+    mkdirSync(cg);
+    try {
+      // The shell moves itself into the cgroup, then execs: the exec happens inside the "container".
+      const r = spawnSync(
+        '/bin/sh',
+        ['-c', `echo $$ > ${cg}/cgroup.procs && exec /bin/true ${marker}-container`],
+        {
+          stdio: 'ignore',
+        },
+      );
+      assert.equal(r.status, 0);
+      const ev = await find('exec in the container cgroup', withTag('container'));
+      assert.equal(ev.containerId, id);
+      assert.equal(withTag('plain')()?.containerId, null, 'a host process has none');
+    } finally {
+      rmdirSync(cg); // empty again: the process exited
+    }
+  });
+
   it('published exactly those events, once each, to raw and audit, then STOPPED on SIGTERM', async () => {
-    const tags = ['plain', 'long', 'cwd', 'grandchild', 'short'];
-    // The shell's own exec carries the marker in its -c argument.
-    const expected = tags.length + 1;
+    const tags = ['plain', 'long', 'cwd', 'grandchild', 'short', 'container'];
+    // The shells' own execs carry the marker in their -c argument.
+    const expected = tags.length + 2;
     await waitFor(
       'every marked event on the audit topic',
       () => auditEvents.filter((e) => e.argv.some((a) => a.includes(marker))).length >= expected,
