@@ -100,8 +100,7 @@ export class Collector {
       this.#spool.close();
       throw err;
     }
-    if (config.source.type === 'ebpf' && options.source === undefined)
-      this.#enricher.seed(config.enrich.procDir);
+    if (this.#source.name === 'ebpf') this.#enricher.seed(config.enrich.procDir);
   }
 
   counters(): CollectorCounters {
