@@ -148,9 +148,11 @@ function globMatcher(
     if (p.t === 'star') segs.push([]);
     else {
       const seg = segs[segs.length - 1]!;
-      if (p.t === 'lit')
-        for (const ch of lower ? p.s.toLowerCase() : p.s) for (const u of splitUnits(ch)) seg.push(u);
-      else if (p.t === 'one') seg.push(0);
+      if (p.t === 'lit') {
+        // One element per UTF-16 unit, the unit `?` stands for in every backend.
+        const text = lower ? p.s.toLowerCase() : p.s;
+        for (let i = 0; i < text.length; i++) seg.push(text[i]!);
+      } else if (p.t === 'one') seg.push(0);
       else if (p.t === 'dash') seg.push(1);
       else throw new Error('placeholder left in a value');
     }
@@ -213,11 +215,6 @@ function globMatcher(
     },
     key,
   };
-}
-
-function splitUnits(ch: string): string[] {
-  // for..of yields code points; a pattern element is one UTF-16 unit, like `?` in every backend.
-  return ch.length === 1 ? [ch] : [...Array(ch.length).keys()].map((i) => ch[i]!);
 }
 
 function anyScalar(raw: unknown, f: (s: string) => boolean, lower: boolean): boolean {
