@@ -61,6 +61,19 @@ describe('correlations: parse and validate', () => {
       assert.deepEqual(c.condition, { gte: 2 }); // default: all the rules
     }
   });
+  it('warns about referenced rules that are not loaded, and resolves ids and names', () => {
+    const { docs } = parseRuleText(
+      `title: base\nid: b1\nname: base_rule\nlogsource: {product: x}\ndetection:\n  s: {A: 1}\n  condition: s\n---\n` +
+        `title: corr\ncorrelation:\n  type: event_count\n  rules: [b1, base_rule, ghost]\n  timespan: 1m\n  condition: {gte: 2}\n`,
+      'c.yml',
+    );
+    const set = compileDocs(docs);
+    assert.equal(set.correlations.length, 1);
+    assert.deepEqual(
+      set.warnings.map((w) => `${w.line}: ${w.message}`),
+      ['9: correlation refers to rules that are not loaded: ghost'],
+    );
+  });
   it('parses timespans', () => {
     assert.deepEqual(['30s', '5m', '2h', '1d', '1w', '5', 'm', '1y'].map(parseTimespan), [
       30_000,

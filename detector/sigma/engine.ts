@@ -55,6 +55,18 @@ export function compileDocs(docs: readonly SigmaDoc[], opts: CompileOptions = {}
       set.problems.push(problemOf(doc, err));
     }
   }
+  const known = new Set<string>();
+  for (const r of [...set.rules, ...set.correlations]) {
+    if (r.doc.id !== undefined) known.add(r.doc.id);
+    if (r.doc.name !== undefined) known.add(r.doc.name);
+  }
+  for (const c of set.correlations) {
+    const missing = c.rules.filter((ref) => !known.has(ref));
+    if (missing.length > 0) {
+      const message = `correlation refers to rules that are not loaded: ${missing.join(', ')}`;
+      set.warnings.push({ file: c.doc.file, line: c.doc.line, id: c.doc.id, message });
+    }
+  }
   for (const [f, refs] of applyFilters(set.rules, set.filters)) {
     const message = `filter names rules that are not loaded: ${refs.join(', ')}`;
     set.warnings.push({ file: f.doc.file, line: f.doc.line, id: f.doc.id, message });
