@@ -31,7 +31,7 @@ import {
   writeSync,
 } from 'node:fs';
 import path from 'node:path';
-import { crc32 } from 'node:zlib';
+import * as zlib from 'node:zlib';
 import { EdrError } from '../infra/errors.js';
 
 export type FsyncPolicy = 'always' | 'interval' | 'never';
@@ -54,6 +54,20 @@ export interface SpoolRead {
   /** Pass to `commit` once these payloads are acknowledged. */
   end: SpoolPosition;
 }
+
+// zlib.crc32 exists from Node 20.15; the table version keeps 20.10+ working (the spool is only written in outages).
+const CRC_TABLE = Int32Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c;
+});
+const crc32: (data: Buffer) => number =
+  (zlib as { crc32?: (data: Buffer) => number }).crc32 ??
+  ((data) => {
+    let c = -1;
+    for (const b of data) c = CRC_TABLE[(c ^ b) & 0xff]! ^ (c >>> 8);
+    return (c ^ -1) >>> 0;
+  });
 
 const HEADER = 8;
 const MAX_RECORD = 64 * 1024 * 1024;
