@@ -2,6 +2,7 @@
  * `edr hunt --rules DIR --events FILE`: evaluate rules over JSON-lines events offline and print one JSON line
  * per match. Bad lines are reported with their number and skipped; the others are still evaluated.
  */
+import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
@@ -141,13 +142,25 @@ export const command: Command = {
     let matches = 0;
     const fired = new Set<string>();
     const out: string[] = [];
-    const flush = (): void => {
-      if (out.length > 0) process.stdout.write(`${out.join('\n')}\n`);
+    // A reader that goes away (`| head`) ends the hunt quietly; a slow one is waited for, not buffered for.
+    let closed = false;
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err;
+      closed = true;
+    });
+    const flush = async (): Promise<void> => {
+      const text = out.length > 0 && !closed ? `${out.join('\n')}\n` : '';
       out.length = 0;
+      if (text && !process.stdout.write(text)) {
+        await once(process.stdout, 'drain').catch(() => {
+          closed = true;
+        });
+      }
     };
     const lines = createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY });
     try {
       for await (const line of lines) {
+        if (closed) break;
         lineNo++;
         if (line.trim() === '') continue;
         try {
@@ -184,7 +197,7 @@ export const command: Command = {
             fired.add(m.rule.id);
             out.push(matchLine(m, obj));
           }
-          if (out.length >= 256) flush();
+          if (out.length >= 256) await flush();
         } catch (err) {
           bad++;
           const msg = err instanceof Error ? err.message : String(err);
@@ -192,12 +205,12 @@ export const command: Command = {
         }
       }
     } catch (err) {
-      flush();
+      await flush();
       throw new EdrError('EDR_HUNT_READ', `cannot read events ${values.events}: ${(err as Error).message}`, {
         cause: err,
       });
     }
-    flush();
+    await flush();
     process.stderr.write(
       `hunt: ${events} events evaluated, ${bad} lines skipped; ${matches} matches from ${fired.size} rules; ` +
         `${set.rules.length} rules loaded, ${set.problems.length} failed\n`,
