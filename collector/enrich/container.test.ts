@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
-import { cgroup2Mount, cgroupV2Path, containerIdFromCgroup, containerIdFromV1 } from './container.js';
+import {
+  cgroup1Mounts,
+  cgroup2Mount,
+  cgroupV2Path,
+  containerIdFromCgroup,
+  containerIdFromV1,
+  v1HasContainers,
+} from './container.js';
 
 const id = 'c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789';
 const id2 = 'feed000000000000000000000000000000000000000000000000000000000042';
@@ -61,4 +68,24 @@ it('finds container ids in cgroup v1 lines (hybrid hosts) and the cgroup2 mount 
   );
   assert.equal(cgroup2Mount('cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n'), '/sys/fs/cgroup');
   assert.equal(cgroup2Mount('proc /proc proc rw 0 0\n'), null);
+});
+
+it('tells whether a cgroup v1 hierarchy holds containers (hybrid hosts)', () => {
+  const tree: Record<string, string[]> = {
+    '/a': ['user.slice', 'system.slice'],
+    '/a/system.slice': ['ssh.service', `docker-${id}.scope`],
+    '/b': ['user.slice', 'system.slice'],
+    '/b/system.slice': ['ssh.service'],
+    '/c': ['docker', 'user.slice'],
+  };
+  const list = (d: string) => tree[d] ?? [];
+  assert.equal(v1HasContainers(list, '/a'), true);
+  assert.equal(v1HasContainers(list, '/b'), false);
+  assert.equal(v1HasContainers(list, '/c'), true);
+  assert.deepEqual(
+    cgroup1Mounts(
+      'cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\ncgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\ncgroup2 /x cgroup2 rw 0 0\n',
+    ),
+    ['/sys/fs/cgroup/pids', '/sys/fs/cgroup/memory'],
+  );
 });

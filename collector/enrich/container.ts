@@ -46,6 +46,34 @@ export function containerIdFromV1(procCgroup: string): string | null {
   return null;
 }
 
+/** Where the cgroup v1 hierarchies are mounted (the pids one first: every runtime puts containers there). */
+export function cgroup1Mounts(mounts: string): string[] {
+  const found: string[] = [];
+  for (const line of mounts.split('\n')) {
+    const [, where, type, options] = line.split(' ');
+    if (type !== 'cgroup' || !where) continue;
+    if (options?.split(',').includes('pids')) found.unshift(where);
+    else found.push(where);
+  }
+  return found;
+}
+
+const RUNTIME_DIRS = new Set([
+  'docker',
+  'kubepods',
+  'kubepods.slice',
+  'libpod_parent',
+  'machine.slice',
+  'containerd',
+]);
+
+/** Does this v1 hierarchy hold container cgroups now (a runtime's top-level directory, or a scope of one)? */
+export function v1HasContainers(listDir: (dir: string) => string[], root: string): boolean {
+  const top = listDir(root);
+  if (top.some((d) => RUNTIME_DIRS.has(d))) return true;
+  return top.includes('system.slice') && listDir(`${root}/system.slice`).some((d) => SCOPED.test(d));
+}
+
 /** Where cgroup v2 is mounted: /sys/fs/cgroup (unified), /sys/fs/cgroup/unified (hybrid), from /proc/self/mounts. */
 export function cgroup2Mount(mounts: string): string | null {
   for (const line of mounts.split('\n')) {
@@ -62,8 +90,8 @@ export function cgroup2Mount(mounts: string): string | null {
  * are cached per cgroup id, bounded.
  *
  * Hybrid hosts (cgroup v1 controllers beside an unused v2 tree) leave every process in the v2 root: there the id
- * says nothing, so the v1 lines of /proc/PID/cgroup are read for each exec (uncached; a process already gone is
- * reported without a container id).
+ * says nothing, so while a runtime keeps containers in the v1 tree, the v1 lines of /proc/PID/cgroup are read for
+ * each exec (uncached; a process already gone is reported without a container id).
  */
 export class ContainerIds {
   readonly #cache = new Map<bigint, string | null>();
@@ -71,20 +99,23 @@ export class ContainerIds {
   #byInode = new Map<bigint, string>();
   readonly #root: string | null;
   #rootIno: bigint | undefined;
+  readonly #v1Root: string | undefined;
+  #v1CheckedAt = Number.NEGATIVE_INFINITY;
+  #v1Active = false;
 
   constructor(
     private readonly procDir = '/proc',
     cgroupRoot?: string,
     private readonly maxEntries = 4096,
   ) {
-    if (cgroupRoot !== undefined) this.#root = cgroupRoot;
-    else {
-      try {
-        this.#root = cgroup2Mount(readFileSync(path.join(procDir, 'self', 'mounts'), 'utf8'));
-      } catch {
-        this.#root = null;
-      }
+    let mounts = '';
+    try {
+      mounts = readFileSync(path.join(procDir, 'self', 'mounts'), 'utf8');
+    } catch {
+      // no /proc: nothing resolves
     }
+    this.#root = cgroupRoot ?? cgroup2Mount(mounts);
+    this.#v1Root = cgroup1Mounts(mounts)[0];
     try {
       if (this.#root !== null) this.#rootIno = statSync(this.#root, { bigint: true }).ino;
     } catch {
@@ -104,6 +135,20 @@ export class ContainerIds {
   }
 
   #fromV1(pid: number): string | null {
+    // Reading /proc/PID/cgroup for every exec costs ~12 µs: only while a runtime has containers in v1, checked
+    // every 5 s.
+    if (this.#v1Root === undefined) return null;
+    if (Date.now() - this.#v1CheckedAt > 5000) {
+      this.#v1CheckedAt = Date.now();
+      this.#v1Active = v1HasContainers((d) => {
+        try {
+          return readdirSync(d);
+        } catch {
+          return [];
+        }
+      }, this.#v1Root);
+    }
+    if (!this.#v1Active) return null;
     try {
       return containerIdFromV1(readFileSync(path.join(this.procDir, String(pid), 'cgroup'), 'utf8'));
     } catch {
