@@ -5,6 +5,7 @@
 import { parseArgs } from 'node:util';
 import type { Command } from '../infra/cli.js';
 import { loadConfig } from '../infra/config.js';
+import { isRetryable } from '../infra/errors.js';
 import { KafkaTransport } from '../infra/kafka-transport.js';
 import { createLogger } from '../infra/log.js';
 import type { Consumption, TopicConfig, Transport } from '../infra/transport.js';
@@ -20,6 +21,18 @@ const USAGE = `usage: edr detector --config FILE
   --config FILE   detector config (YAML): kafka, topics, rules.dir, metrics, ... (see detector/config.ts)
 `;
 
+/** Retries a metadata call that fails while a just-created topic has no leader yet. */
+async function settled<T>(what: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await what();
+    } catch (err) {
+      if (!isRetryable(err) || i >= 20) throw err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
 /** The topics the detector writes or reads, sized from the table; the intermediate ones follow the input. */
 export async function ensureTopics(transport: Transport, c: DetectorConfig): Promise<number> {
   const base: TopicConfig[] = [
@@ -30,12 +43,12 @@ export async function ensureTopics(transport: Transport, c: DetectorConfig): Pro
     { name: c.topics.deadLetter, partitions: 1, retentionMs: table.deadLetter.retentionMs },
   ];
   await transport.createTopics(base);
-  const partitions = (await transport.endOffsets(c.topics.input)).length;
+  const partitions = (await settled(() => transport.endOffsets(c.topics.input))).length;
   await transport.createTopics([
     { name: c.topics.correlation, partitions, retentionMs: 7 * 24 * 3_600_000 },
     { name: c.topics.changelog, partitions, cleanupPolicy: 'compact', retentionMs: -1 },
   ]);
-  return (await transport.endOffsets(c.topics.changelog)).length;
+  return (await settled(() => transport.endOffsets(c.topics.changelog))).length;
 }
 
 export async function runDetector(config: DetectorConfig, signal: AbortSignal): Promise<void> {

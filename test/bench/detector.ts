@@ -1,0 +1,223 @@
+/**
+ * The detector pipeline through a real broker: events/s for consume → decode → evaluate → produce → commit
+ * (`edr detector` worker processes, transactions, SigmaHQ's linux process_creation rules when the corpus is
+ * there), against the ceiling: the same client's plain consume rate (ack-after-success commits, no decoding) of
+ * the same topic in the same run, with 1 and 2 worker processes. Rates are taken from the group's committed
+ * offsets, from the first commit to the last, so process start-up and group joins do not count.
+ *
+ * Run: npm run bench detector   (EDR_BENCH_DETECTOR_EVENTS sets the event count, default 100,000)
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import yaml from 'js-yaml';
+import { generateEvents } from '../../detector/sigma/sample-events.js';
+import { startBroker } from '../../infra/kafka/broker.js';
+import { KafkaTransport, kafkaConfigSchema } from '../../infra/kafka-transport.js';
+import { createLogger } from '../../infra/log.js';
+import { repoRoot } from '../../infra/paths.js';
+import type { OutRecord } from '../../infra/transport.js';
+import { projectCodec } from '../../schemas/codec.js';
+
+const N = Number(process.env['EDR_BENCH_DETECTOR_EVENTS'] ?? 100_000);
+const PARTITIONS = 6;
+const here = fileURLToPath(import.meta.url);
+const quiet = createLogger({ component: 'bench' }, 'error');
+
+function transport(brokers: string[], clientId: string): KafkaTransport {
+  return new KafkaTransport(kafkaConfigSchema.parse({ brokers, clientId }), quiet);
+}
+
+/** Child role: one plain consumer group member that only touches each record (the ceiling). */
+async function consumeRole(brokers: string[], topic: string, group: string): Promise<void> {
+  const t = transport(brokers, 'bench-consume');
+  let bytes = 0;
+  const c = await t.consume({
+    groupId: group,
+    topics: [topic],
+    maxBatchRecords: 1000,
+    handler: async (batch) => {
+      for (const r of batch.records) bytes += r.value?.length ?? 0;
+    },
+  });
+  await new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
+  await c.stop();
+  await t.close();
+  if (bytes < 0) process.stdout.write('');
+}
+
+function spawnChild(args: string[]): ChildProcess {
+  return spawn(process.execPath, args, {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, EDR_LOG_LEVEL: 'error' },
+  });
+}
+
+async function stopChildren(children: ChildProcess[]): Promise<void> {
+  await Promise.all(
+    children.map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.exitCode !== null || c.signalCode !== null) return resolve();
+          c.once('exit', () => resolve());
+          c.kill('SIGTERM');
+          setTimeout(() => c.kill('SIGKILL'), 15_000).unref();
+        }),
+    ),
+  );
+}
+
+/** Events/s of a group over `topic`, from its first commit until everything is committed. */
+async function measure(
+  t: KafkaTransport,
+  group: string,
+  topic: string,
+  total: number,
+  children: ChildProcess[],
+): Promise<number> {
+  let first: { ms: number; done: number } | undefined;
+  const deadline = Date.now() + 600_000;
+  for (;;) {
+    const dead = children.find((c) => c.exitCode !== null || c.signalCode !== null);
+    if (dead !== undefined)
+      throw new Error(`${group}: a child process exited (${dead.exitCode ?? dead.signalCode})`);
+    const lag = await t.lag(group, topic).catch(() => undefined); // group coordinator still loading
+    if (lag === undefined) {
+      await new Promise((r) => setTimeout(r, 200));
+      continue;
+    }
+    const done = lag.reduce((a, l) => a + Math.max(0, l.committed), 0);
+    const now = Date.now();
+    if (first === undefined && done > 0) first = { ms: now, done };
+    if (done >= total && first !== undefined) {
+      return ((done - first.done) / Math.max(1, now - first.ms)) * 1000;
+    }
+    if (now > deadline) throw new Error(`${group}: only ${done}/${total} after 10 minutes`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function fmt(n: number): string {
+  return Math.round(n).toLocaleString('en-US');
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      role: { type: 'string' },
+      brokers: { type: 'string' },
+      topic: { type: 'string' },
+      group: { type: 'string' },
+    },
+  });
+  if (values.role === 'consume') {
+    await consumeRole(values.brokers!.split(','), values.topic!, values.group!);
+    return;
+  }
+  const dir = mkdtempSync(path.join(tmpdir(), 'edr-bench-detector-'));
+  const broker = await startBroker({ dir: path.join(dir, 'kafka') });
+  try {
+    const t = transport(broker.brokers, 'bench');
+    const topic = 'bench.raw';
+    await t.createTopics([{ name: topic, partitions: PARTITIONS }]);
+    const codec = projectCodec();
+    const events = generateEvents(N, 7);
+    const p = await t.producer();
+    let chunk: OutRecord[] = [];
+    for (let i = 0; i < events.length; i++) {
+      const e = { ...events[i]!, hostId: `bench-host-${i % 256}`, seq: BigInt(i) };
+      chunk.push({ topic, key: e.hostId, value: codec.encode('dev.edr.v1.ExecveEvent', e) });
+      if (chunk.length === 5000) {
+        await p.publish(chunk);
+        chunk = [];
+      }
+    }
+    await p.publish(chunk);
+    await p.close();
+    const corpus = path.resolve(repoRoot, '..', 'shared', 'sigma', 'rules', 'linux', 'process_creation');
+    let rulesDir = corpus;
+    if (!existsSync(corpus)) {
+      rulesDir = path.join(dir, 'rules');
+      mkdirSync(rulesDir);
+      writeFileSync(
+        path.join(rulesDir, 'rule.yml'),
+        'title: bench\nlogsource: {product: linux, category: process_creation}\n' +
+          "detection: {selection: {CommandLine|contains: 'curl'}, condition: selection}\n",
+      );
+    }
+    process.stdout.write(
+      `detector bench: ${fmt(N)} events over ${PARTITIONS} partitions; rules ${rulesDir === corpus ? 'SigmaHQ linux/process_creation' : rulesDir}\n`,
+    );
+    const cli = path.join(repoRoot, 'dist', 'infra', 'cli.js');
+    for (const workers of [1, 2]) {
+      const cgroup = `bench-ceiling-${workers}`;
+      const ceilingKids = Array.from({ length: workers }, () =>
+        spawnChild([
+          here,
+          '--role',
+          'consume',
+          '--brokers',
+          broker.brokers.join(','),
+          '--topic',
+          topic,
+          '--group',
+          cgroup,
+        ]),
+      );
+      const ceiling = await measure(t, cgroup, topic, N, ceilingKids);
+      await stopChildren(ceilingKids);
+
+      const group = `bench-detector-${workers}`;
+      const prefix = `bench${workers}`;
+      const topics = {
+        input: topic,
+        alerts: `${prefix}.alerts`,
+        rules: `${prefix}.rules`,
+        audit: `${prefix}.audit`,
+        deadLetter: `${prefix}.dlq`,
+        correlation: `${prefix}.corr`,
+        changelog: `${prefix}.state`,
+      };
+      const kids = Array.from({ length: workers }, (_, i) => {
+        const file = path.join(dir, `w${workers}-${i}.yaml`);
+        writeFileSync(
+          file,
+          yaml.dump({
+            kafka: { brokers: broker.brokers, clientId: `bench-w${i}` },
+            detectorId: `bench-w${i}`,
+            groupId: group,
+            topics,
+            rules: { dir: rulesDir, topic: false },
+            maxBatchRecords: 1000,
+          }),
+        );
+        return spawnChild([cli, 'detector', '--config', file]);
+      });
+      const pipeline = await measure(t, group, topic, N, kids);
+      await stopChildren(kids);
+      const alerts = (await t.endOffsets(topics.alerts)).reduce((a, e) => a + e.offset, 0);
+      process.stdout.write(
+        `${workers} worker${workers > 1 ? 's' : ' '}: pipeline ${fmt(pipeline).padStart(8)} events/s  ` +
+          `ceiling (plain consume) ${fmt(ceiling).padStart(8)} events/s  ratio ${(pipeline / ceiling).toFixed(2)}  ` +
+          `(alerts topic ${fmt(alerts)} records incl. commit markers)\n`,
+      );
+    }
+    await t.close();
+  } finally {
+    await broker.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(
+      `bench detector failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+    );
+    process.exit(1);
+  },
+);
