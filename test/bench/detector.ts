@@ -191,7 +191,7 @@ async function main(): Promise<void> {
             groupId: group,
             topics,
             rules: { dir: rulesDir, topic: false },
-            maxBatchRecords: 1000,
+            maxBatchRecords: Number(process.env['EDR_BENCH_DETECTOR_BATCH'] ?? 5000),
           }),
         );
         return spawnChild([cli, 'detector', '--config', file]);
