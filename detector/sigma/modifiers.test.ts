@@ -223,6 +223,62 @@ describe('keywords', () => {
   });
 });
 
+describe('long value lists share one matcher', () => {
+  const ten = (f: (i: number) => string) => Array.from({ length: 10 }, (_, i) => f(i));
+  const cases: [string, unknown, unknown, boolean][] = [
+    ['F', ten((i) => `Exact${i}`), 'exact7', true],
+    ['F', ten((i) => `Exact${i}`), 'exact77', false],
+    ['F|endswith', ten((i) => `/bin/tool${i}`), '/USR/BIN/TOOL3', true],
+    ['F|endswith', ten((i) => `/bin/tool${i}`), '/usr/bin/tool3x', false],
+    ['F|startswith', ten((i) => `pre${i}-`), 'PRE9-rest', true],
+    ['F|startswith', ten((i) => `pre${i}-`), 'xpre9-rest', false],
+    ['F|contains', ten((i) => `needle${i}`), 'hay NEEDLE5 hay', true],
+    ['F|contains', ten((i) => `needle${i}`), 'hay needle hay', false],
+    ['F', [...ten((i) => `x${i}`), '*.sh', 'run*', '*mid*'], 'a.SH', true], // mixed kinds
+    ['F', [...ten((i) => `x${i}`), '*.sh', 'run*', '*mid*'], 'RUNNER', true],
+    ['F', [...ten((i) => `x${i}`), '*.sh', 'run*', '*mid*'], 'amidst', true],
+    ['F', [...ten((i) => `x${i}`), '*.sh', 'run*', '*mid*'], 'nothing', false],
+    ['F', [...ten((i) => `x${i}`), 'a?c'], 'abc', true], // a wildcard value: not combined, still right
+    ['F|cased', ten((i) => `Exact${i}`), 'exact7', false],
+    ['F|cased', ten((i) => `Exact${i}`), 'Exact7', true],
+    ['F|endswith', ten((i) => `/t${i}`), ['a', 'b/t4'], true], // list-valued field
+  ];
+  for (const [key, value, field, expected] of cases) {
+    it(`${key}: ${JSON.stringify(value).slice(0, 40)}… vs ${JSON.stringify(field)} → ${expected}`, () => {
+      assert.equal(matches(key, value, { F: field }), expected);
+    });
+  }
+  it('combines simple case-insensitive values into one test', () => {
+    assert.equal(
+      compileFieldItem(
+        'F|endswith',
+        ten((i) => `/t${i}`),
+        {},
+        () => {},
+      ).tests.length,
+      1,
+    );
+    assert.equal(
+      compileFieldItem(
+        'F|cased',
+        ten((i) => `T${i}`),
+        {},
+        () => {},
+      ).tests.length,
+      10,
+    );
+    assert.equal(
+      compileFieldItem(
+        'F|contains|all',
+        ten((i) => `t${i}`),
+        {},
+        () => {},
+      ).tests.length,
+      10,
+    );
+  });
+});
+
 describe('invalid modifiers and values are rejected with a reason', () => {
   const cases: [string, unknown, RegExp][] = [
     ['F|nope', 'x', /unknown modifier 'nope'/],

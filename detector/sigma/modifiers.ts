@@ -111,6 +111,8 @@ export interface ValueTest {
   readonly key: IndexKey | undefined;
   /** True when the test cannot pass on an absent or null field (the index can then ask for its presence). */
   readonly needsField?: boolean;
+  /** Set on simple case-insensitive values, so long lists of them can be combined. */
+  readonly shape?: Shape;
 }
 
 const NEVER: ValueTest = { test: () => false, key: undefined };
@@ -142,7 +144,7 @@ function segFind(seg: readonly Elem[], s: string, from: number): number {
 function globMatcher(
   parts: readonly Part[],
   lower: boolean,
-): { match: (s: string) => boolean; key: IndexKey | undefined } {
+): { match: (s: string) => boolean; key: IndexKey | undefined; shape?: Shape } {
   const segs: Elem[][] = [[]];
   for (const p of parts) {
     if (p.t === 'star') segs.push([]);
@@ -181,15 +183,17 @@ function globMatcher(
         : { literals: [atom.toLowerCase()], exact: false };
   if (plain && segs.length <= 2) {
     const a = segs[0]!.join('');
-    if (segs.length === 1) return { match: (s) => s === a, key };
+    if (segs.length === 1) return { match: (s) => s === a, key, shape: { kind: 'exact', text: a } };
     const b = segs[1]!.join('');
-    if (anchoredStart && a && !b) return { match: (s) => s.startsWith(a), key };
-    if (!a && b && anchoredEnd) return { match: (s) => s.endsWith(b), key };
+    if (anchoredStart && a && !b)
+      return { match: (s) => s.startsWith(a), key, shape: { kind: 'prefix', text: a } };
+    if (!a && b && anchoredEnd)
+      return { match: (s) => s.endsWith(b), key, shape: { kind: 'suffix', text: b } };
     return { match: (s) => s.length >= a.length + b.length && s.startsWith(a) && s.endsWith(b), key };
   }
   if (plain && segs.length === 3 && segs[0]!.length === 0 && segs[2]!.length === 0) {
     const mid = segs[1]!.join('');
-    return { match: (s) => s.includes(mid), key };
+    return { match: (s) => s.includes(mid), key, shape: { kind: 'contains', text: mid } };
   }
   if (segs.length === 1) {
     const seg = segs[0]!;
@@ -228,7 +232,12 @@ function anyScalar(raw: unknown, f: (s: string) => boolean, lower: boolean): boo
 }
 
 function globTest(parts: readonly Part[], cased: boolean): ValueTest {
-  const { match, key } = globMatcher(parts, !cased);
+  const { match, key, shape } = globMatcher(parts, !cased);
+  return { ...stringTest(match, cased, key), ...(shape && !cased ? { shape } : {}) };
+}
+
+/** A test applying `match` to the field's string (lowercased unless cased), to list elements, or to keywords. */
+function stringTest(match: (s: string) => boolean, cased: boolean, key: IndexKey | undefined): ValueTest {
   return {
     key,
     needsField: true,
@@ -247,6 +256,55 @@ function globTest(parts: readonly Part[], cased: boolean): ValueTest {
       return s !== undefined ? match(s) : anyScalar(ctx.raw(field), match, true);
     },
   };
+}
+
+/** The simple forms most rule values take, which a long list of values can share one matcher for. */
+interface Shape {
+  kind: 'exact' | 'prefix' | 'suffix' | 'contains';
+  text: string;
+}
+
+/** Below this many values a plain loop over the tests is as fast. */
+const COMBINE_MIN = 8;
+
+/**
+ * One test for a long OR-list of simple case-insensitive values: a set for exact values and sets per length
+ * for prefixes and suffixes, instead of one comparison per value.
+ */
+function combinedTest(tests: readonly ValueTest[]): ValueTest | undefined {
+  if (tests.length < COMBINE_MIN || tests.some((t) => t.shape === undefined)) return undefined;
+  const exact = new Set<string>();
+  const prefixes = new Map<number, Set<string>>();
+  const suffixes = new Map<number, Set<string>>();
+  const infixes: string[] = [];
+  for (const t of tests) {
+    const { kind, text } = t.shape!;
+    if (kind === 'exact') exact.add(text);
+    else if (kind === 'contains') {
+      if (text === '') return undefined; // matches everything; not worth an automaton
+      infixes.push(text);
+    } else {
+      const byLen = kind === 'prefix' ? prefixes : suffixes;
+      const set = byLen.get(text.length) ?? new Set<string>();
+      set.add(text);
+      byLen.set(text.length, set);
+    }
+  }
+  const prefixLens = [...prefixes];
+  const suffixLens = [...suffixes];
+  const match = (s: string): boolean => {
+    if (exact.has(s)) return true;
+    for (const [n, set] of prefixLens) if (s.length >= n && set.has(s.slice(0, n))) return true;
+    for (const [n, set] of suffixLens) if (s.length >= n && set.has(s.slice(s.length - n))) return true;
+    // Substrings stay a loop: `includes` is fast, and an automaton per list costs more memory than it saves.
+    for (const x of infixes) if (s.includes(x)) return true;
+    return false;
+  };
+  const keys = tests.map((t) => t.key);
+  const key = keys.every((k) => k !== undefined)
+    ? { literals: [...new Set(keys.flatMap((k) => k!.literals))], exact: keys.every((k) => k!.exact) }
+    : undefined;
+  return stringTest(match, false, key);
 }
 
 // ---- value pipeline -------------------------------------------------------------------------------------
@@ -750,6 +808,8 @@ export function compileFieldItem(
     }
     return seen.has('neq') ? negate(t) : t;
   });
+  const combined = all || seen.has('neq') ? undefined : combinedTest(tests);
+  if (combined !== undefined) tests.splice(0, tests.length, combined);
   // "Different from each value": a neq list is ANDed, else it would hold for any field with two values.
   return {
     field,
