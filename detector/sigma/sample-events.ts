@@ -139,13 +139,13 @@ const ATTACKS: Template[] = [
   ['/usr/sbin/useradd', ['useradd', '-m', 'backdoor'], '/usr/bin/sudo', 'sudo useradd', '/root'],
 ];
 
-/** `n` events: about one in 200 attack-like, the rest benign; same seed, same events. */
-export function generateEvents(n: number, seed = 1): ExecveEvent[] {
+/** `n` events: a share `attackRate` (default one in 200) attack-like, the rest benign; same seed, same events. */
+export function generateEvents(n: number, seed = 1, attackRate = 0.005): ExecveEvent[] {
   const rnd = prng(seed);
   const users = ['alice', 'bob', 'root', 'www-data', 'deploy'];
   const out: ExecveEvent[] = [];
   for (let i = 0; i < n; i++) {
-    const pool = rnd() < 0.005 ? ATTACKS : BENIGN;
+    const pool = rnd() < attackRate ? ATTACKS : BENIGN;
     const [image, argv, parentImage, parentCommandLine, cwd] = pool[Math.floor(rnd() * pool.length)]!;
     const extra = rnd() < 0.3 ? [`--job=${Math.floor(rnd() * 10000)}`] : [];
     const user = users[Math.floor(rnd() * users.length)]!;
