@@ -32,15 +32,19 @@ function transport(brokers: string[], clientId: string): KafkaTransport {
 }
 
 /** Child role: one plain consumer group member that only touches each record (the ceiling). */
-async function consumeRole(brokers: string[], topic: string, group: string): Promise<void> {
+async function consumeRole(brokers: string[], topic: string, group: string, decode: boolean): Promise<void> {
   const t = transport(brokers, 'bench-consume');
+  const codec = projectCodec();
   let bytes = 0;
   const c = await t.consume({
     groupId: group,
     topics: [topic],
     maxBatchRecords: 1000,
     handler: async (batch) => {
-      for (const r of batch.records) bytes += r.value?.length ?? 0;
+      for (const r of batch.records) {
+        bytes += r.value?.length ?? 0;
+        if (decode && r.value !== null) codec.decode(r.value);
+      }
     },
   });
   await new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
@@ -111,10 +115,11 @@ async function main(): Promise<void> {
       brokers: { type: 'string' },
       topic: { type: 'string' },
       group: { type: 'string' },
+      decode: { type: 'boolean' },
     },
   });
   if (values.role === 'consume') {
-    await consumeRole(values.brokers!.split(','), values.topic!, values.group!);
+    await consumeRole(values.brokers!.split(','), values.topic!, values.group!, values.decode === true);
     return;
   }
   const dir = mkdtempSync(path.join(tmpdir(), 'edr-bench-detector-'));
@@ -169,6 +174,24 @@ async function main(): Promise<void> {
       );
       const ceiling = await measure(t, cgroup, topic, N, ceilingKids);
       await stopChildren(ceilingKids);
+      // Where the gap is: the same consume plus Avro decoding of every record.
+      const dgroup = `bench-decode-${workers}`;
+      const decodeKids = Array.from({ length: workers }, () =>
+        spawnChild([
+          here,
+          '--role',
+          'consume',
+          '--decode',
+          '--brokers',
+          broker.brokers.join(','),
+          '--topic',
+          topic,
+          '--group',
+          dgroup,
+        ]),
+      );
+      const decoded = await measure(t, dgroup, topic, N, decodeKids);
+      await stopChildren(decodeKids);
 
       const group = `bench-detector-${workers}`;
       const prefix = `bench${workers}`;
@@ -201,8 +224,9 @@ async function main(): Promise<void> {
       const alerts = (await t.endOffsets(topics.alerts)).reduce((a, e) => a + e.offset, 0);
       process.stdout.write(
         `${workers} worker${workers > 1 ? 's' : ' '}: pipeline ${fmt(pipeline).padStart(8)} events/s  ` +
-          `ceiling (plain consume) ${fmt(ceiling).padStart(8)} events/s  ratio ${(pipeline / ceiling).toFixed(2)}  ` +
-          `(alerts topic ${fmt(alerts)} records incl. commit markers)\n`,
+          `ceiling (plain consume) ${fmt(ceiling).padStart(8)} events/s  ratio ${(pipeline / ceiling).toFixed(2)}\n` +
+          `           consume + decode only ${fmt(decoded).padStart(8)} events/s  ratio ${(decoded / ceiling).toFixed(2)}  ` +
+          `pipeline/that ${(pipeline / decoded).toFixed(2)}  (alerts topic ${fmt(alerts)} records incl. commit markers)\n`,
       );
     }
     await t.close();
