@@ -101,6 +101,10 @@ export const command: Command = {
       return 0;
     }
     const log = createLogger({ component: 'sinks' });
+    // Listening from the start: a stop asked for while the consumers are still joining is a graceful one too.
+    const signalled = new Promise<string>((resolve) => {
+      for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve(sig));
+    });
     const transport = new KafkaTransport(config.kafka);
     let router: Router;
     try {
@@ -109,9 +113,6 @@ export const command: Command = {
       await transport.close();
       throw err;
     }
-    const signalled = new Promise<string>((resolve) => {
-      for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve(sig));
-    });
     let code = 0;
     await Promise.race([
       signalled.then((sig) => log.info('stopping', { signal: sig })),

@@ -4,11 +4,13 @@
  * undeliverable topic, dedup across a restart, and a storm of 10,000 identical alerts folded into a handful.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { KafkaTransport } from '../../infra/kafka-transport.js';
+import { repoRoot } from '../../infra/paths.js';
 import type { Alert } from '../../schemas/types.js';
 import { parseSinksConfig } from '../../sinks/config.js';
 import { runSinks } from '../../sinks/main.js';
@@ -16,7 +18,15 @@ import { createRedactor } from '../../sinks/redact.js';
 import { slackPayload } from '../../sinks/slack.js';
 import { stopOwnBroker, testTransport } from '../harness/broker.js';
 import { unique, waitFor } from '../harness/names.js';
-import { alertN, publishAlerts, readTopic, sinksConfig, sinkTopics, tempDir } from './sinks-harness.js';
+import {
+  alertN,
+  publishAlerts,
+  readTopic,
+  sinksConfig,
+  sinkTopics,
+  tempDir,
+  writeYaml,
+} from './sinks-harness.js';
 
 interface Seen {
   at: number;
@@ -210,6 +220,70 @@ describe('sinks: slack', () => {
     }
   });
 
+  test('alerts held for a throttle summary survive SIGKILL of the router and are sent once', {
+    timeout: 60_000,
+  }, async () => {
+    const hook = await webhook(() => ({ status: 200 }));
+    const topics = await sinkTopics(transport);
+    const dir = await tempDir('edr-sinks-slack-kill');
+    const name = unique('held');
+    const file = await writeYaml(
+      dir,
+      await sinksConfig(
+        topics,
+        path.join(dir, 'state'),
+        {
+          [name]: {
+            type: 'slack',
+            webhookUrl: { env: hook.env },
+            messagesPerSecond: 0,
+            fold: { windowMs: 3_600_000 },
+          },
+        },
+        [{ to: [name] }],
+      ),
+    );
+    const start = () => {
+      const child = spawn(
+        process.execPath,
+        [path.join(repoRoot, 'dist', 'infra', 'cli.js'), 'sinks', '--config', file],
+        {
+          stdio: ['ignore', 'ignore', 'inherit'],
+          env: { ...process.env, EDR_LOG_LEVEL: 'error' },
+        },
+      );
+      return { child, exited: new Promise<number | null>((r) => child.on('exit', (code) => r(code))) };
+    };
+    const first = start();
+    try {
+      await publishAlerts(transport, topics.alerts, [alertN(0)]);
+      await waitFor('the first message', () => hook.delivered().length === 1, 30_000);
+      await publishAlerts(
+        transport,
+        topics.alerts,
+        [1, 2, 3, 4, 5].map((i) => alertN(i)),
+      );
+      // Held: committed, and not sent within the hour's window.
+      await waitFor('the held alerts committed', async () =>
+        (await transport.lag(`edr-sink-${name}`, topics.alerts)).every((l) => l.lag === 0),
+      );
+    } finally {
+      first.child.kill('SIGKILL');
+      await first.exited;
+    }
+    assert.equal(hook.delivered().length, 1);
+    const second = start();
+    try {
+      await waitFor('the summary after the restart', () => hook.delivered().length >= 2, 30_000);
+      await new Promise((r) => setTimeout(r, 1000));
+    } finally {
+      second.child.kill('SIGTERM');
+      assert.equal(await second.exited, 0);
+      await hook.close();
+    }
+    assert.deepEqual(hook.delivered().map(countOf), [1, 5]);
+  });
+
   test('a failing sink does not hold back another', { timeout: 30_000 }, async () => {
     const down = await webhook(() => ({ status: 503 }));
     const up = await webhook(() => ({ status: 200 }));
@@ -238,7 +312,7 @@ describe('sinks: slack', () => {
         [0, 1, 2].map((i) => alertN(i, { ruleId: `rule-${i}` })),
       );
       await waitFor('the healthy sink delivers all', () => up.delivered().length >= 3);
-      assert.ok(down.seen.length >= 2, 'the failing sink keeps retrying');
+      await waitFor('the failing sink retrying', () => down.seen.length >= 2);
       assert.equal(down.delivered().length, 0);
     } finally {
       await r.stop();
