@@ -72,6 +72,8 @@ export const deliveryShape = {
     .prefault({}),
   /** Redact secrets in command lines; extra patterns (regex; a capture group masks only the group). */
   redact: z.union([z.boolean(), z.strictObject({ patterns: z.array(regex).default([]) })]).optional(),
+  /** Where a new instance starts reading; default: the type's (earliest for files, latest for notifications). */
+  startFrom: z.enum(['earliest', 'latest']).optional(),
   /** Upper bound of alerts handled (and folded) together. */
   maxBatchRecords: z.number().int().positive().default(5000),
 };

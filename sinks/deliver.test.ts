@@ -190,7 +190,13 @@ describe('the delivery loop (memory transport, scripted sink)', () => {
       stateDir: await mkdtemp(path.join(tmpdir(), 'edr-deliver-')),
       // A Slack-typed instance (one message per fold) whose sending the test scripts.
       sinks: {
-        s: { type: 'slack', webhookUrl: { env: 'DELIVER_TEST_URL' }, messagesPerSecond: 0, ...instance },
+        s: {
+          type: 'slack',
+          webhookUrl: { env: 'DELIVER_TEST_URL' },
+          messagesPerSecond: 0,
+          startFrom: 'earliest',
+          ...instance,
+        },
       },
       routes: [{ to: ['s'] }],
     });

@@ -510,6 +510,7 @@ export async function startSink(
     groupId: `edr-sink-${name}`,
     topics: [deps.topics.alerts],
     maxBatchRecords: config.maxBatchRecords,
+    start: config.startFrom ?? module.defaults.startFrom,
     retryBackoffMs: 1000,
     handler,
   });

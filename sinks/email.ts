@@ -40,6 +40,7 @@ export const defaults: SinkDefaults = {
   redact: true,
   oneMessagePerBatch: false,
   messagesPerSecond: 0,
+  startFrom: 'latest',
 };
 
 export interface EmailPayload {

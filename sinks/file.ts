@@ -60,6 +60,7 @@ export const defaults: SinkDefaults = {
   redact: false,
   oneMessagePerBatch: true,
   messagesPerSecond: 0,
+  startFrom: 'earliest',
 };
 
 /** Config-time check: `file` must stay inside `directory`. */

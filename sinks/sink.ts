@@ -49,6 +49,11 @@ export interface SinkDefaults {
   oneMessagePerBatch: boolean;
   /** Messages per second; Slack allows about one per second per webhook. */
   messagesPerSecond: number;
+  /**
+   * Where a new instance (no committed offsets yet) starts: a new notification sink must not page people with
+   * the topic's whole retention; a new archive wants it.
+   */
+  startFrom: 'earliest' | 'latest';
 }
 
 /** Every alert of a message, in order. */

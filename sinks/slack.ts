@@ -37,6 +37,7 @@ export const defaults: SinkDefaults = {
   oneMessagePerBatch: false,
   // Slack allows about one message per second per webhook, with short bursts.
   messagesPerSecond: 1,
+  startFrom: 'latest',
 };
 
 function isHttpUrl(s: string): boolean {

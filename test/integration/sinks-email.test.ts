@@ -135,6 +135,7 @@ describe('sinks: email', () => {
             from: 'edr@example.org',
             to: [`${name}@example.org`],
             timeoutMs: 3000,
+            startFrom: 'earliest',
             retry: { maxAttempts: 200, initialBackoffMs: 100, maxBackoffMs: 300 },
             ...over,
           },

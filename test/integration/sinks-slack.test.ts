@@ -103,6 +103,7 @@ describe('sinks: slack', () => {
             ruleUrl: 'https://rules.example/{ruleId}',
             retry: { initialBackoffMs: 50, maxBackoffMs: 200 },
             messagesPerSecond: 0,
+            startFrom: 'earliest',
             ...over,
           },
         },
@@ -237,6 +238,7 @@ describe('sinks: slack', () => {
             type: 'slack',
             webhookUrl: { env: hook.env },
             messagesPerSecond: 0,
+            startFrom: 'earliest',
             fold: { windowMs: 3_600_000 },
           },
         },
@@ -294,6 +296,7 @@ describe('sinks: slack', () => {
       type: 'slack',
       webhookUrl: { env },
       messagesPerSecond: 0,
+      startFrom: 'earliest',
       retry: { maxAttempts: 1000, initialBackoffMs: 50, maxBackoffMs: 100 },
     });
     const cfg = parseSinksConfig(
