@@ -363,8 +363,11 @@ export async function startSink(
   const windowMs = policy.fold === false ? 0 : policy.fold;
 
   const arm = (key: string, w: Window, ms: number) => {
+    clearTimeout(w.timer);
     if (stopAc.signal.aborted) return;
     w.timer = setTimeout(() => flushWindow(key), ms);
+    // The consumer keeps the process alive while it runs; a window must not keep it alive after a stop.
+    w.timer.unref();
   };
   const openWindow = (key: string): Window => {
     let w = windows.get(key);
