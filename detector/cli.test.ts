@@ -1,18 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
+import { repoRoot } from '../infra/paths.js';
 
-function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) dir = dirname(dir);
-  return dir;
-}
-const ROOT = repoRoot();
-const CLI = join(ROOT, 'dist', 'infra', 'cli.js');
+const CLI = join(repoRoot, 'dist', 'infra', 'cli.js');
 
 function edr(args: string[], input?: string) {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', input });
@@ -70,7 +64,7 @@ describe('edr rules check', () => {
     assert.equal(edr(['rules']).code, 2);
   });
   it('exits 0 on the SigmaHQ rules/ tree', () => {
-    const r = edr(['rules', 'check', '-q', resolve(ROOT, '..', 'shared', 'sigma', 'rules')]);
+    const r = edr(['rules', 'check', '-q', resolve(repoRoot, '..', 'shared', 'sigma', 'rules')]);
     assert.equal(r.code, 0, r.stdout.slice(-2000));
     assert.match(r.stdout, /; 0 failed;/);
   });

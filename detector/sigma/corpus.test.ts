@@ -5,10 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
+import { repoRoot } from '../../infra/paths.js';
 import type { ExecveEvent } from '../../schemas/types.js';
 import type { Condition } from './conditions.js';
 import { type CompiledRule, createEngine, evaluateExecve, loadRules } from './engine.js';
@@ -17,17 +17,7 @@ import { ruleFiles } from './parse.js';
 import { compileRegex } from './safe-regex.js';
 import { execveEvent, generateEvents, prng } from './sample-events.js';
 
-function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('package.json not found above the test');
-    dir = up;
-  }
-  return dir;
-}
-
-const SIGMA = resolve(repoRoot(), '..', 'shared', 'sigma');
+const SIGMA = resolve(repoRoot, '..', 'shared', 'sigma');
 const ACTIVE = [
   'rules',
   'rules-emerging-threats',

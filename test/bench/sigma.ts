@@ -4,8 +4,7 @@
  * path (every routed rule evaluated on every event) measured in the same run, as a ratio.
  */
 import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import {
   type CompiledRule,
   createEngine,
@@ -14,19 +13,10 @@ import {
   loadRules,
 } from '../../detector/sigma/engine.js';
 import { generateEvents } from '../../detector/sigma/sample-events.js';
+import { repoRoot } from '../../infra/paths.js';
 import type { ExecveEvent } from '../../schemas/types.js';
 
-function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('package.json not found');
-    dir = up;
-  }
-  return dir;
-}
-
-const SIGMA = resolve(repoRoot(), '..', 'shared', 'sigma');
+const SIGMA = resolve(repoRoot, '..', 'shared', 'sigma');
 const DIRS = [
   'rules',
   'rules-emerging-threats',
