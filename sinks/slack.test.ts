@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { sampleAlert, sampleEvent } from '../test/fixtures/events.js';
 import type { Fold } from './sink.js';
-import { attackUrl, escapeMrkdwn, slackPayload } from './slack.js';
+import { attackUrl, escapeMrkdwn, MAX_FOLDS_SHOWN, slackPayload } from './slack.js';
 
 function fold(n: number): Fold {
   const a = sampleAlert();
@@ -102,5 +102,12 @@ describe('slack payload', () => {
       ['attack.unknown', undefined],
     ];
     for (const [tag, url] of cases) assert.equal(attackUrl(tag), url, tag);
+  });
+
+  it('shows at most MAX_FOLDS_SHOWN folds of a digest in full, and counts the rest', () => {
+    const folds = Array.from({ length: MAX_FOLDS_SHOWN + 2 }, () => fold(2));
+    const p = slackPayload({ folds }) as { text: string; attachments: unknown[] };
+    assert.equal(p.attachments.length, MAX_FOLDS_SHOWN);
+    assert.match(p.text, /… and 4 more alert\(s\) in 2 more group\(s\)/);
   });
 });

@@ -171,11 +171,23 @@ function foldAttachment(fold: Fold, opts: SlackPayloadOptions): Record<string, u
   return { color: levelColours[a.ruleLevel] ?? levelColours['informational'], blocks };
 }
 
+/** Slack refuses messages with too many attachments or blocks: a digest shows this many folds in full. */
+export const MAX_FOLDS_SHOWN = 20;
+
 /** The webhook body for a message: pure, tested by value. */
 export function slackPayload(message: Message, opts: SlackPayloadOptions = {}): Record<string, unknown> {
+  const shown = message.folds.slice(0, MAX_FOLDS_SHOWN);
+  const rest = message.folds.slice(MAX_FOLDS_SHOWN);
+  const lines = shown.map(summaryLine);
+  if (rest.length > 0) {
+    const n = rest.reduce((k, f) => k + f.alerts.length, 0);
+    lines.push(
+      `… and ${n} more alert(s) in ${rest.length} more group(s): ${rest.map(summaryLine).slice(0, 50).join('; ')}`,
+    );
+  }
   const body: Record<string, unknown> = {
-    text: message.folds.map(summaryLine).join('\n'),
-    attachments: message.folds.map((f) => foldAttachment(f, opts)),
+    text: lines.join('\n'),
+    attachments: shown.map((f) => foldAttachment(f, opts)),
   };
   if (opts.channel) body['channel'] = opts.channel;
   if (opts.username) body['username'] = opts.username;
