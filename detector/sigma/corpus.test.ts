@@ -14,7 +14,7 @@ import type { Condition } from './conditions.js';
 import { type CompiledRule, createEngine, evaluateExecve, loadRules } from './engine.js';
 import { parseSigmaString } from './modifiers.js';
 import { ruleFiles } from './parse.js';
-import { compileRegex } from './safe-regex.js';
+import { closingParen, compileRegex, splitTop } from './safe-regex.js';
 import { execveEvent, generateEvents, prng } from './sample-events.js';
 
 const SIGMA = resolve(repoRoot, '..', 'shared', 'sigma');
@@ -155,8 +155,8 @@ interface Fragment {
 }
 
 /** A string the regular expression matches (first alternative, minimal repetitions), good enough to try. */
-export function sampleRegex(src: string): string {
-  const alts = splitTop(src, '|');
+function sampleRegex(src: string): string {
+  const alts = splitTop(src);
   let s = alts[0] ?? '';
   if (s.startsWith('(?i)')) s = s.slice(4);
   let out = '';
@@ -165,7 +165,7 @@ export function sampleRegex(src: string): string {
     const c = s[i]!;
     let atom: string;
     if (c === '(') {
-      const end = closing(s, i);
+      const end = closingParen(s, i);
       let inner = s.slice(i + 1, end);
       if (inner.startsWith('?:') || inner.startsWith('?i')) inner = inner.slice(2);
       atom = sampleRegex(inner);
@@ -217,38 +217,6 @@ function escapeSample(c: string): string {
       c
     ] ?? c
   );
-}
-
-function closing(s: string, open: number): number {
-  let depth = 0;
-  for (let i = open; i < s.length; i++) {
-    if (s[i] === '\\') i++;
-    else if (s[i] === '(') depth++;
-    else if (s[i] === ')' && --depth === 0) return i;
-  }
-  return s.length;
-}
-
-function splitTop(s: string, sep: string): string[] {
-  const out: string[] = [];
-  let depth = 0;
-  let cur = '';
-  for (let i = 0; i < s.length; i++) {
-    const c = s[i]!;
-    if (c === '\\') {
-      cur += c + (s[i + 1] ?? '');
-      i++;
-      continue;
-    }
-    if (c === '(' || c === '[') depth++;
-    if (c === ')' || c === ']') depth--;
-    if (c === sep && depth === 0) {
-      out.push(cur);
-      cur = '';
-    } else cur += c;
-  }
-  out.push(cur);
-  return out;
 }
 
 function plain(value: unknown): string {

@@ -264,6 +264,13 @@ interface Shape {
   text: string;
 }
 
+/** The index key of an OR of tests: any of their literals; undefined if one of them has none. */
+function unionKey(tests: readonly ValueTest[]): IndexKey | undefined {
+  const keys = tests.map((t) => t.key);
+  if (!keys.every((k) => k !== undefined)) return undefined;
+  return { literals: [...new Set(keys.flatMap((k) => k!.literals))], exact: keys.every((k) => k!.exact) };
+}
+
 /** Below this many values a plain loop over the tests is as fast. */
 const COMBINE_MIN = 8;
 
@@ -300,11 +307,7 @@ function combinedTest(tests: readonly ValueTest[]): ValueTest | undefined {
     for (const x of infixes) if (s.includes(x)) return true;
     return false;
   };
-  const keys = tests.map((t) => t.key);
-  const key = keys.every((k) => k !== undefined)
-    ? { literals: [...new Set(keys.flatMap((k) => k!.literals))], exact: keys.every((k) => k!.exact) }
-    : undefined;
-  return stringTest(match, false, key);
+  return stringTest(match, false, unionKey(tests));
 }
 
 // ---- value pipeline -------------------------------------------------------------------------------------
@@ -633,10 +636,7 @@ function negate(t: ValueTest): ValueTest {
 function anyOf(tests: ValueTest[]): ValueTest {
   if (tests.length === 1) return tests[0]!;
   if (tests.length === 0) return NEVER;
-  const keys = tests.map((t) => t.key);
-  const key = keys.every((k) => k !== undefined)
-    ? { literals: [...new Set(keys.flatMap((k) => k!.literals))], exact: keys.every((k) => k!.exact) }
-    : undefined;
+  const key = unionKey(tests);
   return {
     key,
     needsField: tests.every((t) => t.needsField === true),

@@ -209,7 +209,7 @@ function literalAlternatives(body: string): string[] | undefined {
 }
 
 /** Splits at top-level `|` (outside groups and classes). */
-function splitTop(s: string): string[] {
+export function splitTop(s: string): string[] {
   const out: string[] = [];
   let depth = 0;
   let start = 0;
@@ -228,7 +228,8 @@ function splitTop(s: string): string[] {
   return out;
 }
 
-function closingParen(s: string, open: number): number {
+/** Index of the `)` closing the group opened at `open`. */
+export function closingParen(s: string, open: number): number {
   let depth = 0;
   for (let i = open; i < s.length; i++) {
     const c = s[i];
