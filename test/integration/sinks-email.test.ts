@@ -17,6 +17,9 @@ import { alertN, publishAlerts, readTopic, sinksConfig, sinkTopics, tempDir } fr
 
 interface Mail {
   to: string[];
+  /** The session was encrypted (STARTTLS or TLS) and authenticated. */
+  secure: boolean;
+  user: unknown;
   raw: string;
   subject: string;
   alertIds: string[];
@@ -58,9 +61,13 @@ class Smtp {
   private server: SMTPServer | undefined;
   port = 0;
 
+  /** `secure`: TLS from the first byte (port 465 style) instead of STARTTLS. */
+  constructor(private readonly secure = false) {}
+
   async start(port = 0): Promise<void> {
     const server = new SMTPServer({
       logger: false,
+      secure: this.secure,
       onAuth: (auth, _s, cb) => {
         if (auth.username === 'edr' && auth.password === 'pw') cb(null, { user: 'edr' });
         else cb(new Error('bad credentials'));
@@ -79,6 +86,8 @@ class Smtp {
           const raw = Buffer.concat(chunks).toString();
           this.mails.push({
             to: session.envelope.rcptTo.map((r) => r.address),
+            secure: session.secure,
+            user: session.user,
             raw,
             subject: header(raw, 'Subject'),
             alertIds: header(raw, 'X-EDR-Alert-Id').split(' '),
@@ -148,6 +157,20 @@ describe('sinks: email', () => {
 
   const mine = (name: string) => smtp.mails.filter((m) => m.to.some((t) => t.startsWith(`${name}@`)));
 
+  test('implicit TLS (security: tls)', { timeout: 30_000 }, async () => {
+    const tls = new Smtp(true);
+    await tls.start();
+    const { r, topics } = await router({ port: tls.port, security: 'tls' });
+    try {
+      await publishAlerts(transport, topics.alerts, [alertN(0)]);
+      await waitFor('one message over TLS', () => tls.mails.length >= 1);
+      assert.equal(tls.mails[0]!.subject, '[EDR] [HIGH] Download piped to shell on web-1');
+    } finally {
+      await r.stop();
+      await tls.stop();
+    }
+  });
+
   test('sends the expected messages: subject, text and HTML parts, folded alerts', {
     timeout: 30_000,
   }, async () => {
@@ -170,6 +193,13 @@ describe('sinks: email', () => {
       assert.deepEqual(
         mails.map((m) => m.subject),
         ['[EDR] [CRITICAL] Reverse shell on web-1', '[EDR] [HIGH] Download piped to shell on web-1 (×3)'],
+      );
+      assert.deepEqual(
+        mails.map((m) => [m.secure, m.user]),
+        [
+          [true, 'edr'],
+          [true, 'edr'],
+        ],
       );
       const [shell, folded] = mails.map((m) => unQp(m.raw));
       assert.match(shell!, /Content-Type: multipart\/alternative/);
