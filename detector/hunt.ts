@@ -13,7 +13,7 @@ import { readPlaceholders } from './rules-cli.js';
 import {
   createEngine,
   evaluate,
-  execveViews,
+  evaluateExecve,
   type LogSource,
   loadRules,
   type Match,
@@ -176,7 +176,7 @@ export const command: Command = {
           const rec = obj as Record<string, unknown>;
           let found: Match[];
           if (values.execve) {
-            found = execveViews(execveFromJson(rec)).flatMap((v) => evaluate(engine, v));
+            found = evaluateExecve(engine, execveFromJson(rec));
           } else {
             const own = rec['logsource'];
             const ls =

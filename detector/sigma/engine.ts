@@ -241,19 +241,6 @@ export class AuditdExecveView implements SigmaEvent {
   }
 }
 
-export function processCreationEvent(e: ExecveEvent): SigmaEvent {
-  return new ProcessCreationView().reset(e);
-}
-
-export function auditdEvent(e: ExecveEvent): SigmaEvent {
-  return new AuditdExecveView().reset(e);
-}
-
-/** Both views of an execve event, so process_creation and auditd execve rules see it. */
-export function execveViews(e: ExecveEvent): SigmaEvent[] {
-  return [processCreationEvent(e), auditdEvent(e)];
-}
-
 /** Matches of an execve event under both its views. */
 export function evaluateExecve(engine: Engine, e: ExecveEvent): Match[] {
   const out = evaluate(engine, engine.views.pc.reset(e));
