@@ -283,6 +283,8 @@ describe('invalid modifiers and values are rejected with a reason', () => {
   const cases: [string, unknown, RegExp][] = [
     ['F|nope', 'x', /unknown modifier 'nope'/],
     ['F|contains|startswith', 'x', /cannot be combined/],
+    ['F|fieldref|gte', 'G', /'fieldref' and 'gte' cannot be combined/],
+    ['F|cidr|re', 'x', /'cidr' and 're' cannot be combined/],
     ['F|re|contains', 'x', /'re' cannot be combined/],
     ['F|i', 'x', /sub-modifier of 're'/],
     ['F|re', '(a)\\1', /backreferences/],

@@ -673,10 +673,8 @@ export function compileFieldItem(
     if (seen.has(m) && kind !== 'transform') bad(`modifier '${m}' given twice`);
     seen.add(m);
     if (kind === 'type') {
-      if (typeMod !== undefined && !(typeMod === 'fieldref' || m === 'fieldref')) {
-        bad(`modifiers '${typeMod}' and '${m}' cannot be combined`);
-      }
-      if (typeMod === undefined || m !== 'fieldref') typeMod = typeMod === 'fieldref' ? typeMod : m;
+      if (typeMod !== undefined) bad(`modifiers '${typeMod}' and '${m}' cannot be combined`);
+      typeMod = m;
     } else if (kind === 'wrap') {
       if (wrapMod !== undefined) bad(`modifiers '${wrapMod}' and '${m}' cannot be combined`);
       wrapMod = m;
@@ -695,7 +693,6 @@ export function compileFieldItem(
       `'re' cannot be combined with ${wrapMod ?? 'encoding'} modifiers: write the regular expression accordingly`,
     );
   }
-  if (typeMod === 'fieldref' && seen.has('gt')) bad("'fieldref' cannot be combined with numeric comparisons");
   if (field === undefined && typeMod !== undefined) bad(`'${typeMod}' needs a field name`);
   const values = Array.isArray(value) ? value : [value];
   if (values.length === 0) throw new EdrError('EDR_SIGMA_VALUE', `'${key}': empty list of values`);
