@@ -12,10 +12,12 @@ function matches(key: string, value: unknown, event: Record<string, unknown>, pl
 
 type Case = [key: string, value: unknown, field: unknown, expected: boolean];
 
+const show = (v: unknown): string => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `${x}n` : x));
+
 function table(name: string, cases: Case[]): void {
   describe(name, () => {
     for (const [key, value, field, expected] of cases) {
-      it(`${key}: ${JSON.stringify(value)} vs ${JSON.stringify(field)} → ${expected}`, () => {
+      it(`${key}: ${show(value)} vs ${show(field)} → ${expected}`, () => {
         const f = key.split('|')[0] || 'F';
         assert.equal(matches(key.startsWith('|') ? key : key, value, { [f]: field }), expected);
       });
@@ -33,7 +35,9 @@ table('plain values', [
   ['F', ['a', 'b'], 'c', false],
   ['F', 0, '0', true], // YAML integer matches its string form (LogonId: 0)
   ['F', 0, 0, true],
-  ['F', 0, '00', true], // same number
+  ['F', 0, '00', false], // strings compare as strings
+  ['F', 1.5, 1.5, true],
+  ['F', 10, 10n, true], // 64-bit event fields
   ['F', 0, '1', false],
   ['F', 42, 'x42', false],
   ['F', true, 'true', true],

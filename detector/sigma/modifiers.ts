@@ -769,18 +769,16 @@ export function compileFieldItem(
           break;
         }
         if ((typeof v === 'number' || typeof v === 'boolean') && transforms.length === 0) {
-          // A YAML number or boolean also matches its string form: `LogonId: 0` matches "0".
+          // A YAML number or boolean matches the same value or its string form: `LogonId: 0` matches "0"
+          // (not "00": strings compare as strings, which also keeps the index key exact).
           const s = String(v).toLowerCase();
           t = {
-            key: { literals: [s], exact: false },
+            key: { literals: [s], exact: true },
             needsField: true,
             test(ctx, f) {
               if (f === undefined) return ctx.keywordValuesLower().some((x) => x.includes(s));
-              const raw = ctx.raw(f);
-              if (raw === v) return true;
               const low = ctx.lower(f);
-              if (low !== undefined) return low === s || (typeof v === 'number' && numberOf(raw) === v);
-              return anyScalar(raw, (x) => x === s, true);
+              return low !== undefined ? low === s : anyScalar(ctx.raw(f), (x) => x === s, true);
             },
           };
           break;
