@@ -105,14 +105,15 @@ async function main(): Promise<void> {
   });
   const transport = new KafkaTransport(config.kafka, log);
   const counted = { marker: '', matching: 0 };
-  const collector = new Collector({
-    config,
-    transport,
-    log,
-    source: (signal) => countingSource(new EbpfSource({ type: 'ebpf' }, signal), counted),
-  });
-  const running = collector.run();
+  let collector: Collector | undefined;
   try {
+    collector = new Collector({
+      config,
+      transport,
+      log,
+      source: (signal) => countingSource(new EbpfSource({ type: 'ebpf' }, signal), counted),
+    });
+    const running = collector.run();
     while (!collector.counters().publish.connected) await sleep(50);
     const marker = `edr-bench-collector-${process.pid}`;
     await storm(Math.min(500, execs), `${marker}-warmup`);
@@ -219,7 +220,7 @@ async function main(): Promise<void> {
     )
       process.exitCode = 1;
   } finally {
-    await collector.stop().catch(() => {});
+    await collector?.stop().catch(() => {});
     await transport.close();
     await broker.stop();
     rmSync(dir, { recursive: true, force: true });
