@@ -148,19 +148,27 @@ export class Spool {
   append(payloads: readonly Buffer[]): number {
     let stored = 0;
     let used = this.bytes;
+    // One write per segment touched, not per record: an outage under an exec storm appends thousands a second.
+    let frames: Buffer[] = [];
+    let segmentSize = this.#sizes.get(this.#segments[this.#segments.length - 1]!) ?? 0;
     for (const p of payloads) {
       const size = HEADER + p.length;
       if (used + size > this.#opts.maxBytes || p.length > MAX_RECORD) break;
-      const last = this.#segments[this.#segments.length - 1]!;
-      if ((this.#sizes.get(last) ?? 0) >= this.#opts.segmentBytes) this.#startSegment(last + 1);
-      const frame = Buffer.allocUnsafe(size);
-      frame.writeUInt32LE(p.length, 0);
-      frame.writeUInt32LE(crc32(p), 4);
-      p.copy(frame, HEADER);
-      this.#writeAll(frame);
+      if (segmentSize >= this.#opts.segmentBytes) {
+        this.#writeAll(Buffer.concat(frames));
+        frames = [];
+        this.#startSegment(this.#segments[this.#segments.length - 1]! + 1);
+        segmentSize = 0;
+      }
+      const header = Buffer.allocUnsafe(HEADER);
+      header.writeUInt32LE(p.length, 0);
+      header.writeUInt32LE(crc32(p), 4);
+      frames.push(header, p);
+      segmentSize += size;
       used += size;
       stored++;
     }
+    if (frames.length > 0) this.#writeAll(Buffer.concat(frames));
     this.appended += stored;
     this.dropped += payloads.length - stored;
     if (stored > 0) {
