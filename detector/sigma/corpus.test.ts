@@ -14,7 +14,7 @@ import type { Condition } from './conditions.js';
 import { type CompiledRule, createEngine, evaluateExecve, loadRules } from './engine.js';
 import { parseSigmaString } from './modifiers.js';
 import { ruleFiles } from './parse.js';
-import { closingParen, compileRegex, splitTop } from './safe-regex.js';
+import { closingParen, compileRegex, minMatchLength, splitTop } from './safe-regex.js';
 import { execveEvent, generateEvents, prng } from './sample-events.js';
 
 const SIGMA = resolve(repoRoot, '..', 'shared', 'sigma');
@@ -106,8 +106,16 @@ describe('SigmaHQ corpus', () => {
     const inline = res.filter((r) => r.src.startsWith('(?i)'));
     assert.equal(inline.length, 18);
     let checked = 0;
+    let sampled = 0;
     for (const { src, flags } of res) {
       const re = compileRegex(src, flags);
+      // The length bound that lets short inputs skip the engine must never exceed a real match.
+      const minimal = sampleRegex(src);
+      if (jsMatches(src, flags, minimal)) {
+        const min = minMatchLength(src);
+        assert.ok(minimal.length >= min, `/${src}/ matches ${JSON.stringify(minimal)}, shorter than ${min}`);
+        sampled++;
+      }
       if (!src.startsWith('(?i)')) continue;
       const sample = sampleRegex(src.slice(4));
       if (!re.test(sample)) continue; // the sampler is best effort; the count below keeps it honest
@@ -118,6 +126,7 @@ describe('SigmaHQ corpus', () => {
       checked++;
     }
     assert.ok(checked >= 12, `only ${checked} inline-flag patterns could be sampled`);
+    assert.ok(sampled >= 150, `only ${sampled} patterns could be sampled for their length bound`);
   });
 
   const engine = createEngine([...linuxPc, ...auditdExecve].map((x) => x.rule));
@@ -209,6 +218,17 @@ function sampleRegex(src: string): string {
     last = atom;
   }
   return out;
+}
+
+/** The same pattern on JavaScript's engine (no length shortcut), when it can read it; false otherwise. */
+function jsMatches(src: string, flags: string, text: string): boolean {
+  const inline = src.startsWith('(?i)');
+  const all = new Set([...flags, ...(inline ? 'i' : '')]);
+  try {
+    return new RegExp(inline ? src.slice(4) : src, [...all].join('')).test(text);
+  } catch {
+    return false;
+  }
 }
 
 function escapeSample(c: string): string {

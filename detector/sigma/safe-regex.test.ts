@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { compileRegex, requiredLiterals } from './safe-regex.js';
+import { compileRegex, minMatchLength, requiredLiterals } from './safe-regex.js';
 
 describe('requiredLiterals: what every match must contain', () => {
   const cases: [string, string[] | undefined][] = [
@@ -41,6 +41,40 @@ describe('requiredLiterals: what every match must contain', () => {
         lits.some((l) => text.toLowerCase().includes(l)),
         `${src}: ${text} contains one of ${lits}`,
       );
+    }
+  });
+});
+
+describe('minMatchLength: no match can be shorter', () => {
+  const cases: [string, number][] = [
+    ['abc', 3],
+    ['a*bc', 2],
+    ['a+bc', 3],
+    ['a?b', 1],
+    ['a{3}b', 4],
+    ['a{2,5}', 2],
+    ['(ab|c)d', 2],
+    ['(?:ab)+', 2],
+    ['(?i)abc', 3],
+    ['(?i:ab)c', 3],
+    ['(?P<n>ab)c', 3],
+    ['\\s[a-f0-9]{64}\\s[a-f0-9]{16}', 82],
+    ['^\\bfoo$', 3],
+    ['x|yz', 1],
+    ['\\x41\\p{L}', 2],
+    ['a{,3}', 5], // not a repetition in RE2: literal text
+  ];
+  for (const [src, want] of cases) {
+    it(`/${src}/ → ${want}`, () => assert.equal(minMatchLength(src), want));
+  }
+  it('agrees with the engine: the shortest matching inputs are not rejected', () => {
+    for (const [src, text] of [
+      ['a{3}b', 'aaab'],
+      ['(ab|c)d', 'cd'],
+      ['x|yz', 'x'],
+    ] as const) {
+      assert.equal(text.length >= minMatchLength(src), true);
+      assert.ok(compileRegex(src, '').test(text));
     }
   });
 });

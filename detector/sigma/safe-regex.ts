@@ -50,9 +50,11 @@ export function compileRegex(source: string, flags: string): SafeRegex {
   // Each call into the WebAssembly engine costs microseconds, and command lines repeat across a fleet: keep
   // recent answers for short inputs (bounded; cleared when full).
   const memo = new Map<string, boolean>();
+  const shortest = minMatchLength(source);
   return {
     source,
     test: (s) => {
+      if (s.length < shortest) return false; // too short to hold any match: no need to ask the engine
       if (s.length > MEMO_MAX_INPUT) return re.test(s);
       let hit = memo.get(s);
       if (hit === undefined) {
@@ -63,6 +65,72 @@ export function compileRegex(source: string, flags: string): SafeRegex {
       return hit;
     },
   };
+}
+
+/**
+ * A lower bound on the length of any match, in characters (so also in UTF-16 units); 0 when unsure. Lets
+ * patterns like `\\s[a-f0-9]{64}\\s` skip the engine for the many inputs too short to match.
+ */
+export function minMatchLength(source: string): number {
+  return Math.min(...splitTop(source).map(sequenceMinLength));
+}
+
+function sequenceMinLength(s: string): number {
+  let total = 0;
+  let last = 0; // length of the last atom, for the quantifier that may follow it
+  let i = 0;
+  while (i < s.length) {
+    const c = s[i]!;
+    if (c === '*' || c === '?' || c === '+' || c === '{') {
+      let min = c === '+' ? 1 : 0;
+      if (c === '{') {
+        const m = /^\{(\d+)(,\d*)?\}/.exec(s.slice(i));
+        if (m === null) {
+          // Not a repetition: a literal brace.
+          total += 1;
+          last = 1;
+          i++;
+          continue;
+        }
+        min = Number(m[1]);
+        i += m[0].length;
+      } else i++;
+      if (s[i] === '?' || s[i] === '+') i++; // lazy or possessive marker
+      total += last * min - last;
+      last = 0;
+      continue;
+    }
+    if (c === '(') {
+      const end = closingParen(s, i);
+      let inner = s.slice(i + 1, end);
+      i = end + 1;
+      const named = /^\?P?<[A-Za-z_]\w*>/.exec(inner);
+      if (named !== null) inner = inner.slice(named[0].length);
+      else if (inner.startsWith('?:')) inner = inner.slice(2);
+      else if (inner.startsWith('?')) {
+        // Inline flags, alone `(?i)` or scoped `(?i:...)`.
+        const colon = /^\?[A-Za-z-]*:/.exec(inner);
+        inner = colon === null ? '' : inner.slice(colon[0].length);
+      }
+      last = minMatchLength(inner);
+    } else if (c === '[') {
+      i = skipClass(s, i) + 1;
+      last = 1;
+    } else if (c === '\\') {
+      const e = s[i + 1];
+      i += 2;
+      if (e === 'x' && s[i] === '{') i = s.indexOf('}', i) + 1;
+      else if (e === 'x') i += 2;
+      else if ((e === 'p' || e === 'P') && s[i] === '{') i = s.indexOf('}', i) + 1;
+      else if (e === 'p' || e === 'P') i += 1;
+      last = e === 'b' || e === 'B' || e === 'A' || e === 'z' ? 0 : 1;
+    } else {
+      last = c === '^' || c === '$' ? 0 : 1;
+      i++;
+    }
+    total += last;
+  }
+  return total;
 }
 
 const MAX_ALTERNATIVES = 64;
