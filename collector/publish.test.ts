@@ -140,3 +140,55 @@ it('counts events a full spool refuses, and reports refused lifecycle records', 
   spool.close();
   await transport.close();
 });
+
+it('a crash mid-drain loses nothing and repeats only the batch whose acknowledgement was lost', async () => {
+  const dir = path.join(root, 'crash');
+  const old = new Spool({ dir, maxBytes: 1 << 20, segmentBytes: 4096, fsync: 'never' });
+  old.append(Array.from({ length: 50 }, (_, i) => toSpoolPayload(event(i))));
+  old.close();
+  const transport = new FlakyTransport();
+  await transport.createTopics([
+    { name: 'raw', partitions: 1 },
+    { name: 'audit', partitions: 1 },
+  ]);
+  // The third publish reaches the broker but its acknowledgement never comes back: then the process "dies".
+  let release!: (err: Error) => void;
+  const lostAck = new Promise<never>((_, reject) => {
+    release = reject;
+  });
+  const real = transport.producer.bind(transport);
+  let calls = 0;
+  const crashing = Object.create(transport) as FlakyTransport;
+  crashing.producer = async () => {
+    const p = await real();
+    return {
+      publish: async (records) => {
+        await p.publish(records);
+        if (++calls === 3) await lostAck;
+      },
+      close: () => p.close(),
+    };
+  };
+  const spoolA = new Spool({ dir, maxBytes: 1 << 20, segmentBytes: 4096, fsync: 'never' });
+  const a = new Publisher(crashing, spoolA, { ...options, timeoutMs: 60_000 }, log);
+  a.start();
+  await until(() => calls === 3);
+  // The restarted collector opens the same spool; the first process never ran again.
+  const spoolB = new Spool({ dir, maxBytes: 1 << 20, segmentBytes: 4096, fsync: 'never' });
+  const b = new Publisher(transport, spoolB, options, log);
+  b.start();
+  await b.stop(1000);
+  const values = (await readAll(transport, 'raw', 60)).map((r) => r.value!.toString());
+  const expected = [
+    ...Array.from({ length: 30 }, (_, i) => `e${i}`),
+    ...Array.from({ length: 30 }, (_, i) => `e${20 + i}`),
+  ];
+  assert.deepEqual(values, expected, 'everything, with only the unacknowledged batch (e20..e29) twice');
+  assert.equal(spoolB.empty, true);
+  // Let the first process's publisher end (its publish fails now) without touching the spool further.
+  release(new Error('process died'));
+  await a.stop(0);
+  spoolA.close();
+  spoolB.close();
+  await transport.close();
+});
