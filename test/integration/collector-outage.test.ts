@@ -36,17 +36,18 @@ if (!isRoot) {
 }
 
 describe('collector through a broker outage', { skip: !isRoot }, () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'edr-outage-'));
+  let dir: string | undefined;
   let broker: Broker | undefined;
   const closers: Array<() => Promise<unknown>> = [];
 
   after(async () => {
     for (const c of closers.reverse()) await c().catch(() => {});
     await broker?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   it('spools while the broker is down for 20+ s and delivers every event, in order, after it restarts', async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'edr-outage-'));
     const port = await freePort();
     const controllerPort = await freePort();
     const brokerDir = path.join(dir, 'kafka');
