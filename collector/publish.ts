@@ -95,6 +95,10 @@ export class Publisher {
   #pending: Outgoing[] = [];
   #producer: Producer | undefined;
   #abandoned: Promise<unknown> = Promise.resolve();
+  /** The last publish handed to the producer, settled or not (a timed-out one may still be retried by it). */
+  #inflight: Promise<unknown> = Promise.resolve();
+  /** Whether the last failed #publish got as far as sending (so its records may have landed). */
+  #sent = false;
   #wake: (() => void) | undefined;
   #spaceWaiters: Array<() => void> = [];
   #stopping = false;
@@ -201,7 +205,7 @@ export class Publisher {
           this.#counters.eventsPublished += countEvents(chunk);
         } else {
           // The unacknowledged chunk is still at the head of #pending: order is kept in the spool.
-          this.#counters.resent += countEvents(chunk);
+          if (this.#sent) this.#counters.resent += countEvents(chunk);
           this.#goOffline(this.#pending.splice(0));
         }
         this.#releaseSpace();
@@ -226,7 +230,7 @@ export class Publisher {
           this.#counters.eventsPublished += countEvents(chunk);
         } else {
           this.spool.rewind();
-          this.#counters.resent += countEvents(chunk);
+          if (this.#sent) this.#counters.resent += countEvents(chunk);
           this.#goOffline([]);
         }
       }
@@ -242,16 +246,37 @@ export class Publisher {
       component: 'publish',
       spoolBytes: this.spool.bytes,
     });
-    // Abandon the producer: a send it still retries must settle before the spool drains, or it could land
-    // after newer records.
+    // Abandon the producer: a send it still retries must settle (or 30 s pass) before the spool drains, or it
+    // could land after newer records.
     const old = this.#producer;
     this.#producer = undefined;
-    if (old) this.#abandoned = withTimeout(old.close(), 30_000, 'closing producer').catch(() => {});
+    if (old) {
+      this.#abandoned = withTimeout(
+        Promise.allSettled([this.#inflight, old.close()]),
+        30_000,
+        'closing producer',
+      ).catch(() => {});
+    }
   }
 
   async #connect(): Promise<boolean> {
     try {
-      const producer = await withTimeout(this.transport.producer(), this.options.timeoutMs, 'connecting');
+      const connecting = this.transport.producer();
+      // A connection that completes after we gave up on it is closed, not leaked.
+      let gaveUp = false;
+      connecting.then(
+        (late) => {
+          if (gaveUp) void late.close().catch(() => {});
+        },
+        () => {},
+      );
+      let producer: Producer;
+      try {
+        producer = await withTimeout(connecting, this.options.timeoutMs, 'connecting');
+      } catch (err) {
+        gaveUp = true;
+        throw err;
+      }
       try {
         await withTimeout(
           this.options.onConnect?.(producer) ?? Promise.resolve(),
@@ -272,6 +297,7 @@ export class Publisher {
   }
 
   async #publish(chunk: readonly Outgoing[]): Promise<boolean> {
+    this.#sent = false;
     if (this.#producer === undefined && !(await this.#connect())) return false;
     const records: OutRecord[] = [];
     for (const o of chunk) {
@@ -279,7 +305,10 @@ export class Publisher {
       if (o.toAudit) records.push({ topic: this.options.auditTopic, key: o.key, value: o.value });
     }
     try {
-      await withTimeout(this.#producer!.publish(records), this.options.timeoutMs, 'publishing');
+      this.#sent = true;
+      const publishing = this.#producer!.publish(records);
+      this.#inflight = publishing.catch(() => {});
+      await withTimeout(publishing, this.options.timeoutMs, 'publishing');
       return true;
     } catch (err) {
       this.log.warn('publish failed', { component: 'publish', err });
