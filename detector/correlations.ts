@@ -17,6 +17,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from '../infra/log.js';
 import type { OutRecord, Transport } from '../infra/transport.js';
 import type { ExecveEvent } from '../schemas/types.js';
+import { settled } from './kafka-retry.js';
 import { docHash } from './rule-store.js';
 import {
   type CompiledCorrelation,
@@ -107,7 +108,7 @@ export class CorrelationStore {
   }
 
   private async committed(partition: number): Promise<number> {
-    const lag = await this.o.transport.lag(this.o.groupId, this.o.inputTopic);
+    const lag = await settled(() => this.o.transport.lag(this.o.groupId, this.o.inputTopic));
     return lag.find((l) => l.partition === partition)?.committed ?? -1;
   }
 
@@ -207,7 +208,7 @@ export class CorrelationStore {
    */
   private async readChangelog(): Promise<void> {
     const t0 = Date.now();
-    const ends = await this.o.transport.endOffsets(this.o.changelogTopic);
+    const ends = await settled(() => this.o.transport.endOffsets(this.o.changelogTopic));
     const pending = new Map(ends.filter((e) => e.offset > 0).map((e) => [e.partition, e.offset]));
     const acc = new Map<number, { next: number; groups: Map<string, Map<string, unknown>> }>();
     if (pending.size > 0) {

@@ -5,12 +5,12 @@
 import { parseArgs } from 'node:util';
 import type { Command } from '../infra/cli.js';
 import { loadConfig } from '../infra/config.js';
-import { isRetryable } from '../infra/errors.js';
 import { KafkaTransport } from '../infra/kafka-transport.js';
 import { createLogger } from '../infra/log.js';
 import type { Consumption, TopicConfig, Transport } from '../infra/transport.js';
 import { topics as table } from '../schemas/topics.js';
 import { type DetectorConfig, detectorConfigSchema } from './config.js';
+import { settled } from './kafka-retry.js';
 import { RuleStore } from './rule-store.js';
 import { followRulesTopic } from './rules-topic.js';
 import { detectorMetrics, startTelemetry } from './telemetry.js';
@@ -20,18 +20,6 @@ const USAGE = `usage: edr detector --config FILE
 
   --config FILE   detector config (YAML): kafka, topics, rules.dir, metrics, ... (see detector/config.ts)
 `;
-
-/** Retries a metadata call that fails while a just-created topic has no leader yet. */
-async function settled<T>(what: () => Promise<T>): Promise<T> {
-  for (let i = 0; ; i++) {
-    try {
-      return await what();
-    } catch (err) {
-      if (!isRetryable(err) || i >= 20) throw err;
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-}
 
 /** The topics the detector writes or reads, sized from the table; the intermediate ones follow the input. */
 export async function ensureTopics(transport: Transport, c: DetectorConfig): Promise<number> {

@@ -17,6 +17,7 @@ import { projectCodec } from '../schemas/codec.js';
 import { topics as table } from '../schemas/topics.js';
 import { alertRecord, buildAlert } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
+import { settled } from './kafka-retry.js';
 import { RuleStore } from './rule-store.js';
 import { evaluateExecve } from './sigma/engine.js';
 import { ruleInfo } from './worker.js';
@@ -72,13 +73,15 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
     throw new EdrError('EDR_DETECTOR_NO_RULES', `no rule compiled from ${o.rulesDir}`);
   }
   const groupId = `edr-replay-${o.runId}`;
-  const starts = await o.transport.offsetsForTime(o.topic, o.fromMs);
-  const stops =
-    o.toMs === undefined
-      ? await o.transport.endOffsets(o.topic)
-      : await o.transport.offsetsForTime(o.topic, o.toMs);
+  const starts = await settled(() => o.transport.offsetsForTime(o.topic, o.fromMs));
+  const toMs = o.toMs;
+  const stops = await settled(() =>
+    toMs === undefined ? o.transport.endOffsets(o.topic) : o.transport.offsetsForTime(o.topic, toMs),
+  );
   const stopAt = new Map(stops.map((s) => [s.partition, s.offset]));
-  const committed = new Map((await o.transport.lag(groupId, o.topic)).map((l) => [l.partition, l.committed]));
+  const committed = new Map(
+    (await settled(() => o.transport.lag(groupId, o.topic))).map((l) => [l.partition, l.committed]),
+  );
   // Where each partition stands: the next offset to evaluate (a resumed run continues from its commit).
   const pos = new Map<number, number>();
   const base = new Map<number, number>();
@@ -149,14 +152,16 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
     if (remaining() > 0) {
       for (let i = 0; i < o.parallel; i++) {
         consumptions.push(
-          await o.transport.consumeTransform({
-            groupId,
-            topics: [o.topic],
-            start: { timestampMs: o.fromMs },
-            maxBatchRecords: 2000,
-            transactionalIdPrefix: groupId,
-            transform,
-          }),
+          await settled(() =>
+            o.transport.consumeTransform({
+              groupId,
+              topics: [o.topic],
+              start: { timestampMs: o.fromMs },
+              maxBatchRecords: 2000,
+              transactionalIdPrefix: groupId,
+              transform,
+            }),
+          ),
         );
       }
     }

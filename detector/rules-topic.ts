@@ -5,6 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Consumption, InRecord, Transport } from '../infra/transport.js';
+import { settled } from './kafka-retry.js';
 
 export interface RuleRecord {
   key: string;
@@ -27,7 +28,7 @@ export async function followRulesTopic(
   apply: (records: RuleRecord[]) => void,
   readyTimeoutMs = 30_000,
 ): Promise<{ ready: Promise<void>; consumption: Consumption }> {
-  const ends = await transport.endOffsets(topic);
+  const ends = await settled(() => transport.endOffsets(topic));
   const pending = new Map(ends.filter((e) => e.offset > 0).map((e) => [e.partition, e.offset]));
   let markReady!: () => void;
   const ready = new Promise<void>((r) => {

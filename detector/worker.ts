@@ -6,7 +6,7 @@
  */
 
 import { deadLetterRecord } from '../infra/batch-runner.js';
-import { errorMessage } from '../infra/errors.js';
+import { EdrError, errorMessage } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
 import type { Batch, Consumption, InRecord, OutRecord, Transport } from '../infra/transport.js';
 import { type Codec, projectCodec } from '../schemas/codec.js';
@@ -168,6 +168,21 @@ function correlationAlert(
   });
 }
 
+/**
+ * Failures that are not about a record (reading correlation state) must not send records to the dead-letter
+ * topic: as retryable errors they make the transport retry the batch instead.
+ */
+async function retryable(f: () => Promise<void>): Promise<void> {
+  try {
+    await f();
+  } catch (err) {
+    throw new EdrError('EDR_DETECTOR_STATE', `restoring correlation state: ${errorMessage(err)}`, {
+      retryable: true,
+      cause: err,
+    });
+  }
+}
+
 export class DetectorWorker {
   private readonly codec = projectCodec();
   private readonly local: CorrelationStore;
@@ -245,7 +260,7 @@ export class DetectorWorker {
     if (first === undefined) return out;
     const startSnap = o.store.current;
     const hasLocal = derived(startSnap).local.length > 0;
-    if (hasLocal) await this.local.prepare(batch.partition, first.offset);
+    if (hasLocal) await retryable(() => this.local.prepare(batch.partition, first.offset));
     const t0 = performance.now();
     let alerts = 0;
     let dead = 0;
@@ -345,7 +360,7 @@ export class DetectorWorker {
     const out: OutRecord[] = [];
     const first = batch.records[0];
     if (first === undefined) return out;
-    await this.remote.prepare(batch.partition, first.offset);
+    await retryable(() => this.remote.prepare(batch.partition, first.offset));
     const snap = o.store.current;
     const byId = new Map(derived(snap).remote.map((c) => [c.id, c]));
     for (const r of batch.records) {

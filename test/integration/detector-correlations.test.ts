@@ -16,11 +16,18 @@ import {
   WorkerProcess,
   writeConfig,
 } from '../../detector/testing.js';
+import type { KafkaTransport } from '../../infra/kafka-transport.js';
 import type { OutRecord, Transport } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleEvent } from '../fixtures/events.js';
 import { testBrokers, testTransport } from '../harness/broker.js';
 import { unique, waitFor } from '../harness/names.js';
+
+// Closed even when a test fails, or the open clients would keep the test process alive.
+const opened: KafkaTransport[] = [];
+after(async () => {
+  await Promise.all(opened.map((t) => t.close()));
+});
 
 const base = (id: string, marker: string) => `title: ${marker}
 id: ${id}
@@ -110,6 +117,7 @@ async function phase(
 
 test('correlations fire exactly once across a worker restart (host-scoped and repartitioned)', async () => {
   const t = await testTransport('detector-corr');
+  opened.push(t);
   const topics = testTopics(unique('dco'));
   await createTestTopics(t, topics);
   const dir = tempDir('edr-dco');

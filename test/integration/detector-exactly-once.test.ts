@@ -16,11 +16,18 @@ import {
   WorkerProcess,
   writeConfig,
 } from '../../detector/testing.js';
+import type { KafkaTransport } from '../../infra/kafka-transport.js';
 import { deadLetterHeaders, type InRecord, type OutRecord } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleEvent } from '../fixtures/events.js';
 import { testBrokers, testTransport } from '../harness/broker.js';
 import { unique, waitFor } from '../harness/names.js';
+
+// Closed even when a test fails, or the open clients would keep the test process alive.
+const opened: KafkaTransport[] = [];
+after(async () => {
+  await Promise.all(opened.map((t) => t.close()));
+});
 
 const EVENTS = Number(process.env['EDR_TEST_DETECTOR_EVENTS'] ?? 200_000);
 const HOSTS = 64;
@@ -53,6 +60,7 @@ after(async () => {
 
 test('two workers, SIGKILL twice: every expected alert exactly once; bad records dead-lettered', async () => {
   const t = await testTransport('detector-eo');
+  opened.push(t);
   const topics = testTopics(unique('deo'));
   await createTestTopics(t, topics);
   const dir = tempDir('edr-deo');

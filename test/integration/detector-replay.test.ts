@@ -4,18 +4,25 @@
  * run id resumes from what was committed (nothing left: nothing repeated).
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { alertId } from '../../detector/alerts.js';
 import { collectAlerts, createTestTopics, tempDir, testTopics } from '../../detector/testing.js';
+import type { KafkaTransport } from '../../infra/kafka-transport.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleAlert, sampleCollectorRecord, sampleEvent } from '../fixtures/events.js';
 import { testBrokers, testTransport } from '../harness/broker.js';
 import { unique, waitFor } from '../harness/names.js';
+
+// Closed even when a test fails, or the open clients would keep the test process alive.
+const opened: KafkaTransport[] = [];
+after(async () => {
+  await Promise.all(opened.map((t) => t.close()));
+});
 
 const RULE_ID = '5d3c0e0a-0000-4000-8000-00000000e201';
 const RULE = `title: Replayed rule
@@ -41,6 +48,7 @@ function cli(args: string[]): { code: number; out: string; err: string } {
 
 test('replay over a time window: the right matches, marked with the run id; live alerts untouched; resumable', async () => {
   const t = await testTransport('detector-replay');
+  opened.push(t);
   const topics = testTopics(unique('drp'));
   await createTestTopics(t, topics);
   const brokers = (await testBrokers()).join(',');
@@ -147,5 +155,87 @@ test('replay over a time window: the right matches, marked with the run id; live
   assert.deepEqual(new Set(of(hostRun).map((a) => a.event.hostId + a.event.seq)), inWindowHost3);
   const marked = alerts.filter((a) => a.alert.replayRunId === runId);
   assert.ok(marked.every((a) => a.record.headers['edr-replay-run-id']?.toString() === runId));
+  await t.close();
+});
+
+test('a replay killed midway and started again with the same run id: every match exactly once', async () => {
+  const t = await testTransport('detector-replay-resume');
+  opened.push(t);
+  const topics = testTopics(unique('drr'));
+  await createTestTopics(t, topics);
+  const brokers = (await testBrokers()).join(',');
+  const codec = projectCodec();
+  const N = 60_000;
+  const ts = Date.now() - 3_600_000;
+  const expected = new Set<string>();
+  const p = await t.producer();
+  let chunk: OutRecord[] = [];
+  for (let i = 0; i < N; i++) {
+    const host = `host-${i % 24}`;
+    const e = sampleEvent({
+      hostId: host,
+      hostname: host,
+      seq: BigInt(i),
+      timeNs: BigInt(ts) * 1_000_000n + BigInt(i),
+      argv: i % 20 === 0 ? ['sh', '-c', `replay-marker ${i}`] : ['true', String(i)],
+    });
+    if (i % 20 === 0) expected.add(String(i));
+    chunk.push({
+      topic: topics.audit,
+      key: host,
+      value: codec.encode('dev.edr.v1.ExecveEvent', e),
+      timestampMs: ts,
+    });
+    if (chunk.length === 5000) {
+      await p.publish(chunk);
+      chunk = [];
+    }
+  }
+  await p.publish(chunk);
+  await p.close();
+  const dir = tempDir('edr-drr');
+  const rulesDir = path.join(dir, 'rules');
+  mkdirSync(rulesDir);
+  writeFileSync(path.join(rulesDir, 'r.yml'), RULE);
+  const runId = unique('run');
+  const args = [
+    path.join(repoRoot, 'dist', 'infra', 'cli.js'),
+    'replay',
+    '--rules',
+    rulesDir,
+    '--from',
+    String(ts - 1000),
+    '--topic',
+    topics.audit,
+    '--run-id',
+    runId,
+    '--alerts-topic',
+    topics.alerts,
+    '--parallel',
+    '1',
+    '--brokers',
+    brokers,
+  ];
+  const { alerts, consumption } = await collectAlerts(t, topics.alerts, unique('reader'));
+  const first = spawn(process.execPath, args, {
+    stdio: 'ignore',
+    env: { ...process.env, EDR_LOG_LEVEL: 'error' },
+  });
+  const exited = new Promise<void>((r) => first.once('exit', () => r()));
+  await waitFor('the first committed replay alerts', () => alerts.length > 0, 60_000);
+  first.kill('SIGKILL');
+  await exited;
+  const before = alerts.length;
+  assert.ok(before < expected.size, `killed before the end (${before}/${expected.size})`);
+  const r = cli(args.slice(1));
+  assert.equal(r.code, 0, r.out + r.err);
+  assert.match(r.out, /complete/);
+  await waitFor('every match', () => alerts.length >= expected.size, 60_000);
+  await new Promise((res) => setTimeout(res, 1000));
+  await consumption.stop();
+  const seqs = alerts.map((a) => String(a.alert.event.seq));
+  assert.equal(seqs.length, expected.size, 'nothing twice');
+  assert.deepEqual(new Set(seqs), expected);
+  assert.ok(alerts.every((a) => a.alert.replayRunId === runId));
   await t.close();
 });

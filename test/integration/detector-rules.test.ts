@@ -18,12 +18,19 @@ import {
   writeConfig,
 } from '../../detector/testing.js';
 import { freePort } from '../../infra/kafka/broker.js';
+import type { KafkaTransport } from '../../infra/kafka-transport.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord, Transport } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleEvent } from '../fixtures/events.js';
 import { testBrokers, testTransport } from '../harness/broker.js';
 import { unique, waitFor } from '../harness/names.js';
+
+// Closed even when a test fails, or the open clients would keep the test process alive.
+const opened: KafkaTransport[] = [];
+after(async () => {
+  await Promise.all(opened.map((t) => t.close()));
+});
 
 const RULE_ID = '5d3c0e0a-0000-4000-8000-00000000e101';
 const GOOD = `title: Hot pushed rule
@@ -100,6 +107,7 @@ async function produce(t: Transport, topic: string, n: number, marker: string): 
 
 test('rules pushed during a run apply on every worker; malformed ones are rejected; tombstones stop them', async () => {
   const t = await testTransport('detector-rules');
+  opened.push(t);
   const topics = testTopics(unique('drl'));
   await createTestTopics(t, topics);
   const dir = tempDir('edr-drl');
