@@ -134,6 +134,8 @@ const MEMO_MAX_ENTRIES = 4096;
 export class CandidateIndex {
   private readonly fields = new Map<string, FieldIndex>();
   private readonly byNames = new WeakMap<readonly string[], FieldIndex[]>();
+  private lastNames: readonly string[] | undefined;
+  private lastIndexed: FieldIndex[] = [];
   /** Keyword literals, searched in every value of the event. */
   private readonly anyField: FieldIndex | undefined;
   /** Rules without a requirement: candidates for every event. */
@@ -240,6 +242,7 @@ export class CandidateIndex {
    * once and remembered; others, often built per event, are resolved each time.
    */
   private indexedFields(fieldNames: readonly string[]): FieldIndex[] {
+    if (fieldNames === this.lastNames) return this.lastIndexed;
     const frozen = Object.isFrozen(fieldNames);
     let list = frozen ? this.byNames.get(fieldNames) : undefined;
     if (list === undefined) {
@@ -249,6 +252,10 @@ export class CandidateIndex {
         if (fi !== undefined) list.push(fi);
       }
       if (frozen) this.byNames.set(fieldNames, list);
+    }
+    if (frozen) {
+      this.lastNames = fieldNames;
+      this.lastIndexed = list;
     }
     return list;
   }
