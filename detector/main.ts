@@ -58,7 +58,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
   try {
     const changelogPartitions = config.createTopics
       ? await ensureTopics(transport, config)
-      : (await transport.endOffsets(config.topics.changelog)).length;
+      : (await settled(() => transport.endOffsets(config.topics.changelog))).length;
     if (config.rules.dir !== undefined) store.watch(config.rules.pollMs);
     if (config.rules.topic) {
       const f = await followRulesTopic(

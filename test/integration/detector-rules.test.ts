@@ -111,6 +111,8 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
   const topics = testTopics(unique('drl'));
   await createTestTopics(t, topics);
   const dir = tempDir('edr-drl');
+  const watched = path.join(dir, 'watched');
+  mkdirSync(watched);
   const group = unique('edr-detector');
   const brokers = await testBrokers();
   const metricsPort = await freePort();
@@ -121,6 +123,8 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
       groupId: group,
       topics,
       createTopics: false,
+      // Each worker also watches a directory (the same content on every host).
+      rules: { dir: watched, pollMs: 500 },
       ...(name === 'worker-a' ? { metrics: { port: metricsPort } } : {}),
     });
   const a = new WorkerProcess(cfg('worker-a')).start();
@@ -215,6 +219,23 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
     );
     await new Promise((r) => setTimeout(r, 1000));
     assert.equal(alerts.length, 64, 'no alert after the tombstone');
+
+    // A rule file dropped into the watched directory is picked up within seconds by both workers.
+    const DIR_ID = '5d3c0e0a-0000-4000-8000-00000000e103';
+    const loads = [a, b].map((w) => w.logged('rule set loaded'));
+    writeFileSync(
+      path.join(watched, 'dir.yml'),
+      GOOD.replace(RULE_ID, DIR_ID).replace('hot-marker', 'dir-marker'),
+    );
+    const t0 = Date.now();
+    await waitFor('both workers to load the directory rule', () =>
+      [a, b].every((w, i) => w.logged('rule set loaded') > loads[i]!),
+    );
+    const pickedUpMs = Date.now() - t0;
+    await produce(t, topics.input, 64, 'dir-marker');
+    await waitFor('64 more alerts', () => alerts.length >= 128);
+    assert.ok(alerts.slice(64).every((x) => x.alert.ruleId === DIR_ID));
+    process.stderr.write(`# directory change picked up by both workers in ${pickedUpMs} ms\n`);
   } finally {
     await consumption.stop();
     await Promise.all(workers.map((w) => w.kill('SIGTERM')));
