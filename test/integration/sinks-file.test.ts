@@ -41,8 +41,17 @@ async function readOutput(
   const ids: string[] = [];
   const files: Array<{ name: string; size: number }> = [];
   for (const name of (await readdir(dir)).filter((n) => n.startsWith('alerts.jsonl')).sort()) {
-    const text = await readFile(path.join(dir, name), 'utf8');
-    files.push({ name, size: (await stat(path.join(dir, name))).size });
+    let text: string;
+    let size: number;
+    try {
+      text = await readFile(path.join(dir, name), 'utf8');
+      size = (await stat(path.join(dir, name))).size;
+    } catch (err) {
+      // Rotated away between the listing and the read (the sink is still running): the next poll sees it.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw err;
+    }
+    files.push({ name, size });
     for (const line of text.split('\n')) {
       if (line === '') continue;
       try {
