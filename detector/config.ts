@@ -37,6 +37,11 @@ export const detectorConfigSchema = z.strictObject({
     .prefault({}),
   /** Records per transaction: larger batches amortise the transaction round trips (see the bench). */
   maxBatchRecords: z.number().int().positive().default(5000),
+  /**
+   * Consumer group members in this process on the input topic. The transport runs one partition batch (and its
+   * transaction) at a time per member; a second member's processing overlaps the first one's broker round trips.
+   */
+  membersPerWorker: z.number().int().positive().default(1),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */

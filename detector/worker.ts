@@ -36,6 +36,8 @@ export interface WorkerOptions {
   /** Partitions of the changelog topic (the input's count). */
   changelogPartitions: number;
   maxBatchRecords: number;
+  /** Group members in this process on the input topic (one's transaction round trips overlap another's work). */
+  members: number;
   maxGroups: number;
   restoreTimeoutMs: number;
   metrics: DetectorMetrics;
@@ -215,17 +217,19 @@ export class DetectorWorker {
 
   async start(): Promise<void> {
     const o = this.o;
-    this.consumptions.push(
-      await o.transport.consumeTransform({
-        groupId: o.groupId,
-        topics: [o.topics.input],
-        start: 'earliest',
-        maxBatchRecords: o.maxBatchRecords,
-        deadLetterTopic: o.topics.deadLetter,
-        transactionalIdPrefix: o.groupId,
-        transform: (batch) => this.transform(batch),
-      }),
-    );
+    for (let i = 0; i < Math.max(1, o.members); i++) {
+      this.consumptions.push(
+        await o.transport.consumeTransform({
+          groupId: o.groupId,
+          topics: [o.topics.input],
+          start: 'earliest',
+          maxBatchRecords: o.maxBatchRecords,
+          deadLetterTopic: o.topics.deadLetter,
+          transactionalIdPrefix: o.groupId,
+          transform: (batch) => this.transform(batch),
+        }),
+      );
+    }
     this.consumptions.push(
       await o.transport.consumeTransform({
         groupId: `${o.groupId}-correlate`,

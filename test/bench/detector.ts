@@ -215,6 +215,7 @@ async function main(): Promise<void> {
             topics,
             rules: { dir: rulesDir, topic: false },
             maxBatchRecords: Number(process.env['EDR_BENCH_DETECTOR_BATCH'] ?? 5000),
+            membersPerWorker: Number(process.env['EDR_BENCH_DETECTOR_MEMBERS'] ?? 1),
           }),
         );
         return spawnChild([cli, 'detector', '--config', file]);
