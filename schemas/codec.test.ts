@@ -171,3 +171,50 @@ describe('schema evolution', () => {
     assert.deepEqual(plain(reader.decodeAs('dev.edr.v1.ExecveEvent', bytes)), { ...old, sha256: null });
   });
 });
+
+describe('64-bit longs', () => {
+  const codec = projectCodec();
+  it('round-trip exactly at every width, negative values and the extremes included', () => {
+    const values = [
+      0n,
+      1n,
+      -1n,
+      63n,
+      -64n,
+      64n,
+      2n ** 31n,
+      -(2n ** 31n),
+      2n ** 48n - 1n,
+      2n ** 48n,
+      2n ** 49n + 7n,
+      -(2n ** 49n) - 3n,
+      2n ** 53n + 1n,
+      1_800_000_000_123_456_789n,
+      2n ** 63n - 1n,
+      -(2n ** 63n),
+    ];
+    for (const v of values) {
+      const e = sampleEvent({ timeNs: v, cgroupId: -v - 1n < -(2n ** 63n) ? 0n : -v - 1n, seq: v });
+      const back = codec.decodeAs('dev.edr.v1.ExecveEvent', codec.encode('dev.edr.v1.ExecveEvent', e));
+      assert.equal(back.timeNs, v);
+      assert.equal(back.seq, v);
+      assert.equal(back.cgroupId, e.cgroupId);
+    }
+  });
+
+  it('are written as Avro zig-zag varints, readable by any Avro reader', () => {
+    const plain = avro.Type.forSchema('long');
+    const [fp] = [...codec.writerSchemas()].find(([, c]) => c.includes('"dev.edr.v1.CollectorRecord"'))!;
+    assert.ok(fp > 0n);
+    const rec = sampleCollectorRecord({ timeNs: 123_456_789n });
+    const body = codec.encode('dev.edr.v1.CollectorRecord', rec).subarray(10);
+    // Skip the three leading strings, then the long is where a standard long reader expects it.
+    const str = avro.Type.forSchema('string');
+    let pos = 0;
+    for (let i = 0; i < 3; i++) pos = str.decode(body, pos).offset;
+    assert.equal(plain.decode(body, pos).value, 123_456_789);
+    assert.throws(() =>
+      codec.encode('dev.edr.v1.CollectorRecord', sampleCollectorRecord({ timeNs: 2n ** 63n })),
+    );
+  });
+});

@@ -45,7 +45,7 @@ const BigLong = avro.types.LongType.__with({
   fromJSON: (v: unknown) => BigInt(v as string | number),
   toJSON: (n: bigint) =>
     n >= BigInt(Number.MIN_SAFE_INTEGER) && n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n.toString(),
-  isValid: (n: unknown) => typeof n === 'bigint',
+  isValid: (n: unknown) => typeof n === 'bigint' && n >= -(2n ** 63n) && n < 2n ** 63n,
   compare: (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0),
 });
 
