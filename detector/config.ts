@@ -42,6 +42,8 @@ export const detectorConfigSchema = z.strictObject({
    * transaction) at a time per member; a second member's processing overlaps the first one's broker round trips.
    */
   membersPerWorker: z.number().int().positive().default(1),
+  /** Input partitions a member works on at once, each in order: their transactions overlap (see the bench). */
+  partitionConcurrency: z.number().int().positive().default(3),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */

@@ -79,6 +79,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       topics: config.topics,
       changelogPartitions,
       maxBatchRecords: config.maxBatchRecords,
+      partitionConcurrency: config.partitionConcurrency,
       members: config.membersPerWorker,
       maxGroups: config.correlation.maxGroups,
       restoreTimeoutMs: config.correlation.restoreTimeoutMs,

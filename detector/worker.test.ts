@@ -55,6 +55,7 @@ function worker(store: RuleStore): DetectorWorker {
     topics,
     changelogPartitions: 1,
     maxBatchRecords: 100,
+    partitionConcurrency: 1,
     members: 1,
     maxGroups: 100,
     restoreTimeoutMs: 100,

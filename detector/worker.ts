@@ -36,6 +36,8 @@ export interface WorkerOptions {
   /** Partitions of the changelog topic (the input's count). */
   changelogPartitions: number;
   maxBatchRecords: number;
+  /** Input partitions handled at once per member, each in offset order. */
+  partitionConcurrency: number;
   /** Group members in this process on the input topic (one's transaction round trips overlap another's work). */
   members: number;
   maxGroups: number;
@@ -224,6 +226,7 @@ export class DetectorWorker {
           topics: [o.topics.input],
           start: 'earliest',
           maxBatchRecords: o.maxBatchRecords,
+          partitionConcurrency: o.partitionConcurrency,
           deadLetterTopic: o.topics.deadLetter,
           transactionalIdPrefix: o.groupId,
           transform: (batch) => this.transform(batch),

@@ -478,6 +478,9 @@ export class KafkaTransport implements Transport {
       rebalanceTimeout: Math.max(30000, this.config.sessionTimeoutMs),
       heartbeatInterval: Math.max(500, Math.floor(this.config.sessionTimeoutMs / 10)),
       maxWaitTimeInMs: 100,
+      // Room for a whole batch of typical records (a few hundred bytes each) in one fetch per partition.
+      maxBytesPerPartition: Math.max(1 << 20, (opts.maxBatchRecords ?? 500) * 1024),
+      maxBytes: Math.max(10 << 20, (opts.maxBatchRecords ?? 500) * 1024 * 4),
       retry: { retries: 8, restartOnFailure: async () => true },
     });
     let assigned: Array<{ topic: string; partition: number }> = [];
@@ -520,6 +523,7 @@ export class KafkaTransport implements Transport {
       // Commit as soon as anything is resolved: a resolved offset is one whose work is done.
       autoCommitThreshold: 1,
       eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: opts.partitionConcurrency ?? 1,
       eachBatch: async (payload) => {
         const { batch } = payload;
         if (fatal !== undefined) return;
@@ -564,12 +568,36 @@ export class KafkaTransport implements Transport {
   }
 }
 
+/** Whether a transaction failed only because the previous one of this id was still completing. */
+function concurrentTransactions(err: unknown): boolean {
+  for (
+    let e: unknown = err;
+    e instanceof Error;
+    e = (e as { originalError?: unknown }).originalError ?? e.cause
+  ) {
+    if ((e as { type?: string }).type === 'CONCURRENT_TRANSACTIONS') return true;
+  }
+  return false;
+}
+
 function transactional(p: KProducer, id: string, close: () => Promise<void>): TransactionalProducer {
   // kafkajs allows one open transaction per producer: queue them.
   let queue: Promise<unknown> = Promise.resolve();
   return {
     transaction<T>(work: (tx: Transaction) => Promise<T>): Promise<T> {
+      // The broker refuses a new transaction while the previous one's markers are still being written
+      // (CONCURRENT_TRANSACTIONS): that one is aborted, nothing of it is visible, and it is run again shortly.
       const run = async () => {
+        for (let attempt = 1; ; attempt++) {
+          try {
+            return await once();
+          } catch (err) {
+            if (attempt >= 10 || !concurrentTransactions(err)) throw err;
+            await new Promise((r) => setTimeout(r, 10 * attempt));
+          }
+        }
+      };
+      const once = async () => {
         const tx = await kafkaCall(`beginning transaction ${id}`, () => p.transaction());
         try {
           const result = await work({

@@ -75,6 +75,11 @@ export interface ConsumeOptions {
   /** Upper bound of records per batch. */
   maxBatchRecords?: number;
   /**
+   * Partitions whose batches are handled at the same time (default 1). Each partition stays in offset order;
+   * more overlap the broker round trips of different partitions (transactions, commits).
+   */
+  partitionConcurrency?: number;
+  /**
    * Where a record whose handling failed with a non-retryable error is parked (with headers saying why and from
    * where) before the consumer moves on. Without it, such an error stops the consumption and `done` rejects.
    */

@@ -40,6 +40,7 @@ async function consumeRole(brokers: string[], topic: string, group: string, deco
     groupId: group,
     topics: [topic],
     maxBatchRecords: 1000,
+    partitionConcurrency: Number(process.env['EDR_BENCH_DETECTOR_CONCURRENCY'] ?? 3),
     handler: async (batch) => {
       for (const r of batch.records) {
         bytes += r.value?.length ?? 0;
@@ -216,6 +217,7 @@ async function main(): Promise<void> {
             rules: { dir: rulesDir, topic: false },
             maxBatchRecords: Number(process.env['EDR_BENCH_DETECTOR_BATCH'] ?? 5000),
             membersPerWorker: Number(process.env['EDR_BENCH_DETECTOR_MEMBERS'] ?? 1),
+            partitionConcurrency: Number(process.env['EDR_BENCH_DETECTOR_CONCURRENCY'] ?? 3),
           }),
         );
         return spawnChild([cli, 'detector', '--config', file]);
