@@ -186,7 +186,7 @@ export class CorrelationStore {
   private async restore(partition: number, next: number): Promise<Map<string, CorrelationState>> {
     let cached = this.restored.get(partition);
     if (cached === undefined || cached.next !== next) {
-      await this.readChangelog();
+      await this.readChangelogOnce();
       cached = this.restored.get(partition);
     }
     this.restored.delete(partition);
@@ -199,6 +199,16 @@ export class CorrelationStore {
       return new Map();
     }
     return cached.states;
+  }
+
+  private reading: Promise<void> | undefined;
+
+  /** Partitions taken over together (partitionConcurrency > 1) share one read of the changelog. */
+  private readChangelogOnce(): Promise<void> {
+    this.reading ??= this.readChangelog().finally(() => {
+      this.reading = undefined;
+    });
+    return this.reading;
   }
 
   /**
