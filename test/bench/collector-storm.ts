@@ -8,12 +8,10 @@
  *
  *   EDR_BENCH_EXECS (default 20000), EDR_BENCH_WORKERS (default: cores), EDR_BENCH_ROUNDS (default 2)
  */
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { Collector } from '../../collector/collector.js';
 import { collectorConfigSchema } from '../../collector/config.js';
 import { EbpfSource } from '../../collector/ebpf-source.js';
@@ -22,52 +20,9 @@ import { parseConfig } from '../../infra/config.js';
 import { startBroker } from '../../infra/kafka/broker.js';
 import { KafkaTransport } from '../../infra/kafka-transport.js';
 import { createLogger } from '../../infra/log.js';
+import { cpuSeconds, fmt, rate, type StormResult, storm, stormSettings } from '../harness/exec-storm.js';
 
-interface StormResult {
-  execs: number;
-  workers: number;
-  failedWorkers: number;
-  elapsedNs: number;
-  cpuUserNs: number;
-  cpuSysNs: number;
-}
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const execs = Number(process.env['EDR_BENCH_EXECS'] ?? 20000);
-const workers = Number(process.env['EDR_BENCH_WORKERS'] ?? os.availableParallelism());
-const rounds = Math.max(1, Number(process.env['EDR_BENCH_ROUNDS'] ?? 2));
-
-function generatorPath(): string {
-  const candidates = [
-    path.resolve(here, '..', '..', '..', 'bpf', 'build', 'exec-storm'),
-    path.resolve(here, '..', '..', 'bpf', 'build', 'exec-storm'),
-  ];
-  const found = candidates.find((c) => existsSync(c));
-  if (!found) throw new Error(`exec storm generator not built (${candidates[0]}): run npm run build:native`);
-  return found;
-}
-
-function storm(count: number, marker: string): Promise<StormResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(generatorPath(), [String(count), String(workers), '/bin/true', marker], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    child.on('error', reject);
-    child.on('exit', (code) =>
-      code === 0
-        ? resolve(JSON.parse(out) as StormResult)
-        : reject(new Error(`exec-storm exited with ${code}: ${out}`)),
-    );
-  });
-}
-
-const cpuSeconds = (r: StormResult): number => (r.cpuUserNs + r.cpuSysNs) / 1e9;
-const rate = (r: StormResult): number => r.execs / (r.elapsedNs / 1e9);
-const fmt = (n: number, digits = 3): string => n.toFixed(digits);
+const { execs, workers, rounds } = stormSettings;
 
 /** The eBPF source, counting the execs of the current round's marker as they pass. */
 function countingSource(inner: EbpfSource, counted: { marker: string; matching: number }): Source {

@@ -7,59 +7,11 @@
  *   EDR_BENCH_EXECS (default 20000), EDR_BENCH_WORKERS (default: cores), EDR_BENCH_WAKEUP_BYTES (default 65536),
  *   EDR_BENCH_ROUNDS (default 2: baseline and capture interleaved, best of each reported)
  */
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { type ExecCaptureStats, openExecCapture, reconcile } from '../../native/index.js';
+import { cpuSeconds, fmt, rate, type StormResult, storm, stormSettings } from '../harness/exec-storm.js';
 
-interface StormResult {
-  execs: number;
-  workers: number;
-  failedWorkers: number;
-  elapsedNs: number;
-  cpuUserNs: number;
-  cpuSysNs: number;
-}
-
-const here = path.dirname(fileURLToPath(import.meta.url));
-const execs = Number(process.env.EDR_BENCH_EXECS ?? 20000);
-const workers = Number(process.env.EDR_BENCH_WORKERS ?? os.availableParallelism());
+const { execs, workers, rounds } = stormSettings;
 const wakeupBytes = Number(process.env.EDR_BENCH_WAKEUP_BYTES ?? 64 * 1024);
-const rounds = Math.max(1, Number(process.env.EDR_BENCH_ROUNDS ?? 2));
-
-function generatorPath(): string {
-  const candidates = [
-    path.resolve(here, '..', '..', '..', 'bpf', 'build', 'exec-storm'), // dist/test/bench
-    path.resolve(here, '..', '..', 'bpf', 'build', 'exec-storm'), // test/bench
-  ];
-  const found = candidates.find((c) => existsSync(c));
-  if (!found) throw new Error(`exec storm generator not built (${candidates[0]}): run npm run build:native`);
-  return found;
-}
-
-/** Runs the generator; resolves with what it reports (its own and its children's CPU). */
-function storm(count: number, marker: string): Promise<StormResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(generatorPath(), [String(count), String(workers), '/bin/true', marker], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    child.on('error', reject);
-    child.on('exit', (code) => {
-      if (code !== 0) reject(new Error(`exec-storm exited with ${code}: ${out}`));
-      else resolve(JSON.parse(out) as StormResult);
-    });
-  });
-}
-
-const cpuSeconds = (r: StormResult): number => (r.cpuUserNs + r.cpuSysNs) / 1e9;
-const rate = (r: StormResult): number => r.execs / (r.elapsedNs / 1e9);
-const fmt = (n: number, digits = 3): string => n.toFixed(digits);
 
 interface CaptureRound {
   storm: StormResult;
