@@ -4,7 +4,14 @@
  * one at a time, and parks a record that fails for good on the dead-letter topic.
  */
 import { EdrError, errorMessage, isRetryable } from './errors.js';
-import { type Batch, deadLetterHeaders, type InRecord, type OutRecord } from './transport.js';
+import {
+  type Batch,
+  deadLetterHeaders,
+  type HandlerOptions,
+  type InRecord,
+  type OutRecord,
+  type TransformOptions,
+} from './transport.js';
 
 export interface RunBatchOptions {
   topic: string;
@@ -112,4 +119,60 @@ export function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
     }, ms);
     signal.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/** Where a batch came from, and what a transport gives its runs. */
+export interface BatchSource {
+  topic: string;
+  partition: number;
+  records: readonly InRecord[];
+  signal: AbortSignal;
+  keepAlive?: () => Promise<void>;
+}
+
+/**
+ * A `consume` batch: the handler acknowledges as it goes; a record that fails for good is handed to `park`
+ * (which publishes it to the dead-letter topic) when the consumer has one. Returns how many leading records are done.
+ */
+export function handleBatch(
+  opts: HandlerOptions,
+  src: BatchSource,
+  park: (record: OutRecord) => Promise<void>,
+): Promise<number> {
+  const dlq = opts.deadLetterTopic;
+  return runBatch({
+    ...src,
+    handler: opts.handler,
+    partialAck: true,
+    retryBackoffMs: opts.retryBackoffMs ?? 100,
+    ...(dlq === undefined ? {} : { deadLetter: (r, err) => park(deadLetterRecord(dlq, r, err)) }),
+  });
+}
+
+/**
+ * A `consumeTransform` batch: the transform's outputs and the dead letters of records that failed for good,
+ * to be committed together with the input offsets of the `done` leading records.
+ */
+export async function transformBatch(
+  opts: TransformOptions,
+  src: BatchSource,
+): Promise<{ done: number; outputs: OutRecord[] }> {
+  const outputs: OutRecord[] = [];
+  const dlq = opts.deadLetterTopic;
+  const done = await runBatch({
+    ...src,
+    handler: async (batch) => {
+      outputs.push(...(await opts.transform(batch)));
+    },
+    partialAck: false,
+    retryBackoffMs: opts.retryBackoffMs ?? 100,
+    ...(dlq === undefined
+      ? {}
+      : {
+          deadLetter: async (r, err) => {
+            outputs.push(deadLetterRecord(dlq, r, err));
+          },
+        }),
+  });
+  return { done, outputs };
 }

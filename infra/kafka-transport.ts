@@ -20,7 +20,7 @@ import {
   Partitioners,
 } from 'kafkajs';
 import { z } from 'zod';
-import { deadLetterRecord, runBatch } from './batch-runner.js';
+import { handleBatch, transformBatch } from './batch-runner.js';
 import { secret } from './config.js';
 import { EdrError, errorMessage } from './errors.js';
 import { createLogger, type Logger } from './log.js';
@@ -265,26 +265,12 @@ export class KafkaTransport implements Transport {
 
   async consume(opts: HandlerOptions): Promise<Consumption> {
     return this.member(opts, true, async ({ records, topic, partition, signal, payload, fail }) => {
-      const dlq = opts.deadLetterTopic;
       let dlqProducer: Producer | undefined;
       try {
-        const done = await runBatch({
-          topic,
-          partition,
-          records,
-          handler: opts.handler,
-          signal,
-          partialAck: true,
-          retryBackoffMs: opts.retryBackoffMs ?? 100,
-          keepAlive: () => payload.heartbeat(),
-          ...(dlq === undefined
-            ? {}
-            : {
-                deadLetter: async (r, err) => {
-                  dlqProducer ??= await this.producer();
-                  await dlqProducer.publish([deadLetterRecord(dlq, r, err)]);
-                },
-              }),
+        const keepAlive = () => payload.heartbeat();
+        const done = await handleBatch(opts, { topic, partition, records, signal, keepAlive }, async (r) => {
+          dlqProducer ??= await this.producer();
+          await dlqProducer.publish([r]);
         });
         if (done > 0) {
           payload.resolveOffset(String(records[done - 1]!.offset));
@@ -322,27 +308,14 @@ export class KafkaTransport implements Transport {
           }
         }
         const producer = await txp;
-        const outputs: OutRecord[] = [];
-        const dlq = opts.deadLetterTopic;
         try {
-          const done = await runBatch({
+          const keepAlive = () => payload.heartbeat();
+          const { done, outputs } = await transformBatch(opts, {
             topic,
             partition,
             records,
-            handler: async (batch) => {
-              outputs.push(...(await opts.transform(batch)));
-            },
             signal,
-            partialAck: false,
-            retryBackoffMs: opts.retryBackoffMs ?? 100,
-            keepAlive: () => payload.heartbeat(),
-            ...(dlq === undefined
-              ? {}
-              : {
-                  deadLetter: async (r, err) => {
-                    outputs.push(deadLetterRecord(dlq, r, err));
-                  },
-                }),
+            keepAlive,
           });
           if (done === 0) return false;
           const next = records[done - 1]!.offset + 1;

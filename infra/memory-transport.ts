@@ -4,7 +4,7 @@
  * success, atomic transactions, fencing of an older producer with the same transactional id), held to them by
  * the same contract suite as the real one. Nothing persists beyond the process.
  */
-import { abortableDelay, deadLetterRecord, runBatch } from './batch-runner.js';
+import { abortableDelay, handleBatch, transformBatch } from './batch-runner.js';
 import { EdrError } from './errors.js';
 import { partitionFor } from './partitioner.js';
 import type {
@@ -106,19 +106,9 @@ export class MemoryTransport implements Transport {
 
   consume(opts: HandlerOptions): Promise<Consumption> {
     return this.member(opts, async (records, topic, partition, signal) => {
-      const dlq = opts.deadLetterTopic;
-      const done = await runBatch({
-        topic,
-        partition,
-        records,
-        handler: opts.handler,
-        signal,
-        partialAck: true,
-        retryBackoffMs: opts.retryBackoffMs ?? 100,
-        ...(dlq === undefined
-          ? {}
-          : { deadLetter: async (r, err) => this.append([deadLetterRecord(dlq, r, err)]) }),
-      });
+      const done = await handleBatch(opts, { topic, partition, records, signal }, async (r) =>
+        this.append([r]),
+      );
       if (done > 0)
         this.group(opts.groupId).committed.set(tp(topic, partition), records[done - 1]!.offset + 1);
     });
@@ -134,26 +124,7 @@ export class MemoryTransport implements Transport {
         producers.set(id, producer);
       }
       const txp = await producer;
-      const outputs: OutRecord[] = [];
-      const dlq = opts.deadLetterTopic;
-      const done = await runBatch({
-        topic,
-        partition,
-        records,
-        handler: async (batch) => {
-          outputs.push(...(await opts.transform(batch)));
-        },
-        signal,
-        partialAck: false,
-        retryBackoffMs: opts.retryBackoffMs ?? 100,
-        ...(dlq === undefined
-          ? {}
-          : {
-              deadLetter: async (r, err) => {
-                outputs.push(deadLetterRecord(dlq, r, err));
-              },
-            }),
-      });
+      const { done, outputs } = await transformBatch(opts, { topic, partition, records, signal });
       if (done === 0) return;
       await txp.transaction(async (tx) => {
         await tx.send(outputs);
