@@ -7,19 +7,11 @@ import { createLogger } from '../infra/log.js';
 import { sampleEvent } from '../test/fixtures/events.js';
 import { alertId } from './alerts.js';
 import { RuleStore } from './rule-store.js';
+import { containsRule } from './testing.js';
 
 const quiet = createLogger({}, 'error');
 
-const rule = (id: string, needle: string) => `title: rule ${id}
-id: ${id}
-logsource:
-  product: linux
-  category: process_creation
-detection:
-  selection:
-    CommandLine|contains: '${needle}'
-  condition: selection
-`;
+const rule = (id: string, needle: string) => containsRule(id, needle);
 const A = '00000000-0000-4000-8000-0000000000a1';
 const B = '00000000-0000-4000-8000-0000000000b1';
 

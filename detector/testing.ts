@@ -41,6 +41,22 @@ export async function createTestTopics(t: Transport, topics: TestTopics, partiti
   ]);
 }
 
+/** A minimal process_creation rule: command lines containing `needle`. */
+export function containsRule(id: string, needle: string, title = `rule ${id}`): string {
+  return `title: ${title}
+id: ${id}
+status: test
+level: high
+logsource:
+  product: linux
+  category: process_creation
+detection:
+  selection:
+    CommandLine|contains: '${needle}'
+  condition: selection
+`;
+}
+
 export function writeConfig(dir: string, name: string, config: Record<string, unknown>): string {
   const file = path.join(dir, `${name}.yaml`);
   writeFileSync(file, yaml.dump(config));

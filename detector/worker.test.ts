@@ -8,22 +8,14 @@ import { sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
 import { alertId } from './alerts.js';
 import { RuleStore } from './rule-store.js';
 import { detectorMetrics } from './telemetry.js';
+import { containsRule } from './testing.js';
 import { DetectorWorker } from './worker.js';
 
 const noop = () => {};
 const quiet: Logger = { debug: noop, info: noop, warn: noop, error: noop, child: () => quiet };
 const A = '00000000-0000-4000-8000-0000000000a1';
 const B = '00000000-0000-4000-8000-0000000000b1';
-const rule = (id: string, needle: string) => `title: rule ${id}
-id: ${id}
-logsource:
-  product: linux
-  category: process_creation
-detection:
-  selection:
-    CommandLine|contains: '${needle}'
-  condition: selection
-`;
+const rule = (id: string, needle: string) => containsRule(id, needle);
 const topics = {
   input: 'in',
   alerts: 'alerts',

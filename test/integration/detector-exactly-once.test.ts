@@ -10,6 +10,7 @@ import { after, test } from 'node:test';
 import { alertId } from '../../detector/alerts.js';
 import {
   collectAlerts,
+  containsRule,
   createTestTopics,
   tempDir,
   testTopics,
@@ -40,18 +41,7 @@ const BAD = [
   Buffer.alloc(0),
 ];
 
-const RULE = `title: Known bad marker on the command line
-id: ${RULE_ID}
-status: test
-level: high
-logsource:
-  product: linux
-  category: process_creation
-detection:
-  selection:
-    CommandLine|contains: 'edr-known-bad'
-  condition: selection
-`;
+const RULE = containsRule(RULE_ID, 'edr-known-bad', 'Known bad marker on the command line');
 
 const workers: WorkerProcess[] = [];
 after(async () => {

@@ -9,7 +9,13 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { alertId } from '../../detector/alerts.js';
-import { collectAlerts, createTestTopics, tempDir, testTopics } from '../../detector/testing.js';
+import {
+  collectAlerts,
+  containsRule,
+  createTestTopics,
+  tempDir,
+  testTopics,
+} from '../../detector/testing.js';
 import type { KafkaTransport } from '../../infra/kafka-transport.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord } from '../../infra/transport.js';
@@ -25,18 +31,7 @@ after(async () => {
 });
 
 const RULE_ID = '5d3c0e0a-0000-4000-8000-00000000e201';
-const RULE = `title: Replayed rule
-id: ${RULE_ID}
-status: test
-level: high
-logsource:
-  product: linux
-  category: process_creation
-detection:
-  selection:
-    CommandLine|contains: 'replay-marker'
-  condition: selection
-`;
+const RULE = containsRule(RULE_ID, 'replay-marker', 'Replayed rule');
 
 function cli(args: string[]): { code: number; out: string; err: string } {
   const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'infra', 'cli.js'), ...args], {
