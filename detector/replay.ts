@@ -14,6 +14,7 @@ import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
 import { createLogger } from '../infra/log.js';
 import type { Batch, Consumption, OutRecord, Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
+import { plainEvent } from '../schemas/execve-view.js';
 import { topics as table } from '../schemas/topics.js';
 import { alertRecord, buildAlert } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
@@ -113,15 +114,18 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
       if (r.offset >= stop) break;
       let decoded: ReturnType<typeof codec.decode>;
       try {
-        decoded = codec.decode(r.value ?? Buffer.alloc(0));
+        decoded = codec.view(r.value ?? Buffer.alloc(0));
       } catch {
         continue; // undecodable history: the live detector dead-lettered it already
       }
       if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue;
-      const ev = decoded.value;
-      if (hosts !== undefined && !hosts.has(ev.hostId) && !hosts.has(ev.hostname)) continue;
+      const view = decoded.value;
+      if (hosts !== undefined && !hosts.has(view.hostId) && !hosts.has(view.hostname)) continue;
       events++;
-      for (const m of evaluateExecve(snap.engine, ev)) {
+      const matches = evaluateExecve(snap.engine, view);
+      if (matches.length === 0) continue;
+      const ev = plainEvent(view);
+      for (const m of matches) {
         const alert = buildAlert(ruleInfo(m.rule), ev, m.fields, {
           ruleSetVersion: snap.version,
           detectorId: `replay-${o.runId}`,

@@ -10,6 +10,7 @@ import { EdrError, errorMessage } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
 import type { Batch, Consumption, InRecord, OutRecord, Transport } from '../infra/transport.js';
 import { type Codec, projectCodec } from '../schemas/codec.js';
+import { plainEvent } from '../schemas/execve-view.js';
 import type { Alert, ExecveEvent } from '../schemas/types.js';
 import { alertRecord, buildAlert, eventField, type RuleInfo } from './alerts.js';
 import { CorrelationStore, eventTimeMs, groupKey, isHostScoped, ruleRef } from './correlations.js';
@@ -274,18 +275,20 @@ export class DetectorWorker {
     for (const r of batch.records) {
       let decoded: ReturnType<Codec['decode']>;
       try {
-        decoded = this.codec.decode(r.value ?? Buffer.alloc(0));
+        // A view: rules read a few fields, so only those are decoded (the body's structure is checked here).
+        decoded = this.codec.view(r.value ?? Buffer.alloc(0));
       } catch (err) {
         out.push(deadLetterRecord(o.topics.deadLetter, r, err));
         dead++;
         continue;
       }
       if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue; // lifecycle records on the audit topic
-      const ev = decoded.value;
-      const { snap, matches } = evaluateSafely(o.store, ev, (rule, err) => {
+      const { snap, matches } = evaluateSafely(o.store, decoded.value, (rule, err) => {
         o.log.error('rule disabled: it threw at evaluation', { ruleId: rule.id, err });
         out.push(disabledReport(this.codec, o, rule, err));
       });
+      if (matches.length === 0) continue;
+      const ev = plainEvent(decoded.value);
       const d = derived(snap);
       for (const m of matches) {
         o.metrics.ruleMatched(m.rule.id);

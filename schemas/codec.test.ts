@@ -14,6 +14,7 @@ import {
   rabinFingerprint,
   type Schema,
 } from './codec.js';
+import { ExecveView, plainEvent } from './execve-view.js';
 
 // Inputs, canonical forms and fingerprints from the Avro specification's test data (share/test/data/schema-tests.txt);
 // fingerprints there are signed 64-bit decimals.
@@ -216,5 +217,82 @@ describe('64-bit longs', () => {
     assert.throws(() =>
       codec.encode('dev.edr.v1.CollectorRecord', sampleCollectorRecord({ timeNs: 2n ** 63n })),
     );
+  });
+});
+
+describe('ExecveEvent views (lazy decoding)', () => {
+  const codec = projectCodec();
+  const bigs = [0n, -1n, 2n ** 48n, -(2n ** 49n) - 3n, 2n ** 53n + 1n, 2n ** 63n - 1n, -(2n ** 63n)];
+
+  it('read every field exactly as the eager decoder does', () => {
+    const events = [
+      sampleEvent(),
+      sampleEvent({ containerId: 'abc', sha256: 'f'.repeat(64), userName: null, parentImage: null }),
+      sampleEvent({ argv: [], ancestors: [], image: 'ünïcødé/路径', cwd: '' }),
+      sampleEvent({ argv: Array.from({ length: 300 }, (_, i) => `arg${i}`), pid: -5, argvTruncated: true }),
+      ...bigs.map((v) => sampleEvent({ timeNs: v, seq: v, cgroupId: v, loginUid: v })),
+    ];
+    for (const e of events) {
+      const bytes = codec.encode('dev.edr.v1.ExecveEvent', e);
+      const view = codec.view(bytes);
+      assert.equal(view.name, 'dev.edr.v1.ExecveEvent');
+      assert.ok(view.value instanceof ExecveView);
+      // Field by field first (each read decodes it), then the whole object.
+      assert.equal(view.value.image, e.image);
+      assert.equal(view.value.loginUid, e.loginUid);
+      assert.deepEqual(view.value.argv, e.argv);
+      assert.deepEqual(plainEvent(view.value), plain(codec.decode(bytes).value));
+    }
+  });
+
+  it('reads arrays written in blocks with byte sizes (negative counts), as other Avro writers may', () => {
+    const e = sampleEvent({ argv: ['a', 'bc'], ancestors: [] });
+    const body = codec.encode('dev.edr.v1.ExecveEvent', e);
+    // Re-encode argv as one block of count -2 and byte size 5 ("a" is 2 bytes, "bc" 3).
+    const str = avro.Type.forSchema('string');
+    const arr = avro.Type.forSchema({ type: 'array', items: 'string' });
+    const plainArgv = arr.toBuffer(['a', 'bc']);
+    const blocked = Buffer.concat([
+      avro.Type.forSchema('long').toBuffer(-2),
+      avro.Type.forSchema('long').toBuffer(5),
+      str.toBuffer('a'),
+      str.toBuffer('bc'),
+      Buffer.from([0]),
+    ]);
+    const at = body.indexOf(plainArgv, 10);
+    assert.ok(at > 0);
+    const bytes = Buffer.concat([body.subarray(0, at), blocked, body.subarray(at + plainArgv.length)]);
+    const view = codec.view(bytes).value;
+    assert.ok(view instanceof ExecveView);
+    assert.deepEqual(view.argv, ['a', 'bc']);
+    assert.deepEqual(plainEvent(view), plain(codec.decode(bytes).value));
+  });
+
+  it('reject a corrupt body when made, with the same codes as decode', () => {
+    const good = codec.encode('dev.edr.v1.ExecveEvent', sampleEvent());
+    expectCode(() => codec.view(good.subarray(0, good.length - 5)), 'EDR_SCHEMA_CORRUPT');
+    expectCode(() => codec.view(Buffer.concat([good, Buffer.from([0])])), 'EDR_SCHEMA_CORRUPT');
+    expectCode(
+      () => codec.view(Buffer.concat([good.subarray(0, 10), Buffer.alloc(40, 0xff)])),
+      'EDR_SCHEMA_CORRUPT',
+    );
+    expectCode(() => codec.view(Buffer.from('{"json":true}')), 'EDR_SCHEMA_NOT_SINGLE_OBJECT');
+  });
+
+  it('fall back to eager decoding for other records and other writer schemas', () => {
+    const rec = sampleCollectorRecord();
+    const d = codec.view(codec.encode('dev.edr.v1.CollectorRecord', rec));
+    assert.equal(d.name, 'dev.edr.v1.CollectorRecord');
+    const eventSchema = JSON.parse(readFileSync(path.join(repoRoot, 'schemas', 'execve-event.avsc'), 'utf8'));
+    const newer = {
+      ...eventSchema,
+      fields: [...eventSchema.fields, { name: 'tty', type: ['null', 'string'], default: null }],
+    } as Schema;
+    const reader = new Codec(projectSchemas());
+    reader.addWriterSchema(newer);
+    const e = sampleEvent();
+    const v = reader.view(new Codec([newer]).encode('dev.edr.v1.ExecveEvent', { ...e, tty: 'x' } as never));
+    assert.ok(!(v.value instanceof ExecveView));
+    assert.deepEqual(plain(v.value), e);
   });
 });

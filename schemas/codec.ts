@@ -9,6 +9,7 @@ import path from 'node:path';
 import avro from 'avsc';
 import { EdrError } from '../infra/errors.js';
 import { repoRoot } from '../infra/paths.js';
+import { ExecveLayout, ExecveView } from './execve-view.js';
 import type { Alert, CollectorRecord, ExecveEvent } from './types.js';
 
 const MAGIC0 = 0xc3;
@@ -86,6 +87,8 @@ export class Codec {
   private readonly readers = new Map<string, { type: avro.Type; header: Buffer }>();
   private readonly writers = new Map<bigint, Writer>();
   private readonly resolvers = new Map<bigint, avro.Resolver | null>();
+  /** The current ExecveEvent schema's fingerprint and layout, for `view`. */
+  private execve: { fingerprint: bigint; layout: ExecveLayout } | undefined;
 
   /** `schemas` are the reader (current) schemas; they are also registered as writer schemas. */
   constructor(schemas: Schema[]) {
@@ -98,6 +101,10 @@ export class Codec {
       const fp = fingerprintOf(type);
       this.readers.set(name, { type, header: header(fp) });
       this.writers.set(fp, { type, name, fingerprint: fp });
+      if (name === 'dev.edr.v1.ExecveEvent') {
+        const layout = ExecveLayout.of(type);
+        if (layout !== undefined) this.execve = { fingerprint: fp, layout };
+      }
     }
   }
 
@@ -146,15 +153,26 @@ export class Codec {
     return Buffer.concat([reader.header, body], HEADER + body.length);
   }
 
+  /**
+   * Like `decode`, but an ExecveEvent written with the current schema comes back as an `ExecveView`: its
+   * structure is checked now, its fields are decoded when first read. For code that reads a few fields of most
+   * records (rule evaluation); `plainEvent()` turns it into a plain object.
+   */
+  view(buf: Uint8Array): Decoded {
+    const bytes = singleObject(buf);
+    const x = this.execve;
+    if (x !== undefined && bytes.readBigUInt64LE(2) === x.fingerprint) {
+      return {
+        name: 'dev.edr.v1.ExecveEvent',
+        value: new ExecveView(x.layout, bytes, x.layout.scan(bytes, HEADER)),
+      };
+    }
+    return this.decode(bytes);
+  }
+
   /** Decodes one single-object-encoded record; throws EdrError (never retryable) on anything it cannot read. */
   decode(buf: Uint8Array): Decoded {
-    const bytes = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-    if (bytes.length < HEADER || bytes[0] !== MAGIC0 || bytes[1] !== MAGIC1) {
-      throw new EdrError(
-        'EDR_SCHEMA_NOT_SINGLE_OBJECT',
-        `not an Avro single-object record (${bytes.length} bytes, starts ${bytes.subarray(0, 2).toString('hex') || 'empty'}; expected c301)`,
-      );
-    }
+    const bytes = singleObject(buf);
     const fp = bytes.readBigUInt64LE(2);
     const writer = this.writers.get(fp);
     if (writer === undefined) {
@@ -215,6 +233,18 @@ export class Codec {
     }
     return r;
   }
+}
+
+/** `buf` as a Buffer, checked to start with the single-object marker. */
+function singleObject(buf: Uint8Array): Buffer {
+  const bytes = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (bytes.length < HEADER || bytes[0] !== MAGIC0 || bytes[1] !== MAGIC1) {
+    throw new EdrError(
+      'EDR_SCHEMA_NOT_SINGLE_OBJECT',
+      `not an Avro single-object record (${bytes.length} bytes, starts ${bytes.subarray(0, 2).toString('hex') || 'empty'}; expected c301)`,
+    );
+  }
+  return bytes;
 }
 
 function header(fp: bigint): Buffer {

@@ -8,7 +8,7 @@
  * Run: npm run bench detector   (EDR_BENCH_DETECTOR_EVENTS sets the event count, default 100,000)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -75,6 +75,25 @@ async function stopChildren(children: ChildProcess[]): Promise<void> {
   );
 }
 
+/** CPU seconds (user + system) a process has used so far, from /proc; 0 once it is gone. */
+function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ is 100 on Linux)
+  } catch {
+    return 0;
+  }
+}
+
+interface Rate {
+  eventsPerS: number;
+  /** CPU microseconds per event over the measured span: the group's processes, and the broker. */
+  clientUs: number;
+  brokerUs: number;
+}
+
 /** Events/s of a group over `topic`, from its first commit until everything is committed. */
 async function measure(
   t: KafkaTransport,
@@ -82,8 +101,13 @@ async function measure(
   topic: string,
   total: number,
   children: ChildProcess[],
-): Promise<number> {
-  let first: { ms: number; done: number } | undefined;
+  brokerPid: number,
+): Promise<Rate> {
+  const cpu = () => ({
+    client: children.reduce((a, c) => a + cpuSeconds(c.pid), 0),
+    broker: cpuSeconds(brokerPid),
+  });
+  let first: { ms: number; done: number; cpu: ReturnType<typeof cpu> } | undefined;
   const deadline = Date.now() + 600_000;
   for (;;) {
     const dead = children.find((c) => c.exitCode !== null || c.signalCode !== null);
@@ -96,9 +120,15 @@ async function measure(
     }
     const done = lag.reduce((a, l) => a + Math.max(0, l.committed), 0);
     const now = Date.now();
-    if (first === undefined && done > 0) first = { ms: now, done };
+    if (first === undefined && done > 0) first = { ms: now, done, cpu: cpu() };
     if (done >= total && first !== undefined) {
-      return ((done - first.done) / Math.max(1, now - first.ms)) * 1000;
+      const events = Math.max(1, done - first.done);
+      const end = cpu();
+      return {
+        eventsPerS: (events / Math.max(1, now - first.ms)) * 1000,
+        clientUs: ((end.client - first.cpu.client) / events) * 1e6,
+        brokerUs: ((end.broker - first.cpu.broker) / events) * 1e6,
+      };
     }
     if (now > deadline) throw new Error(`${group}: only ${done}/${total} after 10 minutes`);
     await new Promise((r) => setTimeout(r, 100));
@@ -158,7 +188,8 @@ async function main(): Promise<void> {
       `detector bench: ${fmt(N)} events over ${PARTITIONS} partitions; rules ${rulesDir === corpus ? 'SigmaHQ linux/process_creation' : rulesDir}\n`,
     );
     const cli = path.join(repoRoot, 'dist', 'infra', 'cli.js');
-    for (const workers of [1, 2]) {
+    const counts = (process.env['EDR_BENCH_DETECTOR_WORKERS'] ?? '1,2').split(',').map(Number);
+    for (const workers of counts) {
       const cgroup = `bench-ceiling-${workers}`;
       const ceilingKids = Array.from({ length: workers }, () =>
         spawnChild([
@@ -173,7 +204,7 @@ async function main(): Promise<void> {
           cgroup,
         ]),
       );
-      const ceiling = await measure(t, cgroup, topic, N, ceilingKids);
+      const ceiling = await measure(t, cgroup, topic, N, ceilingKids, broker.pid);
       await stopChildren(ceilingKids);
       // Where the gap is: the same consume plus Avro decoding of every record.
       const dgroup = `bench-decode-${workers}`;
@@ -191,7 +222,7 @@ async function main(): Promise<void> {
           dgroup,
         ]),
       );
-      const decoded = await measure(t, dgroup, topic, N, decodeKids);
+      const decoded = await measure(t, dgroup, topic, N, decodeKids, broker.pid);
       await stopChildren(decodeKids);
 
       const group = `bench-detector-${workers}`;
@@ -222,14 +253,17 @@ async function main(): Promise<void> {
         );
         return spawnChild([cli, 'detector', '--config', file]);
       });
-      const pipeline = await measure(t, group, topic, N, kids);
+      const pipeline = await measure(t, group, topic, N, kids, broker.pid);
       await stopChildren(kids);
       const alerts = (await t.endOffsets(topics.alerts)).reduce((a, e) => a + e.offset, 0);
+      const line = (what: string, r: Rate) =>
+        `  ${what.padEnd(26)} ${fmt(r.eventsPerS).padStart(8)} events/s  ratio ${(r.eventsPerS / ceiling.eventsPerS).toFixed(2)}  ` +
+        `cpu/event: clients ${r.clientUs.toFixed(1)} µs, broker ${r.brokerUs.toFixed(1)} µs\n`;
       process.stdout.write(
-        `${workers} worker${workers > 1 ? 's' : ' '}: pipeline ${fmt(pipeline).padStart(8)} events/s  ` +
-          `ceiling (plain consume) ${fmt(ceiling).padStart(8)} events/s  ratio ${(pipeline / ceiling).toFixed(2)}\n` +
-          `           consume + decode only ${fmt(decoded).padStart(8)} events/s  ratio ${(decoded / ceiling).toFixed(2)}  ` +
-          `pipeline/that ${(pipeline / decoded).toFixed(2)}  (alerts topic ${fmt(alerts)} records incl. commit markers)\n`,
+        `${workers} worker${workers > 1 ? 's' : ''} (alerts topic ${fmt(alerts)} records incl. commit markers):\n` +
+          line('ceiling (plain consume)', ceiling) +
+          line('consume + decode', decoded) +
+          line('pipeline', pipeline),
       );
     }
     await t.close();
