@@ -3,7 +3,7 @@
  * Aho-Corasick automaton per field, so one pass over each present field finds every rule worth evaluating.
  * Rules with no such literal (only negations, numeric comparisons, ...) are evaluated on every event.
  */
-import type { CompiledRule } from './compile.js';
+import { type Atom, type CompiledRule, gatedTest, type Predicate, selectionRequirement } from './compile.js';
 import { type EvalContext, type FieldRef, fieldRef } from './event-view.js';
 
 /** Beyond this many table cells an automaton keeps sparse transitions (memory over speed). */
@@ -103,7 +103,7 @@ export class AhoCorasick {
 
 interface FieldAutomaton {
   ac: AhoCorasick;
-  /** Pattern id → indexes of the rules it stands for. */
+  /** Pattern id → the targets it stands for. */
   rules: number[][];
 }
 
@@ -112,25 +112,33 @@ function buildAutomaton(byLiteral: Map<string, Set<number>>): FieldAutomaton {
   return { ac: new AhoCorasick(patterns), rules: patterns.map((p) => [...byLiteral.get(p)!]) };
 }
 
-/** What the index knows of one field: rules keyed by its exact value, and by substrings of it. */
+/** What the index knows of one field: targets keyed by its exact value, and by substrings of it. */
 interface FieldIndex {
   ref: FieldRef;
-  /** Rules that only need the field to be there. */
+  /** Targets that only need the field to be there. */
   presence: number[] | undefined;
   exact: Map<string, number[]> | undefined;
   substrings: FieldAutomaton | undefined;
   /**
-   * Raw value → rules it makes candidates. Field values repeat heavily across a fleet (images, directories,
-   * users, cron and service command lines): a repeated value costs one lookup instead of a lowercase and a scan.
+   * Raw value → targets it marks. Field values repeat heavily across a fleet (images, directories, users, cron
+   * and service command lines): a repeated value costs one lookup instead of a lowercase and a scan. Fields
+   * with exact values only have none: their lookup is already one read.
    */
-  memo: Map<string, readonly number[]>;
+  memo: Map<string, readonly number[]> | undefined;
 }
 
 /** Values longer than this are scanned every time (they rarely repeat and would make the memo large). */
 const MEMO_MAX_VALUE = 256;
 /** Entries per field before the memo starts afresh (a bounded, allocation-cheap stand-in for an LRU). */
 const MEMO_MAX_ENTRIES = 4096;
+/** The memo's answer for the many values that mark nothing: shared, so a miss allocates no list. */
+const NONE: readonly number[] = Object.freeze([]);
 
+/**
+ * Targets are the rules (0..rules.length-1) and, after them, gates: selections of the rules that have no
+ * requirement of their own. Such a rule (`not a and not b`) runs on every event, but a selection none of
+ * whose literals the event holds is false without being evaluated, so its test asks the gate first.
+ */
 export class CandidateIndex {
   private readonly fields = new Map<string, FieldIndex>();
   private readonly byNames = new WeakMap<readonly string[], FieldIndex[]>();
@@ -140,16 +148,25 @@ export class CandidateIndex {
   private readonly anyField: FieldIndex | undefined;
   /** Rules without a requirement: candidates for every event. */
   readonly always: readonly number[];
+  /**
+   * The condition to test per rule: its own, or for a rule in `always`, the same condition with gated
+   * selections. Valid for the event of the last `candidates` call.
+   */
+  readonly tests: readonly Predicate[];
   private readonly stamp: Uint32Array;
   private generation = 0;
-  // Memo entries are computed with their own stamps, so marks made earlier for the event do not hide rules.
+  // Memo entries are computed with their own stamps, so marks made earlier for the event do not hide targets.
   private readonly memoStamp: Uint32Array;
   private memoGeneration = 0;
   private activeStamp: Uint32Array;
   private activeGeneration = 0;
+  /** Marked targets below this are listed: the rules for an event, every target for a memo entry. */
+  private listBelow: number;
   // Scan state, kept on the instance so a scan allocates nothing but its result.
   private current: number[][] = [];
   private found: number[] = [];
+  private readonly eventFound: number[] = [];
+  private readonly memoFound: number[] = [];
   private readonly hit = (id: number): void => {
     const rs = this.current[id]!;
     for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
@@ -168,12 +185,24 @@ export class CandidateIndex {
       m.set(k, fresh);
       return fresh;
     };
+    const requirements: Atom[][] = [];
+    const tests: Predicate[] = [];
     rules.forEach((r, i) => {
-      if (r.requirement === undefined || r.requirement.length === 0) {
-        always.push(i);
-        return;
-      }
-      for (const a of r.requirement) {
+      tests.push(r.test);
+      if (r.requirement === undefined || r.requirement.length === 0) always.push(i);
+      requirements.push(r.requirement ?? []);
+    });
+    for (const i of always) {
+      tests[i] = gatedTest(rules[i]!, (sel) => {
+        const req = selectionRequirement(sel);
+        if (req === undefined || req.length === 0) return undefined;
+        const target = requirements.length;
+        requirements.push(req);
+        return () => this.stamp[target] === this.generation;
+      });
+    }
+    requirements.forEach((req, i) => {
+      for (const a of req) {
         if (a.presence && a.field !== undefined) {
           const list = add(presence, a.field, () => []);
           if (!list.includes(i)) list.push(i);
@@ -198,7 +227,7 @@ export class CandidateIndex {
       this.fields.set(f, {
         ref: fieldRef(f),
         presence: presence.get(f),
-        memo: new Map(),
+        memo: sub === undefined ? undefined : new Map(),
         exact: exact.get(f),
         substrings: sub === undefined ? undefined : buildAutomaton(sub),
       });
@@ -214,22 +243,28 @@ export class CandidateIndex {
           }
         : undefined;
     this.always = always;
-    this.stamp = new Uint32Array(rules.length);
-    this.memoStamp = new Uint32Array(rules.length);
+    this.tests = tests;
+    this.stamp = new Uint32Array(requirements.length);
+    this.memoStamp = new Uint32Array(requirements.length);
     this.activeStamp = this.stamp;
+    this.listBelow = rules.length;
   }
 
   private mark(r: number): void {
     if (this.activeStamp[r] !== this.activeGeneration) {
       this.activeStamp[r] = this.activeGeneration;
-      this.found.push(r);
+      if (r < this.listBelow) this.found.push(r);
     }
+  }
+
+  private markAll(rs: readonly number[]): void {
+    for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
   }
 
   private scanField(fi: FieldIndex, s: string): void {
     if (fi.exact !== undefined) {
       const rs = fi.exact.get(s);
-      if (rs !== undefined) for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
+      if (rs !== undefined) this.markAll(rs);
     }
     if (fi.substrings !== undefined) {
       this.current = fi.substrings.rules;
@@ -260,40 +295,50 @@ export class CandidateIndex {
     return list;
   }
 
-  /** Marks the rules a string value makes candidates, through the field's memo when the value is short. */
-  private scanValue(fi: FieldIndex, raw: string, lower: string | undefined): void {
-    if (raw.length > MEMO_MAX_VALUE) {
-      this.scanField(fi, lower ?? raw.toLowerCase());
+  /**
+   * Marks the targets a string value marks, through the field's memo when it has one and the value is short.
+   * The lowercased value comes from `ctx` for a field (shared with the rules), else is made here, and only
+   * when the memo does not answer.
+   */
+  private scanValue(fi: FieldIndex, raw: string, ctx: EvalContext | undefined): void {
+    const memo = fi.memo;
+    if (memo === undefined || raw.length > MEMO_MAX_VALUE) {
+      this.scanField(fi, ctx !== undefined ? ctx.lower(fi.ref)! : raw.toLowerCase());
       return;
     }
-    let rs = fi.memo.get(raw);
+    let rs = memo.get(raw);
     if (rs === undefined) {
-      rs = this.scanAlone(fi, lower ?? raw.toLowerCase());
-      if (fi.memo.size >= MEMO_MAX_ENTRIES) fi.memo.clear();
-      fi.memo.set(raw, rs);
+      rs = this.scanAlone(fi, ctx !== undefined ? ctx.lower(fi.ref)! : raw.toLowerCase());
+      if (memo.size >= MEMO_MAX_ENTRIES) memo.clear();
+      memo.set(raw, rs);
     }
-    for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
+    if (rs.length > 0) this.markAll(rs);
   }
 
-  /** The rules one value of the field makes candidates, on their own (for the memo). */
-  private scanAlone(fi: FieldIndex, s: string): number[] {
-    const saved = this.found;
+  /** The targets one value of the field marks, on their own (for the memo). */
+  private scanAlone(fi: FieldIndex, s: string): readonly number[] {
     if (++this.memoGeneration === 0xffffffff) {
       this.memoStamp.fill(0);
       this.memoGeneration = 1;
     }
     this.activeStamp = this.memoStamp;
     this.activeGeneration = this.memoGeneration;
-    this.found = [];
+    this.listBelow = this.memoStamp.length;
+    this.found = this.memoFound;
+    this.memoFound.length = 0;
     this.scanField(fi, s);
-    const out = this.found;
-    this.found = saved;
+    const out = this.memoFound.length === 0 ? NONE : this.memoFound.slice();
+    this.found = this.eventFound;
+    this.listBelow = this.rules.length;
     this.activeStamp = this.stamp;
     this.activeGeneration = this.generation;
     return out;
   }
 
-  /** Indexes (in no particular order) of the rules that may match the event; every other rule cannot. */
+  /**
+   * Indexes (in no particular order) of the rules that may match the event; every other rule cannot. The
+   * list is reused: it is valid until the next call.
+   */
   candidates(ctx: EvalContext, fieldNames: readonly string[]): number[] {
     if (++this.generation === 0xffffffff) {
       this.stamp.fill(0);
@@ -301,23 +346,26 @@ export class CandidateIndex {
     }
     this.activeStamp = this.stamp;
     this.activeGeneration = this.generation;
-    this.found = [];
+    this.found = this.eventFound;
+    this.eventFound.length = 0;
     const indexed = this.indexedFields(fieldNames);
     for (let i = 0; i < indexed.length; i++) {
       const fi = indexed[i]!;
       const raw = ctx.raw(fi.ref);
       if (raw == null) continue;
-      if (fi.presence !== undefined) for (const r of fi.presence) this.mark(r);
-      if (typeof raw === 'string') this.scanValue(fi, raw, ctx.lower(fi.ref));
+      if (fi.presence !== undefined) this.markAll(fi.presence);
+      if (typeof raw === 'string') this.scanValue(fi, raw, ctx);
       else if (Array.isArray(raw)) for (const x of raw) this.scanField(fi, String(x).toLowerCase());
       else {
         const s = ctx.lower(fi.ref); // numbers, booleans
         if (s !== undefined) this.scanField(fi, s);
       }
     }
-    if (this.anyField !== undefined)
-      for (const v of ctx.keywordValues()) this.scanValue(this.anyField, v, undefined);
-    for (let k = 0; k < this.always.length; k++) this.mark(this.always[k]!);
-    return this.found;
+    if (this.anyField !== undefined) {
+      const values = ctx.keywordValues();
+      for (let i = 0; i < values.length; i++) this.scanValue(this.anyField, values[i]!, undefined);
+    }
+    this.markAll(this.always);
+    return this.eventFound;
   }
 }

@@ -4,7 +4,7 @@
  */
 import { EdrError } from '../../infra/errors.js';
 import { type Condition, parseCondition } from './conditions.js';
-import { type EvalContext, fieldRef } from './event-view.js';
+import type { EvalContext, FieldRef } from './event-view.js';
 import { type CompileOptions, compileFieldItem, type FieldItem, itemMatches } from './modifiers.js';
 import { fail, type Locator, type LogSource, type RuleDoc } from './parse.js';
 
@@ -33,10 +33,12 @@ export interface CompiledDetection {
   requirement: Atom[] | undefined;
   /** The condition as one closure over pre-resolved selections: no lookups at match time. */
   test: Predicate;
+  /** The selections a match reports fields of (not under a `not`), each once, in condition order. */
+  reported: readonly Selection[];
   warnings: string[];
 }
 
-type Predicate = (ctx: EvalContext) => boolean;
+export type Predicate = (ctx: EvalContext) => boolean;
 
 export interface CompiledRule extends CompiledDetection {
   doc: RuleDoc;
@@ -168,7 +170,7 @@ function itemRequirement(item: FieldItem): Atom[] | undefined {
   return item.all ? best(per) : union(per);
 }
 
-function selectionRequirement(sel: Selection): Atom[] | undefined {
+export function selectionRequirement(sel: Selection): Atom[] | undefined {
   return union(sel.groups.map((g) => best(g.map(itemRequirement))));
 }
 
@@ -191,8 +193,9 @@ function requirementOf(c: Condition, sels: ReadonlyMap<string, Selection>): Atom
 
 // ---- evaluation -------------------------------------------------------------------------------------------
 
-export function ruleMatches(rule: CompiledRule, ctx: EvalContext): boolean {
-  if (!rule.test(ctx)) return false;
+/** `test` may be a stand-in for the rule's own condition that gives the same answers (the index's gated one). */
+export function ruleMatches(rule: CompiledRule, ctx: EvalContext, test: Predicate = rule.test): boolean {
+  if (!test(ctx)) return false;
   for (const f of rule.filters) if (!f.test(ctx)) return false;
   return true;
 }
@@ -260,27 +263,74 @@ function conditionPredicate(c: Condition, sels: ReadonlyMap<string, Predicate>):
   }
 }
 
-/** Fields of the positively matched selections of a matched rule, for the alert. */
-export function matchedFields(rule: CompiledDetection, ctx: EvalContext): { field: string; value: string }[] {
-  const out = new Map<string, string>();
-  const visit = (c: Condition): void => {
-    if (c.t === 'not') return;
-    if (c.t === 'and' || c.t === 'or') for (const x of c.a) visit(x);
-    const names = c.t === 'sel' ? [c.name] : c.t === 'of' ? c.names : [];
+/** The selections outside `not` branches, in the order the condition names them, each once. */
+function reportedSelections(c: Condition, sels: ReadonlyMap<string, Selection>): Selection[] {
+  const out: Selection[] = [];
+  const visit = (x: Condition): void => {
+    if (x.t === 'not') return;
+    if (x.t === 'and' || x.t === 'or') for (const y of x.a) visit(y);
+    const names = x.t === 'sel' ? [x.name] : x.t === 'of' ? x.names : [];
     for (const name of names) {
-      const sel = rule.selections.get(name)!;
-      const group = sel.groups.find((g) => g.every((it) => itemMatches(it, ctx)));
-      for (const item of group ?? []) {
-        for (const f of item.field === undefined ? [] : [item.field, ...item.refs]) {
-          const raw = ctx.raw(fieldRef(f));
-          if (raw !== undefined && !out.has(f))
-            out.set(f, typeof raw === 'string' ? raw : JSON.stringify(raw));
-        }
-      }
+      const sel = sels.get(name)!;
+      if (!out.includes(sel)) out.push(sel);
     }
   };
-  visit(rule.condition);
-  return [...out].map(([field, value]) => ({ field, value }));
+  visit(c);
+  return out;
+}
+
+function groupMatches(group: readonly FieldItem[], ctx: EvalContext): boolean {
+  for (let k = 0; k < group.length; k++) if (!itemMatches(group[k]!, ctx)) return false;
+  return true;
+}
+
+function report(
+  out: { field: string; value: string }[],
+  field: string,
+  ref: FieldRef,
+  ctx: EvalContext,
+): void {
+  for (let k = 0; k < out.length; k++) if (out[k]!.field === field) return;
+  const raw = ctx.raw(ref);
+  if (raw !== undefined) out.push({ field, value: typeof raw === 'string' ? raw : JSON.stringify(raw) });
+}
+
+/**
+ * Fields of the positively matched selections of a matched rule, for the alert: per selection, those of its
+ * first group that matches; each field once, first report wins.
+ */
+export function matchedFields(rule: CompiledDetection, ctx: EvalContext): { field: string; value: string }[] {
+  const out: { field: string; value: string }[] = [];
+  for (const sel of rule.reported) {
+    let group: readonly FieldItem[] | undefined;
+    for (const g of sel.groups) {
+      if (groupMatches(g, ctx)) {
+        group = g;
+        break;
+      }
+    }
+    if (group === undefined) continue;
+    for (const item of group) {
+      if (item.field === undefined) continue;
+      report(out, item.field, item.ref!, ctx);
+      for (let k = 0; k < item.refs.length; k++) report(out, item.refs[k]!, item.refRefs[k]!, ctx);
+    }
+  }
+  return out;
+}
+
+/**
+ * The detection's condition with each selection that has a requirement asked only when `gate` says the event
+ * holds one of its literals; a selection without any of them cannot match, so the answers are the same.
+ */
+export function gatedTest(d: CompiledDetection, gate: (sel: Selection) => Predicate | undefined): Predicate {
+  const preds = new Map<string, Predicate>();
+  for (const [name, sel] of d.selections) {
+    const p = selectionPredicate(sel);
+    const g = gate(sel);
+    preds.set(name, g === undefined ? p : (ctx) => g(ctx) && p(ctx));
+  }
+  return conditionPredicate(d.condition, preds);
 }
 
 // ---- compile ---------------------------------------------------------------------------------------------
@@ -321,7 +371,14 @@ export function compileDetection(
   const condition: Condition = parsed.length === 1 ? parsed[0]! : { t: 'or', a: parsed };
   const preds = new Map([...selections].map(([n, sel]) => [n, selectionPredicate(sel)]));
   const test = conditionPredicate(condition, preds);
-  return { selections, condition, requirement: requirementOf(condition, selections), test, warnings };
+  return {
+    selections,
+    condition,
+    requirement: requirementOf(condition, selections),
+    test,
+    reported: reportedSelections(condition, selections),
+    warnings,
+  };
 }
 
 export function compileRule(doc: RuleDoc, opts: CompileOptions = {}): CompiledRule {

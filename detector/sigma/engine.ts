@@ -162,8 +162,12 @@ export function evaluate(engine: Engine, event: SigmaEvent, out: Match[] = []): 
   if (route.index !== undefined) {
     // Candidates come in scan order; matches are reported in rule order, like the naive path.
     const hits: number[] = [];
-    for (const i of route.index.candidates(ctx, event.fieldNames()))
-      if (ruleMatches(route.rules[i]!, ctx)) hits.push(i);
+    const { tests } = route.index;
+    const cands = route.index.candidates(ctx, event.fieldNames());
+    for (let k = 0; k < cands.length; k++) {
+      const i = cands[k]!;
+      if (ruleMatches(route.rules[i]!, ctx, tests[i])) hits.push(i);
+    }
     if (hits.length > 1) hits.sort((a, b) => a - b);
     for (const i of hits) {
       const rule = route.rules[i]!;

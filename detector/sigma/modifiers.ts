@@ -458,6 +458,8 @@ export interface FieldItem {
   all: boolean;
   /** Fields read by the tests other than `field` (fieldref), for matched-field reports. */
   refs: string[];
+  /** Their cache slots. */
+  refRefs: FieldRef[];
 }
 
 // ---- the other value types --------------------------------------------------------------------------------
@@ -813,6 +815,7 @@ export function compileFieldItem(
     tests,
     all: all || seen.has('neq'),
     refs,
+    refRefs: refs.map(fieldRef),
   };
 }
 
