@@ -119,6 +119,8 @@ interface FieldIndex {
   presence: number[] | undefined;
   exact: Map<string, number[]> | undefined;
   substrings: FieldAutomaton | undefined;
+  /** The keyword automaton, when this index also searches the field's value as one of the event's values. */
+  keywords: FieldAutomaton | undefined;
   /**
    * Raw value → targets it marks. Field values repeat heavily across a fleet (images, directories, users, cron
    * and service command lines): a repeated value costs one lookup instead of a lowercase and a scan. Fields
@@ -135,6 +137,16 @@ const MEMO_MAX_ENTRIES = 4096;
 const NONE: readonly number[] = Object.freeze([]);
 
 /**
+ * A field of an event whose values are its fields' values (`keywordsAreFields`): its own index, if any, and
+ * one that also runs the keyword automaton over the value, so a repeated value costs one memo lookup for both.
+ */
+interface NamedField {
+  ref: FieldRef;
+  own: FieldIndex | undefined;
+  both: FieldIndex;
+}
+
+/**
  * Targets are the rules (0..rules.length-1) and, after them, gates: selections of the rules that have no
  * requirement of their own. Such a rule (`not a and not b`) runs on every event, but a selection none of
  * whose literals the event holds is false without being evaluated, so its test asks the gate first.
@@ -144,6 +156,10 @@ export class CandidateIndex {
   private readonly byNames = new WeakMap<readonly string[], FieldIndex[]>();
   private lastNames: readonly string[] | undefined;
   private lastIndexed: FieldIndex[] = [];
+  private readonly named = new Map<string, NamedField>();
+  private readonly byNamesNamed = new WeakMap<readonly string[], NamedField[]>();
+  private lastNamedNames: readonly string[] | undefined;
+  private lastNamed: NamedField[] = [];
   /** Keyword literals, searched in every value of the event. */
   private readonly anyField: FieldIndex | undefined;
   /** Rules without a requirement: candidates for every event. */
@@ -162,11 +178,13 @@ export class CandidateIndex {
   private activeGeneration = 0;
   /** Marked targets below this are listed: the rules for an event, every target for a memo entry. */
   private listBelow: number;
-  // Scan state, kept on the instance so a scan allocates nothing but its result.
+  // Scan state, kept on the instance so a scan allocates nothing but its result. Lists are filled up to a
+  // count rather than truncated: setting an array's length is a runtime call.
   private current: number[][] = [];
-  private found: number[] = [];
-  private readonly eventFound: number[] = [];
-  private readonly memoFound: number[] = [];
+  private list: number[] = [];
+  private count = 0;
+  private readonly eventList: number[] = [];
+  private readonly memoList: number[] = [];
   private readonly hit = (id: number): void => {
     const rs = this.current[id]!;
     for (let k = 0; k < rs.length; k++) this.mark(rs[k]!);
@@ -230,6 +248,7 @@ export class CandidateIndex {
         memo: sub === undefined ? undefined : new Map(),
         exact: exact.get(f),
         substrings: sub === undefined ? undefined : buildAutomaton(sub),
+        keywords: undefined,
       });
     }
     this.anyField =
@@ -240,6 +259,7 @@ export class CandidateIndex {
             memo: new Map(),
             exact: undefined,
             substrings: buildAutomaton(any),
+            keywords: undefined,
           }
         : undefined;
     this.always = always;
@@ -248,12 +268,13 @@ export class CandidateIndex {
     this.memoStamp = new Uint32Array(requirements.length);
     this.activeStamp = this.stamp;
     this.listBelow = rules.length;
+    this.list = this.eventList;
   }
 
   private mark(r: number): void {
     if (this.activeStamp[r] !== this.activeGeneration) {
       this.activeStamp[r] = this.activeGeneration;
-      if (r < this.listBelow) this.found.push(r);
+      if (r < this.listBelow) this.list[this.count++] = r;
     }
   }
 
@@ -270,6 +291,47 @@ export class CandidateIndex {
       this.current = fi.substrings.rules;
       fi.substrings.ac.scan(s, this.hit);
     }
+    if (fi.keywords !== undefined) {
+      this.current = fi.keywords.rules;
+      fi.keywords.ac.scan(s, this.hit);
+    }
+  }
+
+  /** The fields of a `keywordsAreFields` event, each with its own index and its combined one (see NamedField). */
+  private namedFields(fieldNames: readonly string[], anyField: FieldIndex): NamedField[] {
+    if (fieldNames === this.lastNamedNames) return this.lastNamed;
+    const frozen = Object.isFrozen(fieldNames);
+    let list = frozen ? this.byNamesNamed.get(fieldNames) : undefined;
+    if (list === undefined) {
+      list = [];
+      for (const f of fieldNames) {
+        let nf = this.named.get(f);
+        if (nf === undefined) {
+          const own = this.fields.get(f);
+          const ref = fieldRef(f);
+          nf = {
+            ref,
+            own,
+            both: {
+              ref,
+              presence: undefined,
+              exact: own?.exact,
+              substrings: own?.substrings,
+              keywords: anyField.substrings,
+              memo: new Map(),
+            },
+          };
+          this.named.set(f, nf);
+        }
+        list.push(nf);
+      }
+      if (frozen) this.byNamesNamed.set(fieldNames, list);
+    }
+    if (frozen) {
+      this.lastNamedNames = fieldNames;
+      this.lastNamed = list;
+    }
+    return list;
   }
 
   /**
@@ -321,14 +383,16 @@ export class CandidateIndex {
       this.memoStamp.fill(0);
       this.memoGeneration = 1;
     }
+    const eventCount = this.count;
     this.activeStamp = this.memoStamp;
     this.activeGeneration = this.memoGeneration;
     this.listBelow = this.memoStamp.length;
-    this.found = this.memoFound;
-    this.memoFound.length = 0;
+    this.list = this.memoList;
+    this.count = 0;
     this.scanField(fi, s);
-    const out = this.memoFound.length === 0 ? NONE : this.memoFound.slice();
-    this.found = this.eventFound;
+    const out = this.count === 0 ? NONE : this.memoList.slice(0, this.count);
+    this.list = this.eventList;
+    this.count = eventCount;
     this.listBelow = this.rules.length;
     this.activeStamp = this.stamp;
     this.activeGeneration = this.generation;
@@ -336,36 +400,66 @@ export class CandidateIndex {
   }
 
   /**
-   * Indexes (in no particular order) of the rules that may match the event; every other rule cannot. The
-   * list is reused: it is valid until the next call.
+   * Finds the rules that may match the event (every other rule cannot) and returns how many: they are the
+   * first that many entries of `found`, in no particular order, until the next call.
    */
-  candidates(ctx: EvalContext, fieldNames: readonly string[]): number[] {
+  collect(ctx: EvalContext, fieldNames: readonly string[]): number {
     if (++this.generation === 0xffffffff) {
       this.stamp.fill(0);
       this.generation = 1;
     }
     this.activeStamp = this.stamp;
     this.activeGeneration = this.generation;
-    this.found = this.eventFound;
-    this.eventFound.length = 0;
-    const indexed = this.indexedFields(fieldNames);
-    for (let i = 0; i < indexed.length; i++) {
-      const fi = indexed[i]!;
-      const raw = ctx.raw(fi.ref);
-      if (raw == null) continue;
-      if (fi.presence !== undefined) this.markAll(fi.presence);
-      if (typeof raw === 'string') this.scanValue(fi, raw, ctx);
-      else if (Array.isArray(raw)) for (const x of raw) this.scanField(fi, String(x).toLowerCase());
-      else {
-        const s = ctx.lower(fi.ref); // numbers, booleans
-        if (s !== undefined) this.scanField(fi, s);
+    this.count = 0;
+    const anyField = this.anyField;
+    if (anyField !== undefined && ctx.event.keywordsAreFields === true) {
+      // One pass over the fields serves the keyword search too: the event's values are its fields' values.
+      const named = this.namedFields(fieldNames, anyField);
+      for (let i = 0; i < named.length; i++) {
+        const nf = named[i]!;
+        const raw = ctx.raw(nf.ref);
+        if (raw == null) continue;
+        const own = nf.own;
+        if (own?.presence !== undefined) this.markAll(own.presence);
+        if (typeof raw === 'string') this.scanValue(nf.both, raw, ctx);
+        else if (Array.isArray(raw)) {
+          // Not a value of the event as keywords see it (asString), but its elements are the field's values.
+          if (own !== undefined) for (const x of raw) this.scanField(own, String(x).toLowerCase());
+        } else {
+          const s = ctx.lower(nf.ref); // numbers, booleans; objects have no string form
+          if (s !== undefined) this.scanField(nf.both, s);
+        }
+      }
+    } else {
+      const indexed = this.indexedFields(fieldNames);
+      for (let i = 0; i < indexed.length; i++) {
+        const fi = indexed[i]!;
+        const raw = ctx.raw(fi.ref);
+        if (raw == null) continue;
+        if (fi.presence !== undefined) this.markAll(fi.presence);
+        if (typeof raw === 'string') this.scanValue(fi, raw, ctx);
+        else if (Array.isArray(raw)) for (const x of raw) this.scanField(fi, String(x).toLowerCase());
+        else {
+          const s = ctx.lower(fi.ref); // numbers, booleans
+          if (s !== undefined) this.scanField(fi, s);
+        }
+      }
+      if (anyField !== undefined) {
+        const values = ctx.keywordValues();
+        for (let i = 0; i < values.length; i++) this.scanValue(anyField, values[i]!, undefined);
       }
     }
-    if (this.anyField !== undefined) {
-      const values = ctx.keywordValues();
-      for (let i = 0; i < values.length; i++) this.scanValue(this.anyField, values[i]!, undefined);
-    }
     this.markAll(this.always);
-    return this.eventFound;
+    return this.count;
+  }
+
+  /** The list `collect` fills. */
+  get found(): readonly number[] {
+    return this.eventList;
+  }
+
+  /** Indexes (in no particular order) of the rules that may match the event; every other rule cannot. */
+  candidates(ctx: EvalContext, fieldNames: readonly string[]): number[] {
+    return this.eventList.slice(0, this.collect(ctx, fieldNames));
   }
 }

@@ -163,8 +163,9 @@ export function evaluate(engine: Engine, event: SigmaEvent, out: Match[] = []): 
     // Candidates come in scan order; matches are reported in rule order, like the naive path.
     const hits: number[] = [];
     const { tests } = route.index;
-    const cands = route.index.candidates(ctx, event.fieldNames());
-    for (let k = 0; k < cands.length; k++) {
+    const n = route.index.collect(ctx, event.fieldNames());
+    const cands = route.index.found;
+    for (let k = 0; k < n; k++) {
       const i = cands[k]!;
       if (ruleMatches(route.rules[i]!, ctx, tests[i])) hits.push(i);
     }
@@ -193,6 +194,7 @@ const PC_FIELDS: readonly string[] = Object.freeze(Object.keys(processCreationFi
  */
 export class ProcessCreationView implements SigmaEvent {
   readonly logsource = PROCESS_CREATION;
+  readonly keywordsAreFields = true;
   private e!: ExecveEvent;
   private all: string[] | undefined;
 
@@ -222,6 +224,7 @@ export class ProcessCreationView implements SigmaEvent {
 /** An execve event seen as an auditd EXECVE record (`type`, `argc`, `a0`, `a1`, ...). */
 export class AuditdExecveView implements SigmaEvent {
   readonly logsource = AUDITD;
+  readonly keywordsAreFields = true;
   private fields: Record<string, string> = {};
   private names: string[] | undefined;
 

@@ -12,6 +12,11 @@ export interface SigmaEvent {
   values(): readonly string[];
   /** Names of the fields the event has (nested ones dotted), for the candidate index. */
   fieldNames(): readonly string[];
+  /**
+   * True when values() are exactly the string forms (asString) of the fields of fieldNames() that have one:
+   * the index then searches keywords in the same pass over the fields.
+   */
+  readonly keywordsAreFields?: boolean;
 }
 
 /** Scalar as the string a Sigma string value is compared with; undefined for null/absent/objects. */
