@@ -3,7 +3,14 @@
  * Aho-Corasick automaton per field, so one pass over each present field finds every rule worth evaluating.
  * Rules with no such literal (only negations, numeric comparisons, ...) are evaluated on every event.
  */
-import { type Atom, type CompiledRule, gatedTest, type Predicate, selectionRequirement } from './compile.js';
+import {
+  type Atom,
+  type CompiledRule,
+  type Gates,
+  gatedTest,
+  type Predicate,
+  selectionRequirement,
+} from './compile.js';
 import { type EvalContext, type FieldRef, fieldRef } from './event-view.js';
 
 /** Beyond this many table cells an automaton keeps sparse transitions (memory over speed). */
@@ -126,7 +133,22 @@ interface FieldIndex {
    * and service command lines): a repeated value costs one lookup instead of a lowercase and a scan. Fields
    * with exact values only have none: their lookup is already one read.
    */
-  memo: Map<string, readonly number[]> | undefined;
+  memo: Memo | undefined;
+}
+
+/** Lookups per measurement of a memo's miss rate. */
+const MEMO_WINDOW = 1024;
+
+/**
+ * A field's memo, raw value → targets. Values that never repeat (pids, GUIDs) only pay it a hash and an insert:
+ * a field whose values mostly miss scans directly for a while, then measures again.
+ */
+class Memo {
+  readonly map = new Map<string, readonly number[]>();
+  lookups = 0;
+  misses = 0;
+  /** Values left to scan without the memo. */
+  skip = 0;
 }
 
 /** Values longer than this are scanned every time (they rarely repeat and would make the memo large). */
@@ -171,6 +193,8 @@ export class CandidateIndex {
   readonly tests: readonly Predicate[];
   private readonly stamp: Uint32Array;
   private generation = 0;
+  /** The stamps and generation the gated tests read (the event's). */
+  private readonly gates: Gates;
   // Memo entries are computed with their own stamps, so marks made earlier for the event do not hide targets.
   private readonly memoStamp: Uint32Array;
   private memoGeneration = 0;
@@ -210,13 +234,13 @@ export class CandidateIndex {
       if (r.requirement === undefined || r.requirement.length === 0) always.push(i);
       requirements.push(r.requirement ?? []);
     });
+    const gates: Gates = { stamp: new Uint32Array(0), generation: 0 };
     for (const i of always) {
-      tests[i] = gatedTest(rules[i]!, (sel) => {
+      tests[i] = gatedTest(rules[i]!, gates, (sel) => {
         const req = selectionRequirement(sel);
         if (req === undefined || req.length === 0) return undefined;
-        const target = requirements.length;
         requirements.push(req);
-        return () => this.stamp[target] === this.generation;
+        return requirements.length - 1;
       });
     }
     requirements.forEach((req, i) => {
@@ -245,7 +269,7 @@ export class CandidateIndex {
       this.fields.set(f, {
         ref: fieldRef(f),
         presence: presence.get(f),
-        memo: sub === undefined ? undefined : new Map(),
+        memo: sub === undefined ? undefined : new Memo(),
         exact: exact.get(f),
         substrings: sub === undefined ? undefined : buildAutomaton(sub),
         keywords: undefined,
@@ -256,7 +280,7 @@ export class CandidateIndex {
         ? {
             ref: fieldRef(''),
             presence: undefined,
-            memo: new Map(),
+            memo: new Memo(),
             exact: undefined,
             substrings: buildAutomaton(any),
             keywords: undefined,
@@ -265,6 +289,8 @@ export class CandidateIndex {
     this.always = always;
     this.tests = tests;
     this.stamp = new Uint32Array(requirements.length);
+    gates.stamp = this.stamp;
+    this.gates = gates;
     this.memoStamp = new Uint32Array(requirements.length);
     this.activeStamp = this.stamp;
     this.listBelow = rules.length;
@@ -318,7 +344,7 @@ export class CandidateIndex {
               exact: own?.exact,
               substrings: own?.substrings,
               keywords: anyField.substrings,
-              memo: new Map(),
+              memo: new Memo(),
             },
           };
           this.named.set(f, nf);
@@ -364,15 +390,23 @@ export class CandidateIndex {
    */
   private scanValue(fi: FieldIndex, raw: string, ctx: EvalContext | undefined): void {
     const memo = fi.memo;
-    if (memo === undefined || raw.length > MEMO_MAX_VALUE) {
+    if (memo === undefined || raw.length > MEMO_MAX_VALUE || memo.skip > 0) {
+      if (memo !== undefined && memo.skip > 0) memo.skip--;
       this.scanField(fi, ctx !== undefined ? ctx.lower(fi.ref)! : raw.toLowerCase());
       return;
     }
-    let rs = memo.get(raw);
+    let rs = memo.map.get(raw);
     if (rs === undefined) {
       rs = this.scanAlone(fi, ctx !== undefined ? ctx.lower(fi.ref)! : raw.toLowerCase());
-      if (memo.size >= MEMO_MAX_ENTRIES) memo.clear();
-      memo.set(raw, rs);
+      if (memo.map.size >= MEMO_MAX_ENTRIES) memo.map.clear();
+      memo.map.set(raw, rs);
+      memo.misses++;
+    }
+    if (++memo.lookups === MEMO_WINDOW) {
+      // Mostly misses: skip the memo for the next 15 windows' worth of values, then look again.
+      if (memo.misses * 4 > MEMO_WINDOW * 3) memo.skip = MEMO_WINDOW * 15;
+      memo.lookups = 0;
+      memo.misses = 0;
     }
     if (rs.length > 0) this.markAll(rs);
   }
@@ -408,6 +442,7 @@ export class CandidateIndex {
       this.stamp.fill(0);
       this.generation = 1;
     }
+    this.gates.generation = this.generation;
     this.activeStamp = this.stamp;
     this.activeGeneration = this.generation;
     this.count = 0;

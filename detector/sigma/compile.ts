@@ -319,16 +319,27 @@ export function matchedFields(rule: CompiledDetection, ctx: EvalContext): { fiel
   return out;
 }
 
+/** Which gates hold for the current event: gate `t` holds when `stamp[t] === generation`. */
+export interface Gates {
+  stamp: Uint32Array;
+  generation: number;
+}
+
 /**
- * The detection's condition with each selection that has a requirement asked only when `gate` says the event
- * holds one of its literals; a selection without any of them cannot match, so the answers are the same.
+ * The detection's condition with each selection that `gateOf` gives a gate asked only when that gate holds:
+ * the index opens a selection's gate when the event holds one of its literals, and a selection without any
+ * of them cannot match, so the answers are the same.
  */
-export function gatedTest(d: CompiledDetection, gate: (sel: Selection) => Predicate | undefined): Predicate {
+export function gatedTest(
+  d: CompiledDetection,
+  gates: Gates,
+  gateOf: (sel: Selection) => number | undefined,
+): Predicate {
   const preds = new Map<string, Predicate>();
   for (const [name, sel] of d.selections) {
     const p = selectionPredicate(sel);
-    const g = gate(sel);
-    preds.set(name, g === undefined ? p : (ctx) => g(ctx) && p(ctx));
+    const t = gateOf(sel);
+    preds.set(name, t === undefined ? p : (ctx) => gates.stamp[t] === gates.generation && p(ctx));
   }
   return conditionPredicate(d.condition, preds);
 }

@@ -221,12 +221,23 @@ export class ProcessCreationView implements SigmaEvent {
   }
 }
 
+// Events with as many arguments have the same field names: one frozen list per count lets the index resolve
+// them once instead of per event.
+const AUDITD_NAMES: (readonly string[])[] = [];
+function sharedNames(names: string[]): readonly string[] {
+  const known = AUDITD_NAMES[names.length];
+  if (known?.every((n, i) => n === names[i])) return known;
+  const frozen = Object.freeze(names);
+  AUDITD_NAMES[names.length] = frozen;
+  return frozen;
+}
+
 /** An execve event seen as an auditd EXECVE record (`type`, `argc`, `a0`, `a1`, ...). */
 export class AuditdExecveView implements SigmaEvent {
   readonly logsource = AUDITD;
   readonly keywordsAreFields = true;
   private fields: Record<string, string> = {};
-  private names: string[] | undefined;
+  private names: readonly string[] | undefined;
 
   reset(e: ExecveEvent): this {
     this.fields = auditdExecveFields(e);
@@ -239,7 +250,7 @@ export class AuditdExecveView implements SigmaEvent {
   }
 
   fieldNames(): readonly string[] {
-    this.names ??= Object.keys(this.fields);
+    this.names ??= sharedNames(Object.keys(this.fields));
     return this.names;
   }
 
