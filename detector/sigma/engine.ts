@@ -226,7 +226,11 @@ export class ProcessCreationView implements SigmaEvent {
 const AUDITD_NAMES: (readonly string[])[] = [];
 function sharedNames(names: string[]): readonly string[] {
   const known = AUDITD_NAMES[names.length];
-  if (known?.every((n, i) => n === names[i])) return known;
+  if (known !== undefined) {
+    let same = true;
+    for (let i = 0; i < names.length && same; i++) same = known[i] === names[i];
+    if (same) return known;
+  }
   const frozen = Object.freeze(names);
   AUDITD_NAMES[names.length] = frozen;
   return frozen;
