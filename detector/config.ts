@@ -35,8 +35,11 @@ export const detectorConfigSchema = z.strictObject({
       topic: z.boolean().default(true),
     })
     .prefault({}),
-  /** Records per transaction: larger batches amortise the transaction round trips (see the bench). */
-  maxBatchRecords: z.number().int().positive().default(5000),
+  /**
+   * Records per transaction at most: larger batches amortise each transaction's broker work (see the bench).
+   * Under light load batches are what has arrived, so this bounds latency only when a backlog is drained.
+   */
+  maxBatchRecords: z.number().int().positive().default(20_000),
   /**
    * Consumer group members in this process on the input topic. The transport runs one partition batch (and its
    * transaction) at a time per member; a second member's processing overlaps the first one's broker round trips.
@@ -44,6 +47,11 @@ export const detectorConfigSchema = z.strictObject({
   membersPerWorker: z.number().int().positive().default(1),
   /** Input partitions a member works on at once, each in order: their transactions overlap (see the bench). */
   partitionConcurrency: z.number().int().positive().default(3),
+  /**
+   * Threads that decode and evaluate beside the one running the Kafka client (0: evaluate on that one). One is
+   * right for a host with two cores and a broker elsewhere or beside it; more only help with cores to spare.
+   */
+  evaluationThreads: z.number().int().min(0).max(64).default(1),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */

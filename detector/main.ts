@@ -81,6 +81,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       maxBatchRecords: config.maxBatchRecords,
       partitionConcurrency: config.partitionConcurrency,
       members: config.membersPerWorker,
+      evaluationThreads: config.evaluationThreads,
       maxGroups: config.correlation.maxGroups,
       restoreTimeoutMs: config.correlation.restoreTimeoutMs,
       metrics,

@@ -23,6 +23,8 @@ import { parseRuleText, ruleFiles, type SigmaDoc } from './sigma/parse.js';
 
 export interface RuleSnapshot {
   readonly version: string;
+  /** The documents compiled (before `disabled` is applied): what an evaluation thread compiles the same set from. */
+  readonly docs: readonly SigmaDoc[];
   readonly rules: readonly CompiledRule[];
   readonly correlations: readonly CompiledCorrelation[];
   readonly engine: Engine;
@@ -187,6 +189,7 @@ export class RuleStore {
     const version = createHash('sha256').update(lines.join('\n')).digest('hex').slice(0, 16);
     return {
       version,
+      docs,
       rules,
       correlations: set.correlations,
       engine: createEngine(rules),

@@ -6,6 +6,7 @@ import { type Batch, deadLetterHeaders, type InRecord } from '../infra/transport
 import { projectCodec } from '../schemas/codec.js';
 import { sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
 import { alertId } from './alerts.js';
+import { evaluatePacked, pack } from './eval-pool.js';
 import { RuleStore } from './rule-store.js';
 import { detectorMetrics } from './telemetry.js';
 import { containsRule } from './testing.js';
@@ -38,8 +39,9 @@ function batchOf(values: Array<Buffer | null>, headers: Record<string, Buffer> =
   return { topic: 'in', partition: 0, records, signal: new AbortController().signal, ack() {} };
 }
 
-function worker(store: RuleStore): DetectorWorker {
+function worker(store: RuleStore, evaluationThreads = 0): DetectorWorker {
   return new DetectorWorker({
+    evaluationThreads,
     transport: new MemoryTransport(),
     store,
     groupId: 'g',
@@ -56,38 +58,42 @@ function worker(store: RuleStore): DetectorWorker {
   });
 }
 
-test('a batch becomes alerts keyed by host, dead letters for what does not decode; lifecycle records skipped', async () => {
-  const codec = projectCodec();
-  const store = new RuleStore({ log: quiet });
-  store.applyTopic([{ key: A, value: rule(A, 'needle') }]);
-  const hit = sampleEvent({ argv: ['echo', 'needle'] });
-  const out = await worker(store).transform(
-    batchOf(
-      [
-        codec.encode('dev.edr.v1.ExecveEvent', hit),
-        Buffer.from('garbage'),
-        codec.encode('dev.edr.v1.CollectorRecord', sampleCollectorRecord()),
-        codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['ls'] })),
-      ],
-      { traceparent: Buffer.from('00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01') },
-    ),
-  );
-  assert.deepEqual(
-    out.map((r) => r.topic),
-    ['alerts', 'dlq'],
-  );
-  const alert = codec.decodeAs('dev.edr.v1.Alert', out[0]!.value!);
-  assert.equal(out[0]!.key, hit.hostId);
-  assert.equal(alert.alertId, alertId(A, hit));
-  assert.equal(alert.ruleSetVersion, store.current.version);
-  assert.equal(alert.replayRunId, null);
-  assert.equal(
-    String(out[0]!.headers?.['traceparent']),
-    '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
-  );
-  assert.equal(out[1]!.headers?.[deadLetterHeaders.errorCode], 'EDR_SCHEMA_NOT_SINGLE_OBJECT');
-  assert.equal(out[1]!.headers?.[deadLetterHeaders.offset], '1');
-});
+for (const threads of [0, 1]) {
+  test(`a batch becomes alerts keyed by host, dead letters for what does not decode; lifecycle records skipped (${threads} evaluation threads)`, async () => {
+    const codec = projectCodec();
+    const store = new RuleStore({ log: quiet });
+    store.applyTopic([{ key: A, value: rule(A, 'needle') }]);
+    const hit = sampleEvent({ argv: ['echo', 'needle'] });
+    const w = worker(store, threads);
+    const out = await w.transform(
+      batchOf(
+        [
+          codec.encode('dev.edr.v1.ExecveEvent', hit),
+          Buffer.from('garbage'),
+          codec.encode('dev.edr.v1.CollectorRecord', sampleCollectorRecord()),
+          codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['ls'] })),
+        ],
+        { traceparent: Buffer.from('00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01') },
+      ),
+    );
+    assert.deepEqual(
+      out.map((r) => r.topic),
+      ['alerts', 'dlq'],
+    );
+    const alert = codec.decodeAs('dev.edr.v1.Alert', out[0]!.value!);
+    assert.equal(out[0]!.key, hit.hostId);
+    assert.equal(alert.alertId, alertId(A, hit));
+    assert.equal(alert.ruleSetVersion, store.current.version);
+    assert.equal(alert.replayRunId, null);
+    assert.equal(
+      String(out[0]!.headers?.['traceparent']),
+      '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+    );
+    assert.equal(out[1]!.headers?.[deadLetterHeaders.errorCode], 'EDR_SCHEMA_NOT_SINGLE_OBJECT');
+    assert.equal(out[1]!.headers?.[deadLetterHeaders.offset], '1');
+    await w.stop();
+  });
+}
 
 test('a rule that throws at evaluation is disabled and reported on the audit topic; the others still match', async () => {
   const codec = projectCodec();
@@ -115,4 +121,65 @@ test('a rule that throws at evaluation is disabled and reported on the audit top
   assert.match(report.message ?? '', new RegExp(`disabled rule ${B}.*boom`));
   assert.ok(store.current.disabled.has(B));
   for (const r of out.slice(1)) assert.equal(codec.decodeAs('dev.edr.v1.Alert', r.value!).ruleId, A);
+});
+
+test('evaluation threads follow rule-set changes between batches, and alerts carry the version that matched', async () => {
+  const codec = projectCodec();
+  const store = new RuleStore({ log: quiet });
+  store.applyTopic([{ key: A, value: rule(A, 'needle') }]);
+  const w = worker(store, 1);
+  const batch = () =>
+    batchOf([codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['needle', 'haystack'] }))]);
+  const before = store.current.version;
+  const first = (await w.transform(batch())).map((r) => codec.decodeAs('dev.edr.v1.Alert', r.value!));
+  assert.deepEqual(
+    first.map((a) => [a.ruleId, a.ruleSetVersion]),
+    [[A, before]],
+  );
+  store.applyTopic([{ key: B, value: rule(B, 'haystack') }]);
+  const second = (await w.transform(batch())).map((a) => codec.decodeAs('dev.edr.v1.Alert', a.value!));
+  assert.notEqual(store.current.version, before);
+  assert.deepEqual(second.map((a) => [a.ruleId, a.ruleSetVersion]).sort(), [
+    [A, store.current.version],
+    [B, store.current.version],
+  ]);
+  store.applyTopic([{ key: A, value: null }]);
+  const third = (await w.transform(batch())).map((a) => codec.decodeAs('dev.edr.v1.Alert', a.value!).ruleId);
+  assert.deepEqual(third, [B]);
+  await w.stop();
+});
+
+test('a thread names the rule that throws and stops at that record, so it is re-evaluated without it', () => {
+  const codec = projectCodec();
+  const store = new RuleStore({ log: quiet });
+  store.applyTopic([
+    { key: A, value: rule(A, 'needle') },
+    { key: B, value: rule(B, 'boom') },
+  ]);
+  const set = { engine: store.current.engine, rules: store.current.rules };
+  const bad = set.rules.find((r) => r.id === B)!;
+  const test = bad.test;
+  const values = [
+    codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['needle'] })),
+    Buffer.from('not avro'),
+    codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['needle', 'boom'] })),
+  ];
+  const records = batchOf(values).records;
+  const { data, offsets } = pack(records);
+  // Rule B throws only on the third record.
+  bad.test = (ctx) => {
+    if (test(ctx)) throw new Error('boom');
+    return false;
+  };
+  const res = evaluatePacked(set, Buffer.from(data), offsets);
+  assert.equal(res.next, 2);
+  assert.deepEqual(
+    res.matches.map((m) => [m.index, m.ruleId]),
+    [[0, A]],
+  );
+  assert.deepEqual(
+    res.undecodable.map((u) => [u.index, u.code]),
+    [[1, 'EDR_SCHEMA_NOT_SINGLE_OBJECT']],
+  );
+  assert.deepEqual(res.culprits, [{ ruleId: B, message: 'boom' }]);
 });

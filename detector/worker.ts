@@ -14,6 +14,7 @@ import { plainEvent } from '../schemas/execve-view.js';
 import type { Alert, ExecveEvent } from '../schemas/types.js';
 import { alertRecord, buildAlert, eventField, type RuleInfo } from './alerts.js';
 import { CorrelationStore, eventTimeMs, groupKey, isHostScoped, ruleRef } from './correlations.js';
+import { EvalPool } from './eval-pool.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
 import type { CompiledCorrelation, CorrelationMatch } from './sigma/correlations.js';
 import { type CompiledRule, createEngine, evaluateExecve, type Match } from './sigma/engine.js';
@@ -41,6 +42,8 @@ export interface WorkerOptions {
   partitionConcurrency: number;
   /** Group members in this process on the input topic (one's transaction round trips overlap another's work). */
   members: number;
+  /** Threads decoding and evaluating beside the one running the Kafka client; 0 evaluates on it. */
+  evaluationThreads?: number;
   maxGroups: number;
   restoreTimeoutMs: number;
   metrics: DetectorMetrics;
@@ -188,13 +191,20 @@ async function retryable(f: () => Promise<void>): Promise<void> {
   }
 }
 
+/** A record of a batch that matched (with the snapshot that matched it) or did not decode. */
+type Outcome =
+  | { kind: 'undecodable'; index: number; error: unknown }
+  | { kind: 'matched'; index: number; snap: RuleSnapshot; matches: Match[]; event: ExecveEvent };
+
 export class DetectorWorker {
   private readonly codec = projectCodec();
+  private readonly pool: EvalPool | undefined;
   private readonly local: CorrelationStore;
   private readonly remote: CorrelationStore;
   private consumptions: Consumption[] = [];
 
   constructor(private readonly o: WorkerOptions) {
+    if ((o.evaluationThreads ?? 0) > 0) this.pool = new EvalPool(o.evaluationThreads!, o.log);
     const common = {
       transport: o.transport,
       changelogTopic: o.topics.changelog,
@@ -258,6 +268,7 @@ export class DetectorWorker {
 
   async stop(): Promise<void> {
     await Promise.all(this.consumptions.map((c) => c.stop()));
+    await this.pool?.close();
   }
 
   /** One batch of the input partition → the records of its transaction. Never throws for a bad record. */
@@ -270,27 +281,20 @@ export class DetectorWorker {
     const hasLocal = derived(startSnap).local.length > 0;
     if (hasLocal) await retryable(() => this.local.prepare(batch.partition, first.offset));
     const t0 = performance.now();
+    const outcomes =
+      this.pool === undefined ? this.evaluateHere(batch, out) : await this.evaluatePooled(batch, out);
     let alerts = 0;
     let dead = 0;
-    for (const r of batch.records) {
-      let decoded: ReturnType<Codec['decode']>;
-      try {
-        // A view: rules read a few fields, so only those are decoded (the body's structure is checked here).
-        decoded = this.codec.view(r.value ?? Buffer.alloc(0));
-      } catch (err) {
-        out.push(deadLetterRecord(o.topics.deadLetter, r, err));
+    for (const x of outcomes) {
+      const r = batch.records[x.index]!;
+      if (x.kind === 'undecodable') {
+        out.push(deadLetterRecord(o.topics.deadLetter, r, x.error));
         dead++;
         continue;
       }
-      if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue; // lifecycle records on the audit topic
-      const { snap, matches } = evaluateSafely(o.store, decoded.value, (rule, err) => {
-        o.log.error('rule disabled: it threw at evaluation', { ruleId: rule.id, err });
-        out.push(disabledReport(this.codec, o, rule, err));
-      });
-      if (matches.length === 0) continue;
-      const ev = plainEvent(decoded.value);
+      const { snap, event: ev } = x;
       const d = derived(snap);
-      for (const m of matches) {
+      for (const m of x.matches) {
         o.metrics.ruleMatched(m.rule.id);
         if (!d.silent.has(m.rule.id)) {
           const alert = buildAlert(ruleInfo(m.rule), ev, m.fields, {
@@ -313,6 +317,67 @@ export class DetectorWorker {
     if (alerts > 0) o.metrics.alertsEmitted(alerts);
     if (dead > 0) o.metrics.deadLetters(dead);
     return out;
+  }
+
+  private onDisabled(out: OutRecord[], rule: CompiledRule, err: unknown): void {
+    this.o.log.error('rule disabled: it threw at evaluation', { ruleId: rule.id, err });
+    out.push(disabledReport(this.codec, this.o, rule, err));
+  }
+
+  /** Decodes and evaluates on this thread; the records that matched or did not decode, in order. */
+  private evaluateHere(batch: Batch, out: OutRecord[]): Outcome[] {
+    const outcomes: Outcome[] = [];
+    for (let i = 0; i < batch.records.length; i++) {
+      let decoded: ReturnType<Codec['decode']>;
+      try {
+        // A view: rules read a few fields, so only those are decoded (the body's structure is checked here).
+        decoded = this.codec.view(batch.records[i]!.value ?? Buffer.alloc(0));
+      } catch (error) {
+        outcomes.push({ kind: 'undecodable', index: i, error });
+        continue;
+      }
+      if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue; // lifecycle records on the audit topic
+      const { snap, matches } = evaluateSafely(this.o.store, decoded.value, (rule, err) =>
+        this.onDisabled(out, rule, err),
+      );
+      if (matches.length > 0)
+        outcomes.push({ kind: 'matched', index: i, snap, matches, event: plainEvent(decoded.value) });
+    }
+    return outcomes;
+  }
+
+  /** The same on the evaluation threads; only the records that matched are decoded here (for their alerts). */
+  private async evaluatePooled(batch: Batch, out: OutRecord[]): Promise<Outcome[]> {
+    const outcomes: Outcome[] = [];
+    for (let from = 0; from < batch.records.length; ) {
+      const snap = this.o.store.current;
+      const records = from === 0 ? batch.records : batch.records.slice(from);
+      const res = await this.pool!.evaluate(snap, records);
+      for (const u of res.undecodable) {
+        outcomes.push({ kind: 'undecodable', index: from + u.index, error: new EdrError(u.code, u.message) });
+      }
+      const byIndex = new Map<number, Match[]>();
+      for (const m of res.matches) {
+        const rule = snap.rules[m.rule];
+        if (rule?.id !== m.ruleId)
+          throw new EdrError('EDR_DETECTOR_EVAL', `thread rule ${m.ruleId} is not ${rule?.id}`);
+        const list = byIndex.get(m.index) ?? [];
+        list.push({ rule, logsource: rule.logsource, fields: m.fields });
+        byIndex.set(m.index, list);
+      }
+      for (const [index, matches] of byIndex) {
+        const event = this.codec.decodeAs('dev.edr.v1.ExecveEvent', records[index]!.value!);
+        outcomes.push({ kind: 'matched', index: from + index, snap, matches, event });
+      }
+      // A rule threw on record `next`: disable it (a new snapshot) and evaluate again from that record.
+      for (const c of res.culprits) {
+        const rule = snap.rules.find((r) => r.id === c.ruleId);
+        this.o.store.disable(c.ruleId, c.message);
+        if (rule !== undefined) this.onDisabled(out, rule, new Error(c.message));
+      }
+      from += res.next;
+    }
+    return outcomes.sort((a, b) => a.index - b.index);
   }
 
   /** Feeds a match to the correlations naming its rule; returns the number of alerts added to `out`. */

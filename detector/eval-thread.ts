@@ -1,0 +1,34 @@
+/** An evaluation thread of `EvalPool`: rule sets and packed batches in, results out, in message order. */
+import { parentPort } from 'node:worker_threads';
+import { errorMessage } from '../infra/errors.js';
+import {
+  type BatchMessage,
+  type EvalResult,
+  engineOf,
+  evaluatePacked,
+  type RulesMessage,
+} from './eval-pool.js';
+
+let set: ReturnType<typeof engineOf> | undefined;
+let setError: string | undefined;
+
+parentPort?.on('message', (m: RulesMessage | BatchMessage) => {
+  if (m.type === 'rules') {
+    try {
+      set = engineOf(m);
+      setError = undefined;
+    } catch (err) {
+      set = undefined;
+      setError = `compiling rule set ${m.version}: ${errorMessage(err)}`;
+    }
+    return;
+  }
+  try {
+    if (set === undefined) throw new Error(setError ?? 'no rule set');
+    const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    const result: EvalResult = evaluatePacked(set, data, m.offsets);
+    parentPort!.postMessage({ id: m.id, result });
+  } catch (err) {
+    parentPort!.postMessage({ id: m.id, error: errorMessage(err) });
+  }
+});
