@@ -264,26 +264,34 @@ export class KafkaTransport implements Transport {
   }
 
   async consume(opts: HandlerOptions): Promise<Consumption> {
-    return this.member(opts, true, async ({ records, topic, partition, signal, payload, fail }) => {
-      let dlqProducer: Producer | undefined;
-      try {
-        const keepAlive = () => payload.heartbeat();
-        const done = await handleBatch(opts, { topic, partition, records, signal, keepAlive }, async (r) => {
-          dlqProducer ??= await this.producer();
-          await dlqProducer.publish([r]);
-        });
-        if (done > 0) {
-          payload.resolveOffset(String(records[done - 1]!.offset));
-          await kafkaCall('committing offsets', () => payload.commitOffsetsIfNecessary());
+    return this.member(
+      opts,
+      'commit',
+      async ({ records, topic, partition, signal, payload, resolve, fail }) => {
+        let dlqProducer: Producer | undefined;
+        try {
+          const keepAlive = () => payload.heartbeat();
+          const done = await handleBatch(
+            opts,
+            { topic, partition, records, signal, keepAlive },
+            async (r) => {
+              dlqProducer ??= await this.producer();
+              await dlqProducer.publish([r]);
+            },
+          );
+          if (done > 0) {
+            resolve(records[done - 1]!.offset);
+            await kafkaCall('committing offsets', () => payload.commitOffsetsIfNecessary());
+          }
+          return done === records.length;
+        } catch (err) {
+          fail(err);
+          return false;
+        } finally {
+          await dlqProducer?.close();
         }
-        return done === records.length;
-      } catch (err) {
-        fail(err);
-        return false;
-      } finally {
-        await dlqProducer?.close();
-      }
-    });
+      },
+    );
   }
 
   async consumeTransform(opts: TransformOptions): Promise<Consumption> {
@@ -291,8 +299,8 @@ export class KafkaTransport implements Transport {
     const prefix = opts.transactionalIdPrefix ?? opts.groupId;
     return this.member(
       opts,
-      false,
-      async ({ records: fetched, topic, partition, signal, payload, fail }) => {
+      'detached',
+      async ({ records: fetched, topic, partition, signal, payload, resolve, fail }) => {
         let txp = producers.get(partition);
         let records = fetched;
         if (txp === undefined) {
@@ -303,7 +311,7 @@ export class KafkaTransport implements Transport {
           const committed = await this.committedOffset(opts.groupId, topic, partition);
           records = fetched.filter((r) => r.offset >= committed);
           if (records.length === 0) {
-            payload.resolveOffset(String(fetched[fetched.length - 1]!.offset));
+            resolve(fetched[fetched.length - 1]!.offset);
             return true;
           }
         }
@@ -323,7 +331,7 @@ export class KafkaTransport implements Transport {
             await tx.send(outputs);
             await tx.commitOffsets(opts.groupId, [{ topic, partition, offset: next }]);
           });
-          payload.resolveOffset(String(next - 1));
+          resolve(next - 1);
           return done === records.length;
         } catch (err) {
           if (err instanceof EdrError && err.code === 'EDR_TRANSPORT_FENCED') {
@@ -426,18 +434,27 @@ export class KafkaTransport implements Transport {
   }
 
   /**
-   * One consumer group member. `work` handles a slice of a fetched batch and returns whether it finished it;
-   * when it did not, the rest of the fetched batch is left unresolved so kafkajs fetches it again.
+   * One consumer group member. `work` handles a slice of a fetched batch, calls `resolve` with the last offset it
+   * finished, and returns whether it finished the slice.
+   *
+   * - `commit` mode (handlers): kafkajs commits resolved offsets; an unfinished batch is left unresolved, so
+   *   kafkajs fetches its rest again.
+   * - `detached` mode (consume-transform-produce, whose offsets commit in `work`'s transactions): a fetched batch
+   *   is handed to a job of its own and its partition paused until the job ends, so kafkajs goes on fetching
+   *   (and decoding) the other partitions meanwhile instead of waiting for the slowest batch of each fetch. A job
+   *   that stops early, or outlives a rebalance (which resets positions to the committed offsets), seeks its
+   *   partition to the first offset it did not finish before resuming it.
    */
   private async member(
     opts: HandlerOptions | TransformOptions,
-    autoCommit: boolean,
+    mode: 'commit' | 'detached',
     work: (w: {
       records: InRecord[];
       topic: string;
       partition: number;
       signal: AbortSignal;
       payload: EachBatchPayload;
+      resolve: (offset: number) => void;
       fail: (err: unknown) => void;
     }) => Promise<boolean>,
     onStop?: () => Promise<void>,
@@ -451,13 +468,16 @@ export class KafkaTransport implements Transport {
       rebalanceTimeout: Math.max(30000, this.config.sessionTimeoutMs),
       heartbeatInterval: Math.max(500, Math.floor(this.config.sessionTimeoutMs / 10)),
       maxWaitTimeInMs: 100,
-      // Room for a whole batch of typical records (a few hundred bytes each) in one fetch per partition.
-      maxBytesPerPartition: Math.max(1 << 20, (opts.maxBatchRecords ?? 500) * 1024),
-      maxBytes: Math.max(10 << 20, (opts.maxBatchRecords ?? 500) * 1024 * 4),
+      // Room for a whole batch of typical records (a few hundred bytes each) in one fetch per partition, within
+      // bounds: kafkajs holds a whole fetch response in memory.
+      maxBytesPerPartition: fetchBytes(opts.maxBatchRecords ?? 500),
+      maxBytes: Math.min(64 << 20, Math.max(10 << 20, 4 * fetchBytes(opts.maxBatchRecords ?? 500))),
       retry: { retries: 8, restartOnFailure: async () => true },
     });
     let assigned: Array<{ topic: string; partition: number }> = [];
+    let generation = 0;
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
+      generation++;
       assigned = Object.entries(e.payload.memberAssignment).flatMap(([topic, ps]) =>
         ps.map((partition) => ({ topic, partition })),
       );
@@ -468,9 +488,16 @@ export class KafkaTransport implements Transport {
       settle = { resolve, reject };
     });
     done.catch(() => {});
+    /** Detached jobs by `topic|partition`. */
+    const jobs = new Map<string, { promise: Promise<void>; abort: AbortController }>();
     let stopping: Promise<void> | undefined;
     const stop = () => {
       stopping ??= (async () => {
+        // Jobs finish the slice in hand (its transaction commits or aborts) before the consumer leaves.
+        while (jobs.size > 0) {
+          for (const j of jobs.values()) j.abort.abort();
+          await Promise.all([...jobs.values()].map((j) => j.promise));
+        }
         await consumer.disconnect().catch((err) => this.log.warn('consumer disconnect failed', { err }));
         await onStop?.();
         assigned = [];
@@ -479,6 +506,10 @@ export class KafkaTransport implements Transport {
         else settle.reject(fatal);
       })();
       return stopping;
+    };
+    const fail = (err: unknown) => {
+      fatal ??= err;
+      setImmediate(() => void stop());
     };
     consumer.on(consumer.events.CRASH, (e) => {
       if (!e.payload.restart) {
@@ -491,54 +522,137 @@ export class KafkaTransport implements Transport {
       consumer.subscribe({ topics: opts.topics, fromBeginning: opts.start !== 'latest' }),
     );
     const max = opts.maxBatchRecords ?? 500;
+
+    /**
+     * Works through `records` slice by slice. Returns the offset after the last record finished (the first one
+     * of `records` when none was).
+     */
+    const runSlices = async (
+      records: InRecord[],
+      topic: string,
+      partition: number,
+      payload: EachBatchPayload,
+      signal: AbortSignal,
+      resolve: (offset: number) => void,
+      halted: () => boolean = () => false,
+    ): Promise<number> => {
+      let next = records[0]!.offset;
+      let rebalancing = false;
+      const watch = setInterval(() => {
+        // kafkajs heartbeats only between batches: keep the membership alive while a slow slice runs, and learn
+        // of a rebalance so the loop below yields after the slice in hand.
+        payload.heartbeat().catch(() => {
+          rebalancing = true;
+        });
+      }, 500);
+      try {
+        for (let i = 0; i < records.length; i += max) {
+          // Stopping, revoked or rebalancing: the slice in hand was the last; the rest is fetched again.
+          if (signal.aborted || rebalancing || fatal !== undefined || halted()) break;
+          const finished = await work({
+            records: i === 0 && records.length <= max ? records : records.slice(i, i + max),
+            topic,
+            partition,
+            signal,
+            payload,
+            resolve: (offset) => {
+              next = offset + 1;
+              resolve(offset);
+            },
+            fail,
+          });
+          if (!finished) break;
+          await payload.heartbeat().catch(() => {
+            rebalancing = true;
+          });
+        }
+      } finally {
+        clearInterval(watch);
+      }
+      return next;
+    };
+
     await consumer.run({
-      autoCommit,
+      autoCommit: mode === 'commit',
       // Commit as soon as anything is resolved: a resolved offset is one whose work is done.
       autoCommitThreshold: 1,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: opts.partitionConcurrency ?? 1,
       eachBatch: async (payload) => {
         const { batch } = payload;
-        if (fatal !== undefined) return;
-        const ac = new AbortController();
-        let rebalancing = false;
-        const watch = setInterval(() => {
-          if (!payload.isRunning() || payload.isStale()) ac.abort();
-          // kafkajs heartbeats only between batches: keep the membership alive while a slow handler runs, and
-          // learn of a rebalance so the loop below yields after the chunk in hand.
-          payload.heartbeat().catch(() => {
-            rebalancing = true;
-          });
-        }, 500);
-        try {
-          for (let i = 0; i < batch.messages.length; i += max) {
-            // Stopping, revoked or rebalancing: the chunk in hand was the last; the rest is fetched again.
-            if (ac.signal.aborted || rebalancing || !payload.isRunning() || payload.isStale()) return;
-            const records = batch.messages
-              .slice(i, i + max)
-              .map((m) => toInRecord(batch.topic, batch.partition, m));
-            const finished = await work({
+        if (fatal !== undefined || stopping !== undefined || batch.messages.length === 0) return;
+        const { topic, partition } = batch;
+        const records = batch.messages.map((m) => toInRecord(topic, partition, m));
+        if (mode === 'commit') {
+          // Stopped or revoked (isStale: a seek moved the position) between slices: the rest is fetched again.
+          const ac = new AbortController();
+          const halted = () => !payload.isRunning() || payload.isStale();
+          const watch = setInterval(() => {
+            if (halted()) ac.abort();
+          }, 500);
+          try {
+            await runSlices(
               records,
-              topic: batch.topic,
-              partition: batch.partition,
-              signal: ac.signal,
+              topic,
+              partition,
               payload,
-              fail: (err) => {
-                fatal ??= err;
-                setImmediate(() => void stop());
-              },
-            });
-            if (!finished) return;
-            await payload.heartbeat();
+              ac.signal,
+              (o) => payload.resolveOffset(String(o)),
+              halted,
+            );
+          } finally {
+            clearInterval(watch);
           }
-        } finally {
-          clearInterval(watch);
+          return;
         }
+        const key = `${topic}|${partition}`;
+        const running = jobs.get(key);
+        if (running !== undefined) {
+          // Only after a rebalance (the partition is paused while its job runs): the job's end decides where to
+          // read from, so this batch is dropped and fetched again from there.
+          await running.promise;
+          return;
+        }
+        const tp = [{ topic, partitions: [partition] }];
+        consumer.pause(tp);
+        // kafkajs moves on past this batch; the job seeks back if it does not finish it.
+        payload.resolveOffset(batch.lastOffset());
+        const startedIn = generation;
+        const abort = new AbortController();
+        const promise = (async () => {
+          let next = records[0]!.offset;
+          try {
+            next = await runSlices(records, topic, partition, payload, abort.signal, () => {});
+          } catch (err) {
+            fail(err);
+          } finally {
+            jobs.delete(key);
+            const unfinished = next <= records[records.length - 1]!.offset;
+            if (fatal === undefined && (unfinished || generation !== startedIn)) {
+              try {
+                consumer.seek({ topic, partition, offset: String(next) });
+              } catch (err) {
+                this.log.debug('seek after a detached batch failed (partition no longer assigned)', { err });
+              }
+            }
+            try {
+              consumer.resume(tp);
+            } catch (err) {
+              this.log.debug('resume after a detached batch failed', { err });
+            }
+          }
+        })();
+        jobs.set(key, { promise, abort });
       },
     });
     this.closers.add(stop);
     return { assignments: () => [...assigned], stop, done };
   }
+}
+
+/** Bytes to fetch per partition for batches of `records` records. */
+function fetchBytes(records: number): number {
+  return Math.min(16 << 20, Math.max(1 << 20, records * 512));
 }
 
 /** Whether a transaction failed only because the previous one of this id was still completing. */
