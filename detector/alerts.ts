@@ -2,7 +2,7 @@
  * From a rule match to an Alert record: deterministic ids (rule id + the event's identity, + the replay run id
  * for replays), so the same match always has the same id and any consumer can de-duplicate.
  */
-import { v5 as uuidv5 } from 'uuid';
+import { createHash } from 'node:crypto';
 import type { HeaderValue, InRecord, OutRecord } from '../infra/transport.js';
 import type { Codec } from '../schemas/codec.js';
 import { processCreationFields } from '../schemas/sigma-fields.js';
@@ -12,12 +12,27 @@ import { traceHeaders } from './telemetry.js';
 /** Namespace of alert ids (UUID v5); fixed forever, or ids of the same match would change. */
 const ALERT_NS = '6f1c7a52-3e0b-5d8e-9a4f-1b2c3d4e5f60';
 
+/**
+ * A name-based UUID (RFC 9562 version 5: SHA-1 of the namespace's 16 bytes and the name's UTF-8). Written here
+ * on node:crypto because alert ids are made for every match, on the detector's hot path.
+ */
+export function uuidV5(name: string, namespace: string): string {
+  const h = createHash('sha1')
+    .update(Buffer.from(namespace.replaceAll('-', ''), 'hex'))
+    .update(name)
+    .digest();
+  h[6] = (h[6]! & 0x0f) | 0x50;
+  h[8] = (h[8]! & 0x3f) | 0x80;
+  const x = h.toString('hex', 0, 16);
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
+}
+
 export function eventIdentity(e: ExecveEvent): string {
   return `${e.hostId}|${e.bootId}|${e.pid}|${e.processStartNs}|${e.seq}|${e.timeNs}`;
 }
 
 export function alertId(ruleId: string, e: ExecveEvent, runId: string | null = null): string {
-  return uuidv5(`${ruleId}|${eventIdentity(e)}${runId === null ? '' : `|run:${runId}`}`, ALERT_NS);
+  return uuidV5(`${ruleId}|${eventIdentity(e)}${runId === null ? '' : `|run:${runId}`}`, ALERT_NS);
 }
 
 export interface RuleInfo {
