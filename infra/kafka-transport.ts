@@ -296,26 +296,40 @@ export class KafkaTransport implements Transport {
 
   async consumeTransform(opts: TransformOptions): Promise<Consumption> {
     const producers = new Map<number, Promise<TransactionalProducer>>();
+    /**
+     * Per partition, the offset after the last transaction this process committed (or found committed). After a
+     * rebalance kafkajs restarts a partition it kept from the group's committed offset as it reads it then, which
+     * can lag a transaction committed a moment before (the offset markers are written after EndTxn returns):
+     * records below this are known done and skipped, or they would be transformed and committed twice.
+     */
+    const ends = new Map<number, number>();
     const prefix = opts.transactionalIdPrefix ?? opts.groupId;
     return this.member(
       opts,
       'detached',
       async ({ records: fetched, topic, partition, signal, payload, resolve, fail }) => {
         let txp = producers.get(partition);
-        let records = fetched;
         if (txp === undefined) {
           txp = this.transactionalProducer(`${prefix}-${topic}-${partition}`);
           producers.set(partition, txp);
-          // Initialising the id settled any transaction a previous owner left open; its committed offset is now
-          // final, and may be past what this consumer fetched from (read before the previous owner committed).
-          const committed = await this.committedOffset(opts.groupId, topic, partition);
-          records = fetched.filter((r) => r.offset >= committed);
-          if (records.length === 0) {
-            resolve(fetched[fetched.length - 1]!.offset);
-            return true;
+          try {
+            // Initialising the id settles any transaction a previous owner left open: only then is the committed
+            // offset final. It may be past what this consumer fetched from (read before that owner committed).
+            await txp;
+          } catch (err) {
+            producers.delete(partition);
+            throw err;
           }
+          ends.set(partition, await this.committedOffset(opts.groupId, topic, partition));
+        }
+        const floor = ends.get(partition) ?? -1;
+        const records = fetched[0]!.offset >= floor ? fetched : fetched.filter((r) => r.offset >= floor);
+        if (records.length === 0) {
+          resolve(fetched[fetched.length - 1]!.offset);
+          return true;
         }
         const producer = await txp;
+        let transacting = false;
         try {
           const keepAlive = () => payload.heartbeat();
           const { done, outputs } = await transformBatch(opts, {
@@ -327,10 +341,12 @@ export class KafkaTransport implements Transport {
           });
           if (done === 0) return false;
           const next = records[done - 1]!.offset + 1;
+          transacting = true;
           await producer.transaction(async (tx) => {
             await tx.send(outputs);
             await tx.commitOffsets(opts.groupId, [{ topic, partition, offset: next }]);
           });
+          ends.set(partition, next);
           resolve(next - 1);
           return done === records.length;
         } catch (err) {
@@ -338,13 +354,21 @@ export class KafkaTransport implements Transport {
             // Another member owns this partition now (or owned it since): drop the producer; if the partition comes
             // back, a new one re-reads the committed offset. Nothing of this batch became visible.
             producers.delete(partition);
+            ends.delete(partition);
             await producer.close().catch(() => {});
             this.log.warn('transactional producer fenced; partition moved', { topic, partition });
             return false;
           }
           if (err instanceof EdrError && err.retryable) {
-            // The transaction was aborted: nothing is visible and offsets did not move; kafkajs refetches.
-            this.log.warn('transaction failed, will retry', { topic, partition, err });
+            if (transacting) {
+              // The client does not always know how a failed transaction ended (a commit whose answer was lost
+              // may have been applied): a new producer's initialisation settles it, and the committed offset read
+              // after it says where to go on from. Otherwise the batch could commit twice.
+              producers.delete(partition);
+              ends.delete(partition);
+              await producer.close().catch(() => {});
+            }
+            this.log.warn('batch failed, will retry', { topic, partition, transacting, err });
             return false;
           }
           fail(err);
@@ -674,18 +698,24 @@ function transactional(p: KProducer, id: string, close: () => Promise<void>): Tr
     transaction<T>(work: (tx: Transaction) => Promise<T>): Promise<T> {
       // The broker refuses a new transaction while the previous one's markers are still being written
       // (CONCURRENT_TRANSACTIONS): that one is aborted, nothing of it is visible, and it is run again shortly.
+      // Not when the commit itself failed: the broker answers a commit still completing the same way, so the
+      // outcome is unknown and running it again could commit it twice. That error goes to the caller, marked
+      // EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN (retryable: start over with a new producer, whose initialisation
+      // settles the transaction, and read the committed offset).
       const run = async () => {
         for (let attempt = 1; ; attempt++) {
           try {
             return await once();
           } catch (err) {
-            if (attempt >= 10 || !concurrentTransactions(err)) throw err;
+            const unknown = err instanceof EdrError && err.code === 'EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN';
+            if (attempt >= 10 || unknown || !concurrentTransactions(err)) throw err;
             await new Promise((r) => setTimeout(r, 10 * attempt));
           }
         }
       };
       const once = async () => {
         const tx = await kafkaCall(`beginning transaction ${id}`, () => p.transaction());
+        let committing = false;
         try {
           const result = await work({
             send: async (records) => {
@@ -709,11 +739,23 @@ function transactional(p: KProducer, id: string, close: () => Promise<void>): Tr
               );
             },
           });
+          committing = true;
           await kafkaCall(`committing transaction ${id}`, () => tx.commit());
           return result;
         } catch (err) {
           if (tx.isActive()) await tx.abort().catch(() => {});
-          throw toEdrError(err, `transaction ${id}`);
+          const e = toEdrError(err, `transaction ${id}`);
+          if (committing && e.code !== 'EDR_TRANSPORT_FENCED') {
+            throw new EdrError(
+              'EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN',
+              `committing transaction ${id}: ${e.message}`,
+              {
+                retryable: true,
+                cause: err,
+              },
+            );
+          }
+          throw e;
         }
       };
       const r = queue.then(run, run);

@@ -132,7 +132,30 @@ test('two workers, SIGKILL twice: every expected alert exactly once; bad records
     const seen = new Map<string, number>();
     for (const id of ids) seen.set(id, (seen.get(id) ?? 0) + 1);
     const dups = [...seen].filter(([, n]) => n > 1);
-    assert.equal(dups.length, 0, `duplicated alerts: ${dups.length}`);
+    const where = (id: string) =>
+      alerts
+        .filter((x) => x.alert.alertId === id)
+        .map(
+          (x) =>
+            `${x.alert.detectorId}@alerts[${x.record.partition}]:${x.record.offset} seq ${x.alert.event.seq}`,
+        )
+        .join(' + ');
+    assert.equal(
+      dups.length,
+      0,
+      `duplicated alerts: ${dups.length}; e.g. ${dups
+        .slice(0, 5)
+        .map(([id]) => where(id))
+        .join('; ')}\n${workers
+        .map((w) =>
+          w.log
+            .split('\n')
+            .filter((l) => /"level":"(warn|error)"/.test(l))
+            .slice(-15)
+            .join('\n'),
+        )
+        .join('\n---\n')}`,
+    );
     assert.equal(seen.size, expected.size);
     for (const id of expected) assert.ok(seen.has(id), `missing alert ${id}`);
     const versions = new Set(alerts.map((x) => x.alert.ruleSetVersion));
