@@ -698,23 +698,34 @@ function transactional(p: KProducer, id: string, close: () => Promise<void>): Tr
     transaction<T>(work: (tx: Transaction) => Promise<T>): Promise<T> {
       // The broker refuses a new transaction while the previous one's markers are still being written
       // (CONCURRENT_TRANSACTIONS): that one is aborted, nothing of it is visible, and it is run again shortly.
-      // Not when the commit itself failed: the broker answers a commit still completing the same way, so the
-      // outcome is unknown and running it again could commit it twice. That error goes to the caller, marked
-      // EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN (retryable: start over with a new producer, whose initialisation
-      // settles the transaction, and read the committed offset).
+      // Not when the commit itself failed (the broker answers a commit still completing the same way, so the
+      // outcome is unknown and running it again could commit it twice), nor when the abort failed (the producer
+      // is stuck): that error goes to the caller, marked EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN (retryable: start over
+      // with a new producer, whose initialisation settles the transaction, and read the committed offset).
       const run = async () => {
         for (let attempt = 1; ; attempt++) {
           try {
             return await once();
           } catch (err) {
-            const unknown = err instanceof EdrError && err.code === 'EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN';
+            const unknown =
+              err instanceof EdrError &&
+              (err.code === 'EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN' || err.code === 'EDR_TRANSPORT_TXN_STATE');
             if (attempt >= 10 || unknown || !concurrentTransactions(err)) throw err;
             await new Promise((r) => setTimeout(r, 10 * attempt));
           }
         }
       };
       const once = async () => {
-        const tx = await kafkaCall(`beginning transaction ${id}`, () => p.transaction());
+        let tx: Awaited<ReturnType<KProducer['transaction']>>;
+        try {
+          tx = await p.transaction();
+        } catch (err) {
+          // A producer whose last abort did not complete is stuck (kafkajs: "in state ABORTING"): nothing of a
+          // transaction that did not begin is visible, and a new producer is the way on.
+          const e = toEdrError(err, `beginning transaction ${id}`);
+          if (e.code === 'EDR_TRANSPORT_FENCED') throw e;
+          throw new EdrError('EDR_TRANSPORT_TXN_STATE', e.message, { retryable: true, cause: err });
+        }
         let committing = false;
         try {
           const result = await work({
@@ -743,12 +754,17 @@ function transactional(p: KProducer, id: string, close: () => Promise<void>): Tr
           await kafkaCall(`committing transaction ${id}`, () => tx.commit());
           return result;
         } catch (err) {
-          if (tx.isActive()) await tx.abort().catch(() => {});
+          const aborted =
+            !tx.isActive() ||
+            (await tx.abort().then(
+              () => true,
+              () => false,
+            ));
           const e = toEdrError(err, `transaction ${id}`);
-          if (committing && e.code !== 'EDR_TRANSPORT_FENCED') {
+          if ((committing || !aborted) && e.code !== 'EDR_TRANSPORT_FENCED') {
             throw new EdrError(
               'EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN',
-              `committing transaction ${id}: ${e.message}`,
+              `transaction ${id} ended in an unknown state: ${e.message}`,
               {
                 retryable: true,
                 cause: err,

@@ -5,8 +5,8 @@
  * the same topic in the same run, with 1 and 2 worker processes. Rates are taken from the group's committed
  * offsets, from the first commit to the last, so process start-up and group joins do not count.
  *
- * Run: npm run bench detector   (EDR_BENCH_DETECTOR_EVENTS sets the event count, default 300,000;
- * EDR_BENCH_DETECTOR_ROUNDS the rounds, default 2; EDR_BENCH_DETECTOR_{BATCH,MEMBERS,CONCURRENCY,THREADS}
+ * Run: npm run bench detector   (EDR_BENCH_DETECTOR_EVENTS sets the event count, default 1,000,000;
+ * EDR_BENCH_DETECTOR_ROUNDS the rounds, default 2; EDR_BENCH_DETECTOR_RULES another rule directory; EDR_BENCH_DETECTOR_{BATCH,MEMBERS,CONCURRENCY,THREADS}
  * override the detector's defaults for experiments)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -25,7 +25,7 @@ import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 
-const N = Number(process.env['EDR_BENCH_DETECTOR_EVENTS'] ?? 300_000);
+const N = Number(process.env['EDR_BENCH_DETECTOR_EVENTS'] ?? 1_000_000);
 const PARTITIONS = 6;
 const here = fileURLToPath(import.meta.url);
 const quiet = createLogger({ component: 'bench' }, 'error');
@@ -62,7 +62,16 @@ async function consumeRole(brokers: string[], topic: string, group: string, deco
     handler: async (batch) => {
       for (const r of batch.records) {
         bytes += r.value?.length ?? 0;
-        if (decode && r.value !== null) codec.decode(r.value);
+        if (decode && r.value !== null) {
+          // What the detector decodes of a record: a view, and the fields process_creation rules read.
+          const d = codec.view(r.value);
+          if (d.name === 'dev.edr.v1.ExecveEvent') {
+            const e = d.value;
+            bytes += e.image.length + e.argv.join(' ').length + e.cwd.length;
+            bytes +=
+              (e.userName?.length ?? 0) + (e.parentImage?.length ?? 0) + (e.parentCommandLine?.length ?? 0);
+          }
+        }
       }
     },
   });
@@ -178,22 +187,26 @@ async function main(): Promise<void> {
     const topic = 'bench.raw';
     await t.createTopics([{ name: topic, partitions: PARTITIONS }]);
     const codec = projectCodec();
-    const events = generateEvents(N, 7);
     const p = await t.producer();
     let chunk: OutRecord[] = [];
-    for (let i = 0; i < events.length; i++) {
-      const e = { ...events[i]!, hostId: `bench-host-${i % 256}`, seq: BigInt(i) };
-      chunk.push({ topic, key: e.hostId, value: codec.encode('dev.edr.v1.ExecveEvent', e) });
-      if (chunk.length === 5000) {
-        await p.publish(chunk);
-        chunk = [];
+    // Generated in slices, so a large N does not hold every event object at once.
+    for (let start = 0; start < N; start += 50_000) {
+      const events = generateEvents(Math.min(50_000, N - start), 7 + start);
+      for (let j = 0; j < events.length; j++) {
+        const i = start + j;
+        const e = { ...events[j]!, hostId: `bench-host-${i % 256}`, seq: BigInt(i) };
+        chunk.push({ topic, key: e.hostId, value: codec.encode('dev.edr.v1.ExecveEvent', e) });
+        if (chunk.length === 5000) {
+          await p.publish(chunk);
+          chunk = [];
+        }
       }
     }
     await p.publish(chunk);
     await p.close();
     const corpus = path.resolve(repoRoot, '..', 'shared', 'sigma', 'rules', 'linux', 'process_creation');
-    let rulesDir = corpus;
-    if (!existsSync(corpus)) {
+    let rulesDir = process.env['EDR_BENCH_DETECTOR_RULES'] ?? corpus;
+    if (!existsSync(rulesDir)) {
       rulesDir = path.join(dir, 'rules');
       mkdirSync(rulesDir);
       writeFileSync(
@@ -291,7 +304,9 @@ async function main(): Promise<void> {
         ceilings.push(ceiling);
         process.stdout.write(line(`round ${r + 1} ceiling (plain consume)`, ceiling, ceiling));
         if (r === 0)
-          process.stdout.write(line('round 1 consume + decode', await consumers(workers, true), ceiling));
+          process.stdout.write(
+            line('round 1 consume + decode (rule fields)', await consumers(workers, true), ceiling),
+          );
         const { rate, alerts } = await detectors(workers);
         pipelines.push(rate);
         process.stdout.write(
