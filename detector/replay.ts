@@ -103,8 +103,22 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   const finished = new Promise<void>((r) => {
     finish = r;
   });
+  // Done when every record up to the stop offsets is evaluated *and* its transaction committed: the group's
+  // committed offsets reach what the transforms covered (`pos`). A batch whose transaction fails is evaluated
+  // again, so waiting on commits (not on transforms) is what makes an interrupted run's alerts complete.
+  let checking = false;
   const check = () => {
-    if (remaining() === 0) finish();
+    if (checking || remaining() > 0) return;
+    checking = true;
+    void (async () => {
+      for (;;) {
+        const lag = await o.transport.lag(groupId, o.topic).catch(() => undefined);
+        const committed = new Map((lag ?? []).map((l) => [l.partition, l.committed]));
+        const behind = [...pos].some(([p, at]) => at > (base.get(p) ?? 0) && (committed.get(p) ?? -1) < at);
+        if (lag !== undefined && !behind) return finish();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
   };
   check();
   const transform = async (batch: Batch): Promise<OutRecord[]> => {
@@ -137,7 +151,6 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
     }
     const last = batch.records[batch.records.length - 1]!;
     pos.set(batch.partition, Math.max(pos.get(batch.partition) ?? 0, last.offset + 1));
-    // Checked after this batch's transaction had a chance to commit: stop() below finishes the batch in hand.
     setImmediate(check);
     return out;
   };

@@ -229,7 +229,18 @@ test('a replay killed midway and started again with the same run id: every match
   await new Promise((res) => setTimeout(res, 1000));
   await consumption.stop();
   const seqs = alerts.map((a) => String(a.alert.event.seq));
-  assert.equal(seqs.length, expected.size, 'nothing twice');
+  const twice = alerts.filter((a, i) => seqs.indexOf(String(a.alert.event.seq)) !== i);
+  assert.equal(
+    seqs.length,
+    expected.size,
+    `nothing twice; twice: ${twice.length}, e.g. ${twice
+      .slice(0, 6)
+      .map(
+        (a) =>
+          `seq ${a.alert.event.seq} ${a.alert.event.hostId} by ${a.alert.detectorId} at alerts[${a.record.partition}]:${a.record.offset}`,
+      )
+      .join('; ')}`,
+  );
   assert.deepEqual(new Set(seqs), expected);
   assert.ok(alerts.every((a) => a.alert.replayRunId === runId));
   await t.close();
