@@ -176,6 +176,8 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
               start: { timestampMs: o.fromMs },
               maxBatchRecords: 2000,
               transactionalIdPrefix: groupId,
+              // Batches in fetch order: a resumed run has shown lost and repeated alerts with overlapping jobs.
+              overlapFetches: false,
               transform,
             }),
           ),

@@ -304,9 +304,10 @@ export class KafkaTransport implements Transport {
      */
     const ends = new Map<number, number>();
     const prefix = opts.transactionalIdPrefix ?? opts.groupId;
+    if (typeof opts.start === 'object') await this.settleTransactions(opts.topics, prefix);
     return this.member(
       opts,
-      'detached',
+      opts.overlapFetches === false ? 'transactional' : 'detached',
       async ({ records: fetched, topic, partition, signal, payload, resolve, fail }) => {
         let txp = producers.get(partition);
         if (txp === undefined) {
@@ -379,6 +380,24 @@ export class KafkaTransport implements Transport {
         await Promise.all([...producers.values()].map(async (p) => (await p).close().catch(() => {})));
       },
     );
+  }
+
+  /**
+   * Initialises the transactional id of every partition of `topics` once, which completes or aborts whatever a
+   * previous run (killed, say) left in flight under them. Done before a start by timestamp looks for partitions
+   * without a committed offset: a commit still completing would look absent, and setting the start offset
+   * over it would have that run's work done twice.
+   */
+  private async settleTransactions(topics: string[], prefix: string): Promise<void> {
+    for (const topic of topics) {
+      const partitions = await this.endOffsets(topic);
+      await Promise.all(
+        partitions.map(async ({ partition }) => {
+          const p = await this.transactionalProducer(`${prefix}-${topic}-${partition}`);
+          await p.close();
+        }),
+      );
+    }
   }
 
   private async committedOffset(groupId: string, topic: string, partition: number): Promise<number> {
@@ -462,7 +481,7 @@ export class KafkaTransport implements Transport {
    * finished, and returns whether it finished the slice.
    *
    * - `commit` mode (handlers): kafkajs commits resolved offsets; an unfinished batch is left unresolved, so
-   *   kafkajs fetches its rest again.
+   *   kafkajs fetches its rest again. `transactional` mode is the same with offsets committed by `work`.
    * - `detached` mode (consume-transform-produce, whose offsets commit in `work`'s transactions): a fetched batch
    *   is handed to a job of its own and its partition paused until the job ends, so kafkajs goes on fetching
    *   (and decoding) the other partitions meanwhile instead of waiting for the slowest batch of each fetch. A job
@@ -471,7 +490,7 @@ export class KafkaTransport implements Transport {
    */
   private async member(
     opts: HandlerOptions | TransformOptions,
-    mode: 'commit' | 'detached',
+    mode: 'commit' | 'transactional' | 'detached',
     work: (w: {
       records: InRecord[];
       topic: string;
@@ -607,7 +626,7 @@ export class KafkaTransport implements Transport {
         if (fatal !== undefined || stopping !== undefined || batch.messages.length === 0) return;
         const { topic, partition } = batch;
         const records = batch.messages.map((m) => toInRecord(topic, partition, m));
-        if (mode === 'commit') {
+        if (mode !== 'detached') {
           // Stopped or revoked (isStale: a seek moved the position) between slices: the rest is fetched again.
           const ac = new AbortController();
           const halted = () => !payload.isRunning() || payload.isStale();

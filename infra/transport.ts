@@ -101,6 +101,11 @@ export interface TransformOptions extends ConsumeOptions {
   transform(batch: Batch): Promise<OutRecord[]>;
   /** Stable prefix of transactional ids; one id per input partition fences a zombie owner of that partition. */
   transactionalIdPrefix?: string;
+  /**
+   * Whether a fetched batch may be worked on while the client fetches other partitions (default true). False
+   * keeps each fetch's batches in the fetch loop: slower, the simplest ordering (replay uses it).
+   */
+  overlapFetches?: boolean;
 }
 
 export interface Consumption {

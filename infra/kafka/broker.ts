@@ -236,8 +236,8 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
         ...javaArgs(dir, 256),
         'kafka.tools.StorageTool',
         'format',
-        '-t',
-        clusterId,
+        // One argument: a base64url id may start with '-', which the tool would read as an option.
+        `--cluster-id=${clusterId}`,
         '-c',
         props,
       ]);
