@@ -124,6 +124,7 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   const transform = async (batch: Batch): Promise<OutRecord[]> => {
     const out: OutRecord[] = [];
     const stop = stopAt.get(batch.partition) ?? 0;
+    const counted = pos.get(batch.partition) ?? 0;
     for (const r of batch.records) {
       if (r.offset >= stop) break;
       let decoded: ReturnType<typeof codec.decode>;
@@ -135,7 +136,9 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
       if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue;
       const view = decoded.value;
       if (hosts !== undefined && !hosts.has(view.hostId) && !hosts.has(view.hostname)) continue;
-      events++;
+      // A batch evaluated again (its transaction failed) is counted once in the summary.
+      const fresh = r.offset >= counted;
+      if (fresh) events++;
       const matches = evaluateExecve(snap.engine, view);
       if (matches.length === 0) continue;
       const ev = plainEvent(view);
@@ -146,7 +149,7 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
           runId: o.runId,
         });
         out.push(alertRecord(codec, o.alertsTopic, alert, r));
-        matchesByRule.set(m.rule.id, (matchesByRule.get(m.rule.id) ?? 0) + 1);
+        if (fresh) matchesByRule.set(m.rule.id, (matchesByRule.get(m.rule.id) ?? 0) + 1);
       }
     }
     const last = batch.records[batch.records.length - 1]!;
