@@ -14,6 +14,7 @@ import { EdrError, errorMessage } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
 import type { InRecord } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
+import type { ExecveEvent } from '../schemas/types.js';
 import type { RuleSnapshot } from './rule-store.js';
 import { type CompiledRule, compileDocs, createEngine, type Engine, evaluateExecve } from './sigma/engine.js';
 import type { SigmaDoc } from './sigma/parse.js';
@@ -60,9 +61,28 @@ export function engineOf(m: RulesMessage): { engine: Engine; rules: CompiledRule
   return { engine: createEngine(rules), rules };
 }
 
+/** The rules that throw on `event` when evaluated alone, with their errors (to find what broke a whole set). */
+export function rulesThatThrow(
+  rules: readonly CompiledRule[],
+  event: ExecveEvent,
+): Array<{ rule: CompiledRule; err: unknown }> {
+  const out: Array<{ rule: CompiledRule; err: unknown }> = [];
+  for (const rule of rules) {
+    try {
+      evaluateExecve(createEngine([rule]), event);
+    } catch (err) {
+      out.push({ rule, err });
+    }
+  }
+  return out;
+}
+
+// Position of each rule in its set, built once per set (a set lives until the next rule change).
+const positions = new WeakMap<readonly CompiledRule[], Map<CompiledRule, number>>();
+
 /**
- * Decodes and evaluates `offsets.length - 1` packed records from `from`. Stops at the first record on which a
- * rule throws, naming each rule that throws on it alone.
+ * Decodes and evaluates the `offsets.length - 1` packed records. Stops at the first record on which a rule
+ * throws, naming each rule that throws on it alone.
  */
 export function evaluatePacked(
   set: { engine: Engine; rules: readonly CompiledRule[] },
@@ -71,7 +91,11 @@ export function evaluatePacked(
 ): EvalResult {
   const codec = projectCodec();
   const result: EvalResult = { next: offsets.length - 1, matches: [], undecodable: [], culprits: [] };
-  const index = new Map(set.rules.map((r, i) => [r, i]));
+  let index = positions.get(set.rules);
+  if (index === undefined) {
+    index = new Map(set.rules.map((r, i) => [r, i]));
+    positions.set(set.rules, index);
+  }
   for (let i = 0; i < offsets.length - 1; i++) {
     let decoded: ReturnType<typeof codec.view>;
     try {
@@ -89,15 +113,10 @@ export function evaluatePacked(
     try {
       matches = evaluateExecve(set.engine, decoded.value);
     } catch {
-      for (const rule of set.rules) {
-        try {
-          evaluateExecve(createEngine([rule]), decoded.value);
-        } catch (e) {
-          result.culprits.push({ ruleId: rule.id, message: errorMessage(e) });
-        }
-      }
+      const thrown = rulesThatThrow(set.rules, decoded.value);
       // An error no single rule reproduces: skip the event's matches rather than loop.
-      if (result.culprits.length === 0) continue;
+      if (thrown.length === 0) continue;
+      result.culprits = thrown.map((t) => ({ ruleId: t.rule.id, message: errorMessage(t.err) }));
       result.next = i;
       return result;
     }

@@ -107,11 +107,12 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   // committed offsets reach what the transforms covered (`pos`). A batch whose transaction fails is evaluated
   // again, so waiting on commits (not on transforms) is what makes an interrupted run's alerts complete.
   let checking = false;
+  let ended = false;
   const check = () => {
     if (checking || remaining() > 0) return;
     checking = true;
     void (async () => {
-      for (;;) {
+      while (!ended) {
         const lag = await o.transport.lag(groupId, o.topic).catch(() => undefined);
         const committed = new Map((lag ?? []).map((l) => [l.partition, l.committed]));
         const behind = [...pos].some(([p, at]) => at > (base.get(p) ?? 0) && (committed.get(p) ?? -1) < at);
@@ -190,6 +191,7 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
     const aborted = new Promise<void>((r) => o.signal?.addEventListener('abort', () => r(), { once: true }));
     await Promise.race([finished, aborted, ...consumptions.map((c) => c.done)]);
   } finally {
+    ended = true;
     clearInterval(ticker);
     await Promise.all(consumptions.map((c) => c.stop()));
   }

@@ -14,10 +14,10 @@ import { plainEvent } from '../schemas/execve-view.js';
 import type { Alert, ExecveEvent } from '../schemas/types.js';
 import { alertRecord, buildAlert, eventField, type RuleInfo } from './alerts.js';
 import { CorrelationStore, eventTimeMs, groupKey, isHostScoped, ruleRef } from './correlations.js';
-import { EvalPool } from './eval-pool.js';
+import { EvalPool, rulesThatThrow } from './eval-pool.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
 import type { CompiledCorrelation, CorrelationMatch } from './sigma/correlations.js';
-import { type CompiledRule, createEngine, evaluateExecve, type Match } from './sigma/engine.js';
+import { type CompiledRule, evaluateExecve, type Match } from './sigma/engine.js';
 import type { DetectorMetrics } from './telemetry.js';
 
 export interface WorkerTopics {
@@ -91,18 +91,13 @@ export function evaluateSafely(
     try {
       return { snap, matches: evaluateExecve(snap.engine, event) };
     } catch {
-      let culprit = false;
-      for (const rule of snap.rules) {
-        try {
-          evaluateExecve(createEngine([rule]), event);
-        } catch (e) {
-          culprit = true;
-          store.disable(rule.id, errorMessage(e));
-          onDisabled(rule, e);
-        }
+      const thrown = rulesThatThrow(snap.rules, event);
+      for (const { rule, err } of thrown) {
+        store.disable(rule.id, errorMessage(err));
+        onDisabled(rule, err);
       }
       // An error no single rule reproduces: skip the event's matches rather than loop.
-      if (!culprit) return { snap, matches: [] };
+      if (thrown.length === 0) return { snap, matches: [] };
     }
   }
 }

@@ -351,25 +351,28 @@ export class KafkaTransport implements Transport {
           resolve(next - 1);
           return done === records.length;
         } catch (err) {
-          if (err instanceof EdrError && err.code === 'EDR_TRANSPORT_FENCED') {
-            // Another member owns this partition now (or owned it since): drop the producer; if the partition comes
-            // back, a new one re-reads the committed offset. Nothing of this batch became visible.
+          const fenced = err instanceof EdrError && err.code === 'EDR_TRANSPORT_FENCED';
+          const retryable = err instanceof EdrError && err.retryable;
+          if (fenced || (retryable && transacting)) {
+            // Fenced: another member owns this partition now (or owned it since), and nothing of this batch became
+            // visible. A failed transaction: the client does not always know how it ended (a commit whose answer
+            // was lost may have been applied). Either way a new producer, created when the partition is next
+            // worked on, settles the transactional id and re-reads the committed offset; otherwise the batch
+            // could commit twice.
             producers.delete(partition);
             ends.delete(partition);
             await producer.close().catch(() => {});
-            this.log.warn('transactional producer fenced; partition moved', { topic, partition });
-            return false;
           }
-          if (err instanceof EdrError && err.retryable) {
-            if (transacting) {
-              // The client does not always know how a failed transaction ended (a commit whose answer was lost
-              // may have been applied): a new producer's initialisation settles it, and the committed offset read
-              // after it says where to go on from. Otherwise the batch could commit twice.
-              producers.delete(partition);
-              ends.delete(partition);
-              await producer.close().catch(() => {});
-            }
-            this.log.warn('batch failed, will retry', { topic, partition, transacting, err });
+          if (fenced || retryable) {
+            this.log.warn(
+              fenced ? 'transactional producer fenced; partition moved' : 'batch failed, will retry',
+              {
+                topic,
+                partition,
+                transacting,
+                err,
+              },
+            );
             return false;
           }
           fail(err);
@@ -575,13 +578,15 @@ export class KafkaTransport implements Transport {
       topic: string,
       partition: number,
       payload: EachBatchPayload,
-      signal: AbortSignal,
       resolve: (offset: number) => void,
-      halted: () => boolean = () => false,
+      halted: () => boolean,
     ): Promise<number> => {
       let next = records[0]!.offset;
       let rebalancing = false;
+      const ac = new AbortController();
+      const signal = ac.signal;
       const watch = setInterval(() => {
+        if (halted()) ac.abort();
         // kafkajs heartbeats only between batches: keep the membership alive while a slow slice runs, and learn
         // of a rebalance so the loop below yields after the slice in hand.
         payload.heartbeat().catch(() => {
@@ -627,25 +632,15 @@ export class KafkaTransport implements Transport {
         const { topic, partition } = batch;
         const records = batch.messages.map((m) => toInRecord(topic, partition, m));
         if (mode !== 'detached') {
-          // Stopped or revoked (isStale: a seek moved the position) between slices: the rest is fetched again.
-          const ac = new AbortController();
-          const halted = () => !payload.isRunning() || payload.isStale();
-          const watch = setInterval(() => {
-            if (halted()) ac.abort();
-          }, 500);
-          try {
-            await runSlices(
-              records,
-              topic,
-              partition,
-              payload,
-              ac.signal,
-              (o) => payload.resolveOffset(String(o)),
-              halted,
-            );
-          } finally {
-            clearInterval(watch);
-          }
+          // Stopped or revoked (isStale: a seek moved the position): the rest is fetched again.
+          await runSlices(
+            records,
+            topic,
+            partition,
+            payload,
+            (o) => payload.resolveOffset(String(o)),
+            () => !payload.isRunning() || payload.isStale(),
+          );
           return;
         }
         const key = `${topic}|${partition}`;
@@ -665,7 +660,14 @@ export class KafkaTransport implements Transport {
         const promise = (async () => {
           let next = records[0]!.offset;
           try {
-            next = await runSlices(records, topic, partition, payload, abort.signal, () => {});
+            next = await runSlices(
+              records,
+              topic,
+              partition,
+              payload,
+              () => {},
+              () => abort.signal.aborted,
+            );
           } catch (err) {
             fail(err);
           } finally {

@@ -15,9 +15,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import yaml from 'js-yaml';
 import { detectorConfigSchema } from '../../detector/config.js';
 import { generateEvents } from '../../detector/sigma/sample-events.js';
+import { testTopics, writeConfig } from '../../detector/testing.js';
 import { startBroker } from '../../infra/kafka/broker.js';
 import { KafkaTransport, kafkaConfigSchema } from '../../infra/kafka-transport.js';
 import { createLogger } from '../../infra/log.js';
@@ -249,31 +249,16 @@ async function main(): Promise<void> {
     const detectors = async (workers: number): Promise<{ rate: Rate; alerts: number }> => {
       const id = run++;
       const group = `bench-detector-${workers}-${id}`;
-      const prefix = `bench${workers}-${id}`;
-      const topics = {
-        input: topic,
-        alerts: `${prefix}.alerts`,
-        rules: `${prefix}.rules`,
-        audit: `${prefix}.audit`,
-        deadLetter: `${prefix}.dlq`,
-        correlation: `${prefix}.corr`,
-        changelog: `${prefix}.state`,
-      };
+      const topics = { ...testTopics(`bench${workers}-${id}`), input: topic };
       const kids = Array.from({ length: workers }, (_, i) => {
-        const file = path.join(dir, `w${id}-${i}.yaml`);
-        writeFileSync(
-          file,
-          yaml.dump({
-            kafka: { brokers: broker.brokers, clientId: `bench-w${i}` },
-            detectorId: `bench-w${i}`,
-            groupId: group,
-            topics,
-            rules: { dir: rulesDir, topic: false },
-            ...Object.fromEntries(
-              Object.keys(OVERRIDES).map((k) => [k, setting(k as keyof typeof OVERRIDES)]),
-            ),
-          }),
-        );
+        const file = writeConfig(dir, `w${id}-${i}`, {
+          kafka: { brokers: broker.brokers, clientId: `bench-w${i}` },
+          detectorId: `bench-w${i}`,
+          groupId: group,
+          topics,
+          rules: { dir: rulesDir, topic: false },
+          ...Object.fromEntries(Object.keys(OVERRIDES).map((k) => [k, setting(k as keyof typeof OVERRIDES)])),
+        });
         // EDR_BENCH_PROFILE=DIR writes CPU profiles of the workers (each thread) there.
         const prof = process.env['EDR_BENCH_PROFILE'];
         return spawnChild([
