@@ -31,7 +31,9 @@ describe('SigmaHQ corpus', () => {
     assert.ok(existsSync(join(SIGMA, 'rules')), `expected the SigmaHQ corpus at ${SIGMA}`);
   });
 
-  const sets = ACTIVE.map((d) => ({ dir: d, set: loadRules(join(SIGMA, d)) }));
+  // Without the corpus only the test above fails, with where it looked (not a crash of the whole suite).
+  const present = existsSync(join(SIGMA, 'rules'));
+  const sets = present ? ACTIVE.map((d) => ({ dir: d, set: loadRules(join(SIGMA, d)) })) : [];
 
   it('compiles every active rule (3,780), naming each that does not', () => {
     const failed = sets.flatMap(({ dir, set }) =>
