@@ -7,6 +7,7 @@ import type { HeaderValue, InRecord, OutRecord } from '../infra/transport.js';
 import type { Codec } from '../schemas/codec.js';
 import { processCreationFields } from '../schemas/sigma-fields.js';
 import type { Alert, ExecveEvent, MatchedField } from '../schemas/types.js';
+import type { CompiledRule } from './sigma/engine.js';
 import { traceHeaders } from './telemetry.js';
 
 /** Namespace of alert ids (UUID v5); fixed forever, or ids of the same match would change. */
@@ -45,12 +46,41 @@ export interface RuleInfo {
   references: string[];
 }
 
+export interface AlertContext {
+  ruleSetVersion: string;
+  detectorId: string;
+  runId: string | null;
+}
+
+/** What a compiled rule puts in its alerts. */
+export function ruleInfo(r: CompiledRule): RuleInfo {
+  return {
+    id: r.id,
+    title: r.title,
+    level: r.level,
+    status: r.doc.status ?? null,
+    tags: r.doc.tags,
+    author: r.author ?? null,
+    references: r.doc.references,
+  };
+}
+
 export function buildAlert(
   rule: RuleInfo,
   event: ExecveEvent,
   matchedFields: MatchedField[],
-  ctx: { ruleSetVersion: string; detectorId: string; runId: string | null },
+  ctx: AlertContext,
 ): Alert {
+  return { ...alertHead(rule, event, matchedFields, ctx), event };
+}
+
+/** Every field of the alert but the event (read from `event` only for the alert id). */
+function alertHead(
+  rule: RuleInfo,
+  event: ExecveEvent,
+  matchedFields: MatchedField[],
+  ctx: AlertContext,
+): Omit<Alert, 'event'> {
   return {
     alertId: alertId(rule.id, event, ctx.runId),
     ruleId: rule.id,
@@ -61,12 +91,31 @@ export function buildAlert(
     ruleAuthor: rule.author,
     ruleReferences: rule.references,
     ruleSetVersion: ctx.ruleSetVersion,
-    event,
     matchedFields,
     detectorId: ctx.detectorId,
     detectedAtNs: BigInt(Date.now()) * 1_000_000n,
     replayRunId: ctx.runId,
   };
+}
+
+/**
+ * The Alert record value of a match on the ExecveEvent record `record` (single-object encoded; `event` reads it,
+ * typically a view of it): the record's bytes go into the alert as they are, so the event is neither decoded nor
+ * encoded again. A record written with another schema version is decoded and encoded.
+ */
+export function encodeMatchAlert(
+  codec: Codec,
+  record: Uint8Array,
+  event: ExecveEvent,
+  rule: RuleInfo,
+  matchedFields: MatchedField[],
+  ctx: AlertContext,
+): Buffer {
+  const head = alertHead(rule, event, matchedFields, ctx);
+  return (
+    codec.encodeAlertAround(head, record, `${rule.id}\u0000${ctx.ruleSetVersion}`) ??
+    codec.encode('dev.edr.v1.Alert', { ...head, event: codec.decodeAs('dev.edr.v1.ExecveEvent', record) })
+  );
 }
 
 export const ALERT_HEADERS = { ruleSetVersion: 'edr-rule-set-version', runId: 'edr-replay-run-id' } as const;
@@ -78,12 +127,28 @@ export function alertRecord(
   alert: Alert,
   source: InRecord | undefined,
 ): OutRecord {
-  const headers: Record<string, HeaderValue> = {
-    ...(source === undefined ? {} : traceHeaders(source)),
-    [ALERT_HEADERS.ruleSetVersion]: alert.ruleSetVersion,
-  };
-  if (alert.replayRunId !== null) headers[ALERT_HEADERS.runId] = alert.replayRunId;
-  return { topic, key: alert.event.hostId, value: codec.encode('dev.edr.v1.Alert', alert), headers };
+  return encodedAlertRecord(
+    topic,
+    alert.event.hostId,
+    codec.encode('dev.edr.v1.Alert', alert),
+    source,
+    alert,
+  );
+}
+
+/** The same for an alert already encoded (`value`), with its event's host id and its context. */
+export function encodedAlertRecord(
+  topic: string,
+  hostId: string,
+  value: Buffer,
+  source: InRecord | undefined,
+  ctx: { ruleSetVersion: string; replayRunId: string | null },
+): OutRecord {
+  const headers: Record<string, HeaderValue> =
+    source === undefined ? {} : (traceHeaders(source) as Record<string, HeaderValue>);
+  headers[ALERT_HEADERS.ruleSetVersion] = ctx.ruleSetVersion;
+  if (ctx.replayRunId !== null) headers[ALERT_HEADERS.runId] = ctx.replayRunId;
+  return { topic, key: hostId, value, headers };
 }
 
 /** Reads a Sigma field (process_creation names, then auditd's) of an event, for correlations. */

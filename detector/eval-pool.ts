@@ -1,9 +1,9 @@
 /**
  * Rule evaluation on worker threads. The thread talking to Kafka (fetches, transactions) is busy with the
- * client's own work; decoding and evaluating on another core lets both run at once. A batch's record values go
- * over as one transferred buffer; what comes back is small: the indexes of records that matched (with rule and
- * fields) or did not decode. Alerts are still built on the main thread, from its own snapshot of the same
- * version, so there is one alert path whatever runs the rules.
+ * client's own work; decoding, evaluating and encoding alerts on another core lets both run at once. A batch's
+ * record values go over as one transferred buffer; what comes back is the indexes of records that matched (with
+ * rule, fields and the encoded alert) or did not decode, the alerts in one transferred buffer. The inline path
+ * encodes alerts with the same function (`encodeMatchAlert`), so there is one alert path whatever runs the rules.
  *
  * A thread holds the compiled rule set of one snapshot version at a time: the pool sends a snapshot's documents
  * before the first batch that needs it, and a thread handles its messages in order, so a batch is never evaluated
@@ -15,6 +15,7 @@ import type { Logger } from '../infra/log.js';
 import type { InRecord } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
 import type { ExecveEvent } from '../schemas/types.js';
+import { encodeMatchAlert, ruleInfo } from './alerts.js';
 import type { RuleSnapshot } from './rule-store.js';
 import { type CompiledRule, compileDocs, createEngine, type Engine, evaluateExecve } from './sigma/engine.js';
 import type { SigmaDoc } from './sigma/parse.js';
@@ -26,6 +27,8 @@ type PortableDoc = SigmaDoc extends infer D ? (D extends SigmaDoc ? Omit<D, 'at'
 export interface RulesMessage {
   type: 'rules';
   version: string;
+  /** Who the alerts say detected them. */
+  detectorId: string;
   docs: PortableDoc[];
   disabled: string[];
 }
@@ -34,8 +37,8 @@ export interface BatchMessage {
   type: 'batch';
   id: number;
   data: Uint8Array;
-  /** Start of each record's value in `data`, and the end of the last: records.length + 1 entries. */
-  offsets: Int32Array;
+  /** Record i's value is data[bounds[2i]..bounds[2i+1]). */
+  bounds: Int32Array;
 }
 
 export interface EvalResult {
@@ -46,7 +49,12 @@ export interface EvalResult {
     rule: number;
     ruleId: string;
     fields: Array<{ field: string; value: string }>;
+    /** The event's host id (the alert's key). */
+    hostId: string;
   }>;
+  /** The encoded Alert of each match, in order: match i's is alerts[alertBounds[2i]..alertBounds[2i+1]). */
+  alerts: Uint8Array;
+  alertBounds: Int32Array;
   /** Records that did not decode, with the codec's error code and message. */
   undecodable: Array<{ index: number; code: string; message: string }>;
   /** Rules that threw on record `next`, with why: to disable before evaluating on. */
@@ -54,11 +62,19 @@ export interface EvalResult {
 }
 
 /** Compiles the rule set a RulesMessage describes, exactly as the store did (same documents, same order). */
-export function engineOf(m: RulesMessage): { engine: Engine; rules: CompiledRule[] } {
+export function engineOf(m: RulesMessage): EvalSet {
   const docs: SigmaDoc[] = m.docs.map((d) => ({ ...d, at: () => d.line }));
   const disabled = new Set(m.disabled);
   const rules = compileDocs(docs).rules.filter((r) => !disabled.has(r.id));
-  return { engine: createEngine(rules), rules };
+  return { engine: createEngine(rules), rules, version: m.version, detectorId: m.detectorId };
+}
+
+/** A compiled rule set and what its alerts carry. */
+export interface EvalSet {
+  engine: Engine;
+  rules: readonly CompiledRule[];
+  version: string;
+  detectorId: string;
 }
 
 /** The rules that throw on `event` when evaluated alone, with their errors (to find what broke a whole set). */
@@ -81,25 +97,31 @@ export function rulesThatThrow(
 const positions = new WeakMap<readonly CompiledRule[], Map<CompiledRule, number>>();
 
 /**
- * Decodes and evaluates the `offsets.length - 1` packed records. Stops at the first record on which a rule
+ * Decodes and evaluates the `bounds.length / 2` packed records. Stops at the first record on which a rule
  * throws, naming each rule that throws on it alone.
  */
-export function evaluatePacked(
-  set: { engine: Engine; rules: readonly CompiledRule[] },
-  data: Buffer,
-  offsets: Int32Array,
-): EvalResult {
+export function evaluatePacked(set: EvalSet, data: Buffer, bounds: Int32Array): EvalResult {
   const codec = projectCodec();
-  const result: EvalResult = { next: offsets.length - 1, matches: [], undecodable: [], culprits: [] };
+  const alerts: Buffer[] = [];
+  const ctx = { ruleSetVersion: set.version, detectorId: set.detectorId, runId: null };
+  const result: EvalResult = {
+    next: bounds.length / 2,
+    matches: [],
+    alerts: new Uint8Array(0),
+    alertBounds: new Int32Array(0),
+    undecodable: [],
+    culprits: [],
+  };
   let index = positions.get(set.rules);
   if (index === undefined) {
     index = new Map(set.rules.map((r, i) => [r, i]));
     positions.set(set.rules, index);
   }
-  for (let i = 0; i < offsets.length - 1; i++) {
+  for (let i = 0; i < bounds.length / 2; i++) {
     let decoded: ReturnType<typeof codec.view>;
+    const record = data.subarray(bounds[2 * i]!, bounds[2 * i + 1]!);
     try {
-      decoded = codec.view(data.subarray(offsets[i]!, offsets[i + 1]!));
+      decoded = codec.view(record);
     } catch (err) {
       result.undecodable.push({
         index: i,
@@ -118,30 +140,90 @@ export function evaluatePacked(
       if (thrown.length === 0) continue;
       result.culprits = thrown.map((t) => ({ ruleId: t.rule.id, message: errorMessage(t.err) }));
       result.next = i;
-      return result;
+      break;
     }
     for (const m of matches) {
-      result.matches.push({ index: i, rule: index.get(m.rule)!, ruleId: m.rule.id, fields: m.fields });
+      const e = decoded.value;
+      result.matches.push({
+        index: i,
+        rule: index.get(m.rule)!,
+        ruleId: m.rule.id,
+        fields: m.fields,
+        hostId: e.hostId,
+      });
+      alerts.push(encodeMatchAlert(codec, record, e, ruleInfo(m.rule), m.fields, ctx));
     }
   }
+  const packed = packBuffers(alerts);
+  result.alerts = packed.data;
+  result.alertBounds = packed.bounds;
   return result;
 }
 
 /** Record values packed into one buffer (transferred to the thread, not copied again). */
-export function pack(records: readonly InRecord[]): { data: Uint8Array; offsets: Int32Array } {
-  const offsets = new Int32Array(records.length + 1);
+export function pack(records: readonly InRecord[]): { data: Uint8Array; bounds: Int32Array } {
+  return packBuffers(records.map((r) => r.value));
+}
+
+/**
+ * Buffers packed into one: buffer i is data[bounds[2i]..bounds[2i+1]) (null packs as empty). Values of one fetch
+ * usually lie in order in one response buffer, a few bytes of record framing apart: then the whole span is copied
+ * at once and the bounds point into it, instead of one copy per value.
+ */
+export function packBuffers(values: ReadonlyArray<Uint8Array | null>): {
+  data: Uint8Array;
+  bounds: Int32Array;
+} {
+  const n = values.length;
+  const bounds = new Int32Array(2 * n);
+  const span = sharedSpan(values);
+  if (span !== undefined) {
+    for (let i = 0; i < n; i++) {
+      const v = values[i];
+      if (v === null || v === undefined) continue; // [0, 0): empty
+      bounds[2 * i] = v.byteOffset - span.start;
+      bounds[2 * i + 1] = v.byteOffset + v.byteLength - span.start;
+    }
+    const data = new Uint8Array(span.end - span.start);
+    data.set(new Uint8Array(span.buffer, span.start, span.end - span.start));
+    return { data, bounds };
+  }
   let total = 0;
-  for (let i = 0; i < records.length; i++) {
-    offsets[i] = total;
-    total += records[i]!.value?.length ?? 0;
+  for (let i = 0; i < n; i++) {
+    bounds[2 * i] = total;
+    total += values[i]?.length ?? 0;
+    bounds[2 * i + 1] = total;
   }
-  offsets[records.length] = total;
   const data = new Uint8Array(total);
-  for (let i = 0; i < records.length; i++) {
-    const v = records[i]!.value;
-    if (v !== null) data.set(v, offsets[i]!);
+  for (let i = 0; i < n; i++) {
+    const v = values[i];
+    if (v !== null && v !== undefined) data.set(v, bounds[2 * i]!);
   }
-  return { data, offsets };
+  return { data, bounds };
+}
+
+/**
+ * The span of one ArrayBuffer holding every value, in order and without overlap, if the values are laid out so
+ * and the gaps between them are small (under an eighth of the span); undefined otherwise.
+ */
+function sharedSpan(
+  values: ReadonlyArray<Uint8Array | null>,
+): { buffer: ArrayBufferLike; start: number; end: number } | undefined {
+  let buffer: ArrayBufferLike | undefined;
+  let start = -1;
+  let end = -1;
+  let bytes = 0;
+  for (const v of values) {
+    if (v === null) continue;
+    if (buffer === undefined) {
+      buffer = v.buffer;
+      start = v.byteOffset;
+    } else if (v.buffer !== buffer || v.byteOffset < end) return undefined;
+    end = v.byteOffset + v.byteLength;
+    bytes += v.byteLength;
+  }
+  if (buffer === undefined || end - start - bytes > (end - start) / 8) return undefined;
+  return { buffer, start, end };
 }
 
 interface Thread {
@@ -158,6 +240,7 @@ export class EvalPool {
   constructor(
     size: number,
     private readonly log: Logger,
+    private readonly detectorId: string,
   ) {
     this.threads = new Array(Math.max(1, size)).fill(undefined);
   }
@@ -175,6 +258,7 @@ export class EvalPool {
       const m: RulesMessage = {
         type: 'rules',
         version: snap.version,
+        detectorId: this.detectorId,
         docs: snap.docs.map(({ at: _, ...d }) => d),
         disabled: [...snap.disabled.keys()],
       };
@@ -182,9 +266,9 @@ export class EvalPool {
       t.version = snap.version;
     }
     const id = this.nextId++;
-    const { data, offsets } = pack(records);
-    const m: BatchMessage = { type: 'batch', id, data, offsets };
-    const transfer = [data.buffer as ArrayBuffer, offsets.buffer as ArrayBuffer];
+    const { data, bounds } = pack(records);
+    const m: BatchMessage = { type: 'batch', id, data, bounds };
+    const transfer = [data.buffer as ArrayBuffer, bounds.buffer as ArrayBuffer];
     return new Promise<EvalResult>((resolve, reject) => {
       t.pending.set(id, { resolve, reject });
       t.worker.postMessage(m, transfer);

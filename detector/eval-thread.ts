@@ -26,8 +26,11 @@ parentPort?.on('message', (m: RulesMessage | BatchMessage) => {
   try {
     if (set === undefined) throw new Error(setError ?? 'no rule set');
     const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
-    const result: EvalResult = evaluatePacked(set, data, m.offsets);
-    parentPort!.postMessage({ id: m.id, result });
+    const result: EvalResult = evaluatePacked(set, data, m.bounds);
+    parentPort!.postMessage({ id: m.id, result }, [
+      result.alerts.buffer as ArrayBuffer,
+      result.alertBounds.buffer as ArrayBuffer,
+    ]);
   } catch (err) {
     parentPort!.postMessage({ id: m.id, error: errorMessage(err) });
   }

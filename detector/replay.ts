@@ -14,14 +14,12 @@ import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
 import { createLogger } from '../infra/log.js';
 import type { Batch, Consumption, OutRecord, Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
-import { plainEvent } from '../schemas/execve-view.js';
 import { topics as table } from '../schemas/topics.js';
-import { alertRecord, buildAlert } from './alerts.js';
+import { encodedAlertRecord, encodeMatchAlert, ruleInfo } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
 import { settled } from './kafka-retry.js';
 import { RuleStore } from './rule-store.js';
 import { evaluateExecve } from './sigma/engine.js';
-import { ruleInfo } from './worker.js';
 
 const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config FILE | --brokers LIST) [options]
 
@@ -142,14 +140,10 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
       if (fresh) events++;
       const matches = evaluateExecve(snap.engine, view);
       if (matches.length === 0) continue;
-      const ev = plainEvent(view);
+      const ctx = { ruleSetVersion: snap.version, detectorId: `replay-${o.runId}`, runId: o.runId };
       for (const m of matches) {
-        const alert = buildAlert(ruleInfo(m.rule), ev, m.fields, {
-          ruleSetVersion: snap.version,
-          detectorId: `replay-${o.runId}`,
-          runId: o.runId,
-        });
-        out.push(alertRecord(codec, o.alertsTopic, alert, r));
+        const value = encodeMatchAlert(codec, r.value!, view, ruleInfo(m.rule), m.fields, ctx);
+        out.push(encodedAlertRecord(o.alertsTopic, view.hostId, value, r, { ...ctx, replayRunId: o.runId }));
         if (fresh) matchesByRule.set(m.rule.id, (matchesByRule.get(m.rule.id) ?? 0) + 1);
       }
     }

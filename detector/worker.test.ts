@@ -6,7 +6,7 @@ import { type Batch, deadLetterHeaders, type InRecord } from '../infra/transport
 import { projectCodec } from '../schemas/codec.js';
 import { sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
 import { alertId } from './alerts.js';
-import { evaluatePacked, pack } from './eval-pool.js';
+import { evaluatePacked, pack, packBuffers } from './eval-pool.js';
 import { RuleStore } from './rule-store.js';
 import { detectorMetrics } from './telemetry.js';
 import { containsRule } from './testing.js';
@@ -85,6 +85,10 @@ for (const threads of [0, 1]) {
     assert.equal(alert.alertId, alertId(A, hit));
     assert.equal(alert.ruleSetVersion, store.current.version);
     assert.equal(alert.replayRunId, null);
+    assert.equal(alert.detectorId, 'unit');
+    assert.deepEqual(structuredClone(alert.matchedFields), [{ field: 'CommandLine', value: 'echo needle' }]);
+    // The event bytes went into the alert as they were: the alert's event is the event.
+    assert.deepEqual(structuredClone(alert.event), hit);
     assert.equal(
       String(out[0]!.headers?.['traceparent']),
       '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
@@ -165,13 +169,13 @@ test('a thread names the rule that throws and stops at that record, so it is re-
     codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['needle', 'boom'] })),
   ];
   const records = batchOf(values).records;
-  const { data, offsets } = pack(records);
+  const { data, bounds } = pack(records);
   // Rule B throws only on the third record.
   bad.test = (ctx) => {
     if (test(ctx)) throw new Error('boom');
     return false;
   };
-  const res = evaluatePacked(set, Buffer.from(data), offsets);
+  const res = evaluatePacked({ ...set, version: 'v1', detectorId: 'd1' }, Buffer.from(data), bounds);
   assert.equal(res.next, 2);
   assert.deepEqual(
     res.matches.map((m) => [m.index, m.ruleId]),
@@ -182,4 +186,37 @@ test('a thread names the rule that throws and stops at that record, so it is re-
     [[1, 'EDR_SCHEMA_NOT_SINGLE_OBJECT']],
   );
   assert.deepEqual(res.culprits, [{ ruleId: B, message: 'boom' }]);
+});
+
+test('packed values read back the same, whether they share one buffer (one copy) or not', () => {
+  const whole = Buffer.from('..abc.de..f....ghij');
+  const cases: Array<Array<Buffer | null>> = [
+    // Subarrays of one buffer, in order, small gaps, a null and an empty value among them.
+    [
+      whole.subarray(2, 5),
+      whole.subarray(6, 8),
+      null,
+      whole.subarray(10, 11),
+      whole.subarray(11, 11),
+      whole.subarray(15, 19),
+    ],
+    // Separate buffers; then one buffer out of order; then far apart in one buffer.
+    [Buffer.from('abc'), Buffer.from('de'), null],
+    [whole.subarray(6, 8), whole.subarray(2, 5)],
+    [Buffer.alloc(4000).subarray(0, 2), null],
+    [null, null],
+    [],
+  ];
+  for (const values of cases) {
+    const { data, bounds } = packBuffers(values);
+    assert.equal(bounds.length, 2 * values.length);
+    const back = values.map((_, i) =>
+      Buffer.from(data.subarray(bounds[2 * i]!, bounds[2 * i + 1]!)).toString(),
+    );
+    assert.deepEqual(
+      back,
+      values.map((v) => v?.toString() ?? ''),
+    );
+    assert.ok(data.byteLength < 100, 'copies the values, not whole far-apart buffers');
+  }
 });

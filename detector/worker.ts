@@ -12,7 +12,15 @@ import type { Batch, Consumption, InRecord, OutRecord, Transport } from '../infr
 import { type Codec, projectCodec } from '../schemas/codec.js';
 import { plainEvent } from '../schemas/execve-view.js';
 import type { Alert, ExecveEvent } from '../schemas/types.js';
-import { alertRecord, buildAlert, eventField, type RuleInfo } from './alerts.js';
+import {
+  alertRecord,
+  buildAlert,
+  encodedAlertRecord,
+  encodeMatchAlert,
+  eventField,
+  type RuleInfo,
+  ruleInfo,
+} from './alerts.js';
 import { CorrelationStore, eventTimeMs, groupKey, isHostScoped, ruleRef } from './correlations.js';
 import { EvalPool, rulesThatThrow } from './eval-pool.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
@@ -48,18 +56,6 @@ export interface WorkerOptions {
   restoreTimeoutMs: number;
   metrics: DetectorMetrics;
   log: Logger;
-}
-
-export function ruleInfo(r: CompiledRule): RuleInfo {
-  return {
-    id: r.id,
-    title: r.title,
-    level: r.level,
-    status: r.doc.status ?? null,
-    tags: r.doc.tags,
-    author: r.author ?? null,
-    references: r.doc.references,
-  };
 }
 
 function correlationInfo(c: CompiledCorrelation): RuleInfo {
@@ -186,10 +182,21 @@ async function retryable(f: () => Promise<void>): Promise<void> {
   }
 }
 
-/** A record of a batch that matched (with the snapshot that matched it) or did not decode. */
+/**
+ * A record of a batch that matched (with the snapshot that matched it, each match's encoded alert, and the event
+ * for correlations, decoded only if one asks) or did not decode.
+ */
 type Outcome =
   | { kind: 'undecodable'; index: number; error: unknown }
-  | { kind: 'matched'; index: number; snap: RuleSnapshot; matches: Match[]; event: ExecveEvent };
+  | {
+      kind: 'matched';
+      index: number;
+      snap: RuleSnapshot;
+      matches: Match[];
+      alerts: Buffer[];
+      hostId: string;
+      event: () => ExecveEvent;
+    };
 
 export class DetectorWorker {
   private readonly codec = projectCodec();
@@ -199,7 +206,7 @@ export class DetectorWorker {
   private consumptions: Consumption[] = [];
 
   constructor(private readonly o: WorkerOptions) {
-    if ((o.evaluationThreads ?? 0) > 0) this.pool = new EvalPool(o.evaluationThreads!, o.log);
+    if ((o.evaluationThreads ?? 0) > 0) this.pool = new EvalPool(o.evaluationThreads!, o.log, o.detectorId);
     const common = {
       transport: o.transport,
       changelogTopic: o.topics.changelog,
@@ -287,20 +294,18 @@ export class DetectorWorker {
         dead++;
         continue;
       }
-      const { snap, event: ev } = x;
+      const { snap } = x;
       const d = derived(snap);
-      for (const m of x.matches) {
+      const correlated = d.local.length + d.remote.length > 0;
+      for (let j = 0; j < x.matches.length; j++) {
+        const m = x.matches[j]!;
         o.metrics.ruleMatched(m.rule.id);
         if (!d.silent.has(m.rule.id)) {
-          const alert = buildAlert(ruleInfo(m.rule), ev, m.fields, {
-            ruleSetVersion: snap.version,
-            detectorId: o.detectorId,
-            runId: null,
-          });
-          out.push(alertRecord(this.codec, o.topics.alerts, alert, r));
+          const ctx = { ruleSetVersion: snap.version, replayRunId: null };
+          out.push(encodedAlertRecord(o.topics.alerts, x.hostId, x.alerts[j]!, r, ctx));
           alerts++;
         }
-        alerts += this.correlate(batch.partition, snap, d, m, ev, r, out, hasLocal);
+        if (correlated) alerts += this.correlate(batch.partition, snap, d, m, x.event(), r, out, hasLocal);
       }
     }
     if (hasLocal)
@@ -332,11 +337,25 @@ export class DetectorWorker {
         continue;
       }
       if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue; // lifecycle records on the audit topic
-      const { snap, matches } = evaluateSafely(this.o.store, decoded.value, (rule, err) =>
+      const view = decoded.value;
+      const { snap, matches } = evaluateSafely(this.o.store, view, (rule, err) =>
         this.onDisabled(out, rule, err),
       );
-      if (matches.length > 0)
-        outcomes.push({ kind: 'matched', index: i, snap, matches, event: plainEvent(decoded.value) });
+      if (matches.length === 0) continue;
+      const record = batch.records[i]!.value!;
+      const ctx = { ruleSetVersion: snap.version, detectorId: this.o.detectorId, runId: null };
+      const alerts = matches.map((m) =>
+        encodeMatchAlert(this.codec, record, view, ruleInfo(m.rule), m.fields, ctx),
+      );
+      outcomes.push({
+        kind: 'matched',
+        index: i,
+        snap,
+        matches,
+        alerts,
+        hostId: view.hostId,
+        event: () => plainEvent(view),
+      });
     }
     return outcomes;
   }
@@ -351,18 +370,32 @@ export class DetectorWorker {
       for (const u of res.undecodable) {
         outcomes.push({ kind: 'undecodable', index: from + u.index, error: new EdrError(u.code, u.message) });
       }
-      const byIndex = new Map<number, Match[]>();
-      for (const m of res.matches) {
+      const alertData = Buffer.from(res.alerts.buffer, res.alerts.byteOffset, res.alerts.byteLength);
+      let last: (Outcome & { kind: 'matched' }) | undefined;
+      for (let k = 0; k < res.matches.length; k++) {
+        const m = res.matches[k]!;
         const rule = snap.rules[m.rule];
         if (rule?.id !== m.ruleId)
           throw new EdrError('EDR_DETECTOR_EVAL', `thread rule ${m.ruleId} is not ${rule?.id}`);
-        const list = byIndex.get(m.index) ?? [];
-        list.push({ rule, logsource: rule.logsource, fields: m.fields });
-        byIndex.set(m.index, list);
-      }
-      for (const [index, matches] of byIndex) {
-        const event = this.codec.decodeAs('dev.edr.v1.ExecveEvent', records[index]!.value!);
-        outcomes.push({ kind: 'matched', index: from + index, snap, matches, event });
+        const alert = alertData.subarray(res.alertBounds[2 * k]!, res.alertBounds[2 * k + 1]!);
+        const match = { rule, logsource: rule.logsource, fields: m.fields };
+        // A record's matches come together, in order.
+        if (last?.index !== from + m.index) {
+          const value = records[m.index]!.value!;
+          let event: ExecveEvent | undefined;
+          last = {
+            kind: 'matched',
+            index: from + m.index,
+            snap,
+            matches: [],
+            alerts: [],
+            hostId: m.hostId,
+            event: () => (event ??= this.codec.decodeAs('dev.edr.v1.ExecveEvent', value)),
+          };
+          outcomes.push(last);
+        }
+        last.matches.push(match);
+        last.alerts.push(alert);
       }
       // A rule threw on record `next`: disable it (a new snapshot) and evaluate again from that record.
       for (const c of res.culprits) {

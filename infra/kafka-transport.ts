@@ -11,19 +11,20 @@ import {
   type Admin,
   type Consumer,
   type EachBatchPayload,
+  type ICustomPartitioner,
   type IHeaders,
   Kafka,
   type KafkaConfig,
   type Producer as KProducer,
   logLevel,
   type Message,
-  Partitioners,
 } from 'kafkajs';
 import { z } from 'zod';
 import { handleBatch, transformBatch } from './batch-runner.js';
 import { secret } from './config.js';
 import { EdrError, errorMessage } from './errors.js';
 import { createLogger, type Logger } from './log.js';
+import { partitionFor } from './partitioner.js';
 import type {
   Consumption,
   HandlerOptions,
@@ -125,16 +126,41 @@ function byTopic(records: OutRecord[]): Array<{ topic: string; messages: Message
   return [...map].map(([topic, messages]) => ({ topic, messages }));
 }
 
+/**
+ * Kafka's default mapping, as the Java client and the memory transport compute it (`partitionFor`, which remembers
+ * each string key's hash); without a key, round robin over the partitions that have a leader. kafkajs's own
+ * partitioner hashed and filtered the partition list for every record.
+ */
+const keyPartitioner: ICustomPartitioner = () => {
+  let counter = Math.floor(Math.random() * 0x7fffffff);
+  return ({ partitionMetadata, message }) => {
+    if (message.partition !== null && message.partition !== undefined) return message.partition;
+    const key = message.key ?? null;
+    if (key !== null) return partitionFor(key, partitionMetadata.length, () => 0);
+    const available = partitionMetadata.filter((p) => p.leader >= 0);
+    const from = available.length > 0 ? available : partitionMetadata;
+    counter = (counter + 1) & 0x7fffffff;
+    return from[counter % from.length]!.partitionId;
+  };
+};
+
+const NO_HEADERS: Record<string, Buffer> = Object.freeze({}) as Record<string, Buffer>;
+
 function toInRecord(
   topic: string,
   partition: number,
   m: EachBatchPayload['batch']['messages'][number],
 ): InRecord {
-  const headers: Record<string, Buffer> = {};
-  for (const [k, v] of Object.entries(m.headers ?? {})) {
+  // Most records carry no headers: they share one frozen empty object instead of each allocating its own.
+  let headers: Record<string, Buffer> = NO_HEADERS;
+  const hs = m.headers;
+  for (const k in hs) {
+    const v = hs[k];
     if (v === undefined) continue;
     const one = Array.isArray(v) ? v[v.length - 1] : v;
-    if (one !== undefined) headers[k] = typeof one === 'string' ? Buffer.from(one) : one;
+    if (one === undefined) continue;
+    if (headers === NO_HEADERS) headers = {};
+    headers[k] = typeof one === 'string' ? Buffer.from(one) : one;
   }
   return {
     topic,
@@ -224,7 +250,7 @@ export class KafkaTransport implements Transport {
     const p = this.kafka.producer({
       idempotent: true,
       allowAutoTopicCreation: false,
-      createPartitioner: Partitioners.DefaultPartitioner,
+      createPartitioner: keyPartitioner,
     });
     await kafkaCall('connecting producer', () => p.connect());
     const close = () => p.disconnect();
@@ -247,7 +273,7 @@ export class KafkaTransport implements Transport {
       idempotent: true,
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
-      createPartitioner: Partitioners.DefaultPartitioner,
+      createPartitioner: keyPartitioner,
     });
     await kafkaCall(`connecting transactional producer ${transactionalId}`, () => p.connect());
     // kafkajs initialises the transactional id (InitProducerId, which fences any older producer with this id and

@@ -25,12 +25,22 @@ export function murmur2(data: Uint8Array): number {
   return h | 0;
 }
 
+// Records are keyed by host id: a few thousand string keys recur in every batch, so their hashes are remembered.
+const hashes = new Map<string, number>();
+
+/** The key's partition among `partitions`; a null key takes the next of `roundRobin`. */
 export function partitionFor(
-  key: string | Buffer | null,
+  key: string | Uint8Array | null,
   partitions: number,
   roundRobin: () => number,
 ): number {
   if (key === null) return roundRobin() % partitions;
-  const bytes = typeof key === 'string' ? Buffer.from(key) : key;
-  return (murmur2(bytes) & 0x7fffffff) % partitions;
+  if (typeof key !== 'string') return (murmur2(key) & 0x7fffffff) % partitions;
+  let h = hashes.get(key);
+  if (h === undefined) {
+    if (hashes.size >= 100_000) hashes.clear();
+    h = murmur2(Buffer.from(key)) & 0x7fffffff;
+    hashes.set(key, h);
+  }
+  return h % partitions;
 }

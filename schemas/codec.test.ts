@@ -15,6 +15,7 @@ import {
   type Schema,
 } from './codec.js';
 import { ExecveView, plainEvent } from './execve-view.js';
+import type { Alert } from './types.js';
 
 // Inputs, canonical forms and fingerprints from the Avro specification's test data (share/test/data/schema-tests.txt);
 // fingerprints there are signed 64-bit decimals.
@@ -294,5 +295,66 @@ describe('ExecveEvent views (lazy decoding)', () => {
     const v = reader.view(new Codec([newer]).encode('dev.edr.v1.ExecveEvent', { ...e, tty: 'x' } as never));
     assert.ok(!(v.value instanceof ExecveView));
     assert.deepEqual(plain(v.value), e);
+  });
+});
+
+describe('alerts around an event record (encodeAlertAround)', () => {
+  const codec = projectCodec();
+  const head = (over: Partial<Alert> = {}) => {
+    const { event: _, ...rest } = sampleAlert(over);
+    return rest;
+  };
+
+  it('gives the bytes encode gives, for events with nulls, empty and multi-byte strings and 64-bit values', () => {
+    const events = [
+      sampleEvent(),
+      sampleEvent({ argv: [], cwd: '', userName: null, parentImage: null, parentCommandLine: null }),
+      sampleEvent({
+        argv: ['echo', 'héllo wörld ✓', '日本語'],
+        image: '/usr/bin/ünï',
+        sha256: 'ab'.repeat(32),
+      }),
+      sampleEvent({ timeNs: 2n ** 63n - 1n, seq: 2n ** 62n, uid: 4294967295n, argv: ['x'.repeat(5000)] }),
+    ];
+    const heads = [
+      head(),
+      head({ ruleStatus: null, ruleAuthor: null, ruleTags: [], replayRunId: 'run-1', matchedFields: [] }),
+    ];
+    for (const event of events) {
+      const record = codec.encode('dev.edr.v1.ExecveEvent', event);
+      for (const [i, h] of heads.entries()) {
+        const spliced = codec.encodeAlertAround(h, record, `splice-test-${i}`);
+        assert.ok(spliced !== undefined);
+        assert.deepEqual(spliced, codec.encode('dev.edr.v1.Alert', { ...h, event }));
+        assert.deepEqual(plain(codec.decodeAs('dev.edr.v1.Alert', spliced)), { ...h, event });
+      }
+    }
+  });
+
+  it('encodes a rule key once: the same key gives the rule fields it was first given', () => {
+    const record = codec.encode('dev.edr.v1.ExecveEvent', sampleEvent());
+    const key = `cache-test-${Math.random()}`;
+    codec.encodeAlertAround(head({ ruleTitle: 'first' }), record, key);
+    const again = codec.encodeAlertAround(head({ ruleTitle: 'second' }), record, key)!;
+    assert.equal(codec.decodeAs('dev.edr.v1.Alert', again).ruleTitle, 'first');
+    const unkeyed = codec.encodeAlertAround(head({ ruleTitle: 'second' }), record)!;
+    assert.equal(codec.decodeAs('dev.edr.v1.Alert', unkeyed).ruleTitle, 'second');
+  });
+
+  it('declines an event written with another ExecveEvent schema, and rejects a bad alert value', () => {
+    const schemas = projectSchemas() as Array<{ name?: string; fields?: Array<{ name: string }> }>;
+    const older = schemas.find((s) => s.name === 'ExecveEvent')!;
+    const olderCodec = new Codec([
+      { ...older, fields: older.fields!.filter((f) => f.name !== 'sha256') } as Schema,
+    ]);
+    const { sha256: _, ...old } = sampleEvent();
+    const record = olderCodec.encode('dev.edr.v1.ExecveEvent', old as never);
+    assert.equal(codec.encodeAlertAround(head(), record), undefined);
+    const current = codec.encode('dev.edr.v1.ExecveEvent', sampleEvent());
+    expectCode(
+      () => codec.encodeAlertAround({ ...head(), detectorId: 7 as never }, current),
+      'EDR_SCHEMA_INVALID_VALUE',
+    );
+    expectCode(() => codec.encodeAlertAround(head(), Buffer.from('nope')), 'EDR_SCHEMA_NOT_SINGLE_OBJECT');
   });
 });

@@ -7,7 +7,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import avro from 'avsc';
-import { EdrError } from '../infra/errors.js';
+import { EdrError, errorMessage } from '../infra/errors.js';
 import { repoRoot } from '../infra/paths.js';
 import { ExecveLayout, ExecveView } from './execve-view.js';
 import type { Alert, CollectorRecord, ExecveEvent } from './types.js';
@@ -89,6 +89,8 @@ export class Codec {
   private readonly resolvers = new Map<bigint, avro.Resolver | null>();
   /** The current ExecveEvent schema's fingerprint and layout, for `view`. */
   private execve: { fingerprint: bigint; layout: ExecveLayout } | undefined;
+  /** The Alert schema cut around its `event` field, for `encodeAlertAround`. */
+  private alertCut: AlertCut | undefined;
 
   /** `schemas` are the reader (current) schemas; they are also registered as writer schemas. */
   constructor(schemas: Schema[]) {
@@ -106,6 +108,9 @@ export class Codec {
         if (layout !== undefined) this.execve = { fingerprint: fp, layout };
       }
     }
+    const alert = this.readers.get('dev.edr.v1.Alert');
+    const execve = this.readers.get('dev.edr.v1.ExecveEvent');
+    if (alert !== undefined && execve !== undefined) this.alertCut = cutAlert(alert, execve.type);
   }
 
   /**
@@ -151,6 +156,50 @@ export class Codec {
       );
     }
     return Buffer.concat([reader.header, body], HEADER + body.length);
+  }
+
+  /**
+   * The single-object Alert record for `alert` with the ExecveEvent record `eventRecord` (single-object encoded)
+   * as its event, without decoding it: Avro writes a record as its fields' encodings one after the other, so the
+   * Alert's body is the fields before `event`, the event record's body as it is, then the fields after. Byte for
+   * byte what `encode` gives for the decoded event. Undefined when `eventRecord` was written with another
+   * ExecveEvent schema than this codec's (decode it and `encode` instead). The rule's fields (ruleId to
+   * ruleSetVersion) are the same for every alert of a rule set: `ruleKey` names them (rule id and rule-set
+   * version) so their bytes are encoded once.
+   */
+  encodeAlertAround(
+    alert: Omit<Alert, 'event'>,
+    eventRecord: Uint8Array,
+    ruleKey?: string,
+  ): Buffer | undefined {
+    const cut = this.alertCut;
+    const bytes = singleObject(eventRecord);
+    if (cut === undefined || bytes.readBigUInt64LE(2) !== cut.eventFingerprint) return undefined;
+    try {
+      let rule = ruleKey === undefined ? undefined : cut.rules.get(ruleKey);
+      if (rule === undefined) {
+        rule = cut.rule.toBuffer(alert);
+        if (ruleKey !== undefined) {
+          if (cut.rules.size >= 10_000) cut.rules.clear(); // rule sets come and go; keep it bounded
+          cut.rules.set(ruleKey, rule);
+        }
+      }
+      return Buffer.concat([
+        cut.header,
+        cut.id.toBuffer(alert),
+        rule,
+        bytes.subarray(HEADER),
+        cut.tail.toBuffer(alert),
+      ]);
+    } catch (err) {
+      throw new EdrError(
+        'EDR_SCHEMA_INVALID_VALUE',
+        `value does not match dev.edr.v1.Alert: ${errorMessage(err)}`,
+        {
+          cause: err,
+        },
+      );
+    }
   }
 
   /**
@@ -233,6 +282,43 @@ export class Codec {
     }
     return r;
   }
+}
+
+/** The Alert schema as three records around its `event` field, and the event schema it embeds. */
+interface AlertCut {
+  header: Buffer;
+  eventFingerprint: bigint;
+  /** The alertId field (first). */
+  id: avro.Type;
+  /** The rule's fields, from ruleId to the field before `event`. */
+  rule: avro.Type;
+  /** The fields after `event`. */
+  tail: avro.Type;
+  rules: Map<string, Buffer>;
+}
+
+function cutAlert(alert: { type: avro.Type; header: Buffer }, execve: avro.Type): AlertCut | undefined {
+  const fields = (alert.type as avro.types.RecordType).fields;
+  const at = fields.findIndex((f) => f.name === 'event');
+  // The cut relies on alertId coming first and the event being the current ExecveEvent schema.
+  if (at < 2 || fields[0]!.name !== 'alertId' || fields[at]!.type !== execve) return undefined;
+  const record = (name: string, part: typeof fields) =>
+    avro.Type.forSchema(
+      {
+        type: 'record',
+        name,
+        fields: part.map((f) => ({ name: f.name, type: f.type as unknown as Schema })),
+      },
+      { omitRecordMethods: true },
+    );
+  return {
+    header: alert.header,
+    eventFingerprint: fingerprintOf(execve),
+    id: record('AlertId', fields.slice(0, 1)),
+    rule: record('AlertRule', fields.slice(1, at)),
+    tail: record('AlertTail', fields.slice(at + 1)),
+    rules: new Map(),
+  };
 }
 
 /** `buf` as a Buffer, checked to start with the single-object marker. */

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { EdrError } from '../../infra/errors.js';
+import { partitionFor } from '../../infra/partitioner.js';
 import type { Consumption, InRecord, OutRecord, Transport } from '../../infra/transport.js';
 import { unique, waitFor } from './names.js';
 
@@ -95,6 +96,12 @@ export function transportContract(name: string, make: () => Promise<Transport>, 
       assert.equal(byKey.size, 10);
       for (const [key, list] of byKey) {
         assert.equal(new Set(list.map((x) => x.p)).size, 1, `${key} stays on one partition`);
+        // Kafka's default (Java client) mapping, so other clients producing to these topics agree on where a host lives.
+        assert.equal(
+          list[0]!.p,
+          partitionFor(key, 3, () => 0),
+          `${key} on its murmur2 partition`,
+        );
         const values = list.map((x) => x.v);
         assert.deepEqual(
           values,
