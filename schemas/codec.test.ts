@@ -15,7 +15,8 @@ import {
   type Schema,
 } from './codec.js';
 import { ExecveView, plainEvent } from './execve-view.js';
-import type { Alert } from './types.js';
+import { commandLine, processCreationFields } from './sigma-fields.js';
+import type { Alert, ExecveEvent } from './types.js';
 
 // Inputs, canonical forms and fingerprints from the Avro specification's test data (share/test/data/schema-tests.txt);
 // fingerprints there are signed 64-bit decimals.
@@ -244,6 +245,70 @@ describe('ExecveEvent views (lazy decoding)', () => {
       assert.deepEqual(view.value.argv, e.argv);
       assert.deepEqual(plainEvent(view.value), plain(codec.decode(bytes).value));
     }
+  });
+
+  it('decode ASCII, multi-byte UTF-8, empty and long strings, and argv as a command line', () => {
+    const long = `${'x'.repeat(70)}/dev/tcp/10.0.0.9/4444`; // past 63 bytes: a two-byte length
+    const cases: Partial<ExecveEvent>[] = [
+      { image: '/usr/bin/ls', argv: ['ls', '-la'], cwd: '/home/alice' },
+      { image: 'ünïcødé/路径', argv: ['é', 'b', '😀 x', ''], cwd: '/tmp/日本語', userName: 'José' },
+      { image: '', argv: [], cwd: '', userName: '', parentImage: '', parentCommandLine: '' },
+      { argv: [''], parentCommandLine: 'bash -i' },
+      { argv: ['', '', 'a', ''], cwd: 'a\u0000b' },
+      { argv: ['sh', '-c', long, 'é'.repeat(200)], cwd: long, parentCommandLine: `${long}é` },
+      { argv: Array.from({ length: 300 }, (_, i) => (i % 7 === 0 ? `ärg${i}` : `arg${i}`)) },
+      { argv: ['x'.repeat(10_000)], image: 'y'.repeat(5000) },
+    ];
+    const expected: Record<string, string> = {
+      '/usr/bin/ls': 'ls -la',
+      'ünïcødé/路径': 'é b 😀 x ',
+      '': '',
+    };
+    for (const c of cases) {
+      const e = sampleEvent(c);
+      const bytes = codec.encode('dev.edr.v1.ExecveEvent', e);
+      // The command line first (before argv is decoded), then every field, then the command line again.
+      const first = codec.view(bytes).value as ExecveView;
+      assert.equal(first.commandLine(), e.argv.join(' '));
+      if (expected[e.image] !== undefined) assert.equal(first.commandLine(), expected[e.image]);
+      for (const [name, value] of Object.entries(e))
+        assert.deepEqual(first[name as keyof ExecveEvent], value, name);
+      assert.equal(first.commandLine(), e.argv.join(' '));
+      // argv first, then the command line (joined from it).
+      const second = codec.view(bytes).value as ExecveView;
+      assert.deepEqual(second.argv, e.argv);
+      assert.equal(second.commandLine(), commandLine(e.argv));
+      // Through the Sigma field table, as the engine reads it.
+      const third = codec.view(bytes).value as ExecveView;
+      assert.equal(processCreationFields['CommandLine']!(third), commandLine(e.argv));
+      assert.equal(processCreationFields['Image']!(third), e.image);
+    }
+  });
+
+  it('read a record inside a larger buffer (a message value sliced from a fetch)', () => {
+    const e = sampleEvent({ image: '/usr/bin/ünï', argv: ['a', 'bé', 'c'], cwd: '/srv/app' });
+    const bytes = codec.encode('dev.edr.v1.ExecveEvent', e);
+    const big = Buffer.concat([Buffer.from('junk-before-é'), bytes, Buffer.from('junk-after')]);
+    const inner = big.subarray(big.indexOf(bytes), big.indexOf(bytes) + bytes.length);
+    const view = codec.view(inner).value as ExecveView;
+    assert.equal(view.image, '/usr/bin/ünï');
+    assert.equal(view.cwd, '/srv/app');
+    assert.equal(view.commandLine(), 'a bé c');
+    assert.equal(view.hostId, e.hostId);
+    assert.deepEqual(plainEvent(view), plain(codec.decode(inner).value));
+  });
+
+  it('decode invalid UTF-8 in argv the same whether the command line is joined or read at once', () => {
+    const e = sampleEvent({ argv: ['aXY', 'Zb', 'c'] });
+    const bytes = Buffer.from(codec.encode('dev.edr.v1.ExecveEvent', e));
+    const at = bytes.indexOf('aXY');
+    bytes[at + 1] = 0xe2; // a three-byte sequence cut after two bytes, at the end of the argument
+    bytes[at + 2] = 0x82;
+    bytes[at + 4] = 0x80; // the next argument starts with a lone continuation byte
+    const view = codec.view(bytes).value as ExecveView;
+    assert.equal(view.commandLine(), 'a\ufffd \ufffdb c');
+    assert.equal((codec.view(bytes).value as ExecveView).argv.join(' '), 'a\ufffd \ufffdb c');
+    assert.deepEqual(view.argv, ['a\ufffd', '\ufffdb', 'c']);
   });
 
   it('reads arrays written in blocks with byte sizes (negative counts), as other Avro writers may', () => {

@@ -87,8 +87,8 @@ export class Codec {
   private readonly readers = new Map<string, { type: avro.Type; header: Buffer }>();
   private readonly writers = new Map<bigint, Writer>();
   private readonly resolvers = new Map<bigint, avro.Resolver | null>();
-  /** The current ExecveEvent schema's fingerprint and layout, for `view`. */
-  private execve: { fingerprint: bigint; layout: ExecveLayout } | undefined;
+  /** The current ExecveEvent schema's fingerprint (as two 32-bit halves) and layout, for `view`. */
+  private execve: { low: number; high: number; layout: ExecveLayout } | undefined;
   /** The Alert schema cut around its `event` field, for `encodeAlertAround`. */
   private alertCut: AlertCut | undefined;
 
@@ -105,7 +105,10 @@ export class Codec {
       this.writers.set(fp, { type, name, fingerprint: fp });
       if (name === 'dev.edr.v1.ExecveEvent') {
         const layout = ExecveLayout.of(type);
-        if (layout !== undefined) this.execve = { fingerprint: fp, layout };
+        if (layout !== undefined) {
+          const h = header(fp);
+          this.execve = { low: h.readUInt32LE(2), high: h.readUInt32LE(6), layout };
+        }
       }
     }
     const alert = this.readers.get('dev.edr.v1.Alert');
@@ -210,7 +213,8 @@ export class Codec {
   view(buf: Uint8Array): Decoded {
     const bytes = singleObject(buf);
     const x = this.execve;
-    if (x !== undefined && bytes.readBigUInt64LE(2) === x.fingerprint) {
+    // The fingerprint compared as two 32-bit halves: reading it as a bigint allocates one per record.
+    if (x !== undefined && bytes.readUInt32LE(2) === x.low && bytes.readUInt32LE(6) === x.high) {
       return {
         name: 'dev.edr.v1.ExecveEvent',
         value: new ExecveView(x.layout, bytes, x.layout.scan(bytes, HEADER)),

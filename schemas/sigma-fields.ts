@@ -2,6 +2,7 @@
  * The one table from Sigma field names (as Sysmon for Linux and SigmaHQ's linux/process_creation rules use them)
  * to our ExecveEvent. The Sigma engine reads events only through this table for the process_creation log source.
  */
+import { ExecveView } from './execve-view.js';
 import type { ExecveEvent } from './types.js';
 
 export type SigmaValue = string | number | boolean | null;
@@ -9,7 +10,7 @@ export type SigmaValue = string | number | boolean | null;
 /** Sigma field name → how to read it from an event. Absent (undefined) means the field is not in the event. */
 export const processCreationFields: Readonly<Record<string, (e: ExecveEvent) => SigmaValue | undefined>> = {
   Image: (e) => e.image,
-  CommandLine: (e) => commandLine(e.argv),
+  CommandLine: (e) => (e instanceof ExecveView ? e.commandLine() : commandLine(e.argv)),
   ParentImage: (e) => e.parentImage,
   ParentCommandLine: (e) => e.parentCommandLine,
   CurrentDirectory: (e) => e.cwd,

@@ -187,6 +187,12 @@ export class CandidateIndex {
   /** Rules without a requirement: candidates for every event. */
   readonly always: readonly number[];
   /**
+   * Per rule, the targets of its further requirements (CompiledDetection.alsoRequired): a rule found by its
+   * requirement stays a candidate only if the event marked each of these too.
+   */
+  private readonly also: readonly (Int32Array | undefined)[];
+  private readonly anyAlso: boolean;
+  /**
    * The condition to test per rule: its own, or for a rule in `always`, the same condition with gated
    * selections. Valid for the event of the last `candidates` call.
    */
@@ -235,6 +241,7 @@ export class CandidateIndex {
       requirements.push(r.requirement ?? []);
     });
     const gates: Gates = { stamp: new Uint32Array(0), generation: 0 };
+    const also: (Int32Array | undefined)[] = rules.map(() => undefined);
     for (const i of always) {
       tests[i] = gatedTest(rules[i]!, gates, (sel) => {
         const req = selectionRequirement(sel);
@@ -243,6 +250,14 @@ export class CandidateIndex {
         return requirements.length - 1;
       });
     }
+    // Further requirements only on fields the index reads anyway: reading and scanning another field for every
+    // event (User, LogonId) costs more than the evaluations it saves.
+    const read = new Set(requirements.flatMap((req) => req.map((a) => a.field)));
+    rules.forEach((r, i) => {
+      if (r.alsoRequired === undefined || requirements[i]!.length === 0) return;
+      const usable = r.alsoRequired.filter((req) => req.every((a) => read.has(a.field)));
+      if (usable.length > 0) also[i] = Int32Array.from(usable, (req) => requirements.push(req) - 1);
+    });
     requirements.forEach((req, i) => {
       for (const a of req) {
         if (a.presence && a.field !== undefined) {
@@ -287,6 +302,8 @@ export class CandidateIndex {
           }
         : undefined;
     this.always = always;
+    this.also = also;
+    this.anyAlso = also.some((a) => a !== undefined);
     this.tests = tests;
     this.stamp = new Uint32Array(requirements.length);
     gates.stamp = this.stamp;
@@ -485,7 +502,24 @@ export class CandidateIndex {
       }
     }
     this.markAll(this.always);
+    if (this.anyAlso) this.dropUnmet();
     return this.count;
+  }
+
+  /** Drops the found rules whose further requirements the event did not all mark. */
+  private dropUnmet(): void {
+    const { also, stamp, generation, eventList } = this;
+    let kept = 0;
+    for (let k = 0; k < this.count; k++) {
+      const r = eventList[k]!;
+      const need = also[r];
+      let met = true;
+      if (need !== undefined) {
+        for (let j = 0; j < need.length && met; j++) met = stamp[need[j]!] === generation;
+      }
+      if (met) eventList[kept++] = r;
+    }
+    this.count = kept;
   }
 
   /** The list `collect` fills. */

@@ -31,6 +31,12 @@ export interface CompiledDetection {
   condition: Condition;
   /** At least one atom holds in every event the detection matches; undefined when no such set is known. */
   requirement: Atom[] | undefined;
+  /**
+   * Further sets of atoms that, like `requirement`, each have one atom holding in every event the detection
+   * matches (the other operands of an `and`, the other items of a selection): the index drops a candidate
+   * missing any of them without evaluating it.
+   */
+  alsoRequired?: Atom[][];
   /** The condition as one closure over pre-resolved selections: no lookups at match time. */
   test: Predicate;
   /** The selections a match reports fields of (not under a `not`), each once, in condition order. */
@@ -189,6 +195,49 @@ function requirementOf(c: Condition, sels: ReadonlyMap<string, Selection>): Atom
       return c.min === c.names.length ? best(reqs) : union(reqs);
     }
   }
+}
+
+/**
+ * Sets of atoms each of which has one atom holding in every event `c` matches: the requirements of the
+ * operands of an `and` (or an `all of`) and of the items of a one-group selection, one set for anything else.
+ */
+function conjunctionOf(c: Condition, sels: ReadonlyMap<string, Selection>): Atom[][] {
+  const one = (r: Atom[] | undefined): Atom[][] => (r === undefined ? [] : [r]);
+  const ofSelection = (sel: Selection): Atom[][] => {
+    if (sel.groups.length !== 1) return one(selectionRequirement(sel));
+    const out: Atom[][] = [];
+    for (const item of sel.groups[0]!) out.push(...one(itemRequirement(item)));
+    return out;
+  };
+  switch (c.t) {
+    case 'sel':
+      return ofSelection(sels.get(c.name)!);
+    case 'and':
+      return c.a.flatMap((x) => conjunctionOf(x, sels));
+    case 'of':
+      if (c.min === c.names.length) return c.names.flatMap((n) => ofSelection(sels.get(n)!));
+      return one(requirementOf(c, sels));
+    default:
+      return one(requirementOf(c, sels));
+  }
+}
+
+/** The sets besides `requirement` that a match also needs (see CompiledDetection.alsoRequired). */
+function alsoRequiredOf(
+  c: Condition,
+  sels: ReadonlyMap<string, Selection>,
+  requirement: Atom[] | undefined,
+): Atom[][] | undefined {
+  if (requirement === undefined) return undefined;
+  const key = (r: Atom[]): string => JSON.stringify(r);
+  const seen = new Set([key(requirement)]);
+  const out: Atom[][] = [];
+  for (const r of conjunctionOf(c, sels)) {
+    if (r.length === 0 || seen.has(key(r))) continue;
+    seen.add(key(r));
+    out.push(r);
+  }
+  return out.length > 0 ? out : undefined;
 }
 
 // ---- evaluation -------------------------------------------------------------------------------------------
@@ -382,10 +431,13 @@ export function compileDetection(
   const condition: Condition = parsed.length === 1 ? parsed[0]! : { t: 'or', a: parsed };
   const preds = new Map([...selections].map(([n, sel]) => [n, selectionPredicate(sel)]));
   const test = conditionPredicate(condition, preds);
+  const requirement = requirementOf(condition, selections);
+  const alsoRequired = alsoRequiredOf(condition, selections, requirement);
   return {
     selections,
     condition,
-    requirement: requirementOf(condition, selections),
+    requirement,
+    ...(alsoRequired !== undefined ? { alsoRequired } : {}),
     test,
     reported: reportedSelections(condition, selections),
     warnings,

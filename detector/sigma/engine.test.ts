@@ -328,6 +328,47 @@ describe('candidate index', () => {
     assert.deepEqual(cands({ B: null }), [3]);
   });
 
+  it('also requires the other operands of an AND, on fields it reads anyway', () => {
+    const y = [
+      rule('  a:\n    A|contains: alpha\n  b:\n    B|contains: beta\n  condition: a and b'),
+      rule('  s:\n    A|endswith: /vim\n    B|contains: " -c"\n  condition: s'),
+      rule('  a:\n    A|contains: alpha\n  b:\n    B|contains: beta\n  condition: a or b'),
+      rule('  a:\n    A|contains: alphabetical\n  b:\n    C|contains: ga\n  condition: all of them'),
+      rule('  a:\n    A|contains: alpha\n  b:\n    B|contains: beta\n  condition: a and not b'),
+    ]
+      .map((r, i) => r.replace('id: r1', `id: r${i}`))
+      .join('---\n');
+    const set = rules(y);
+    assert.deepEqual(set.problems, []);
+    const atoms = (i: number) =>
+      set.rules[i]!.alsoRequired?.map((req) => req.map((a) => `${a.field}~${a.literal}`));
+    assert.equal(atoms(0)!.length, 1);
+    assert.equal(atoms(1)!.length, 1);
+    assert.equal(atoms(2), undefined); // an OR needs either side only
+    assert.deepEqual(atoms(3)!.length, 1);
+    assert.equal(atoms(4), undefined); // what `not b` needs is not a literal
+    const index = new CandidateIndex(set.rules);
+    const ctx = new EvalContext();
+    const cands = (e: Record<string, unknown>) => {
+      const ev = jsonEvent(e, { product: 'test' });
+      return [...index.candidates(ctx.reset(ev), ev.fieldNames())].sort();
+    };
+    assert.deepEqual(cands({ A: 'alpha', B: 'beta' }), [0, 2, 4]);
+    assert.deepEqual(cands({ A: 'alpha', B: 'x' }), [2, 4]);
+    assert.deepEqual(cands({ A: 'x', B: 'beta' }), [2]);
+    assert.deepEqual(cands({ A: '/usr/bin/vim', B: 'vim -c :!/bin/sh' }), [1]);
+    assert.deepEqual(cands({ A: '/usr/bin/vim', B: 'vim file' }), []);
+    // C is read by no rule's own requirement: its literal is not required (reading C for every event costs
+    // more than it saves), so rule 3 stays a candidate on its A literal alone.
+    assert.deepEqual(cands({ A: 'alphabetical', C: 'other' }), [2, 3, 4]);
+    const engine = createEngine(set.rules);
+    const fired = (e: Record<string, unknown>) =>
+      evaluate(engine, jsonEvent(e, { product: 'test' })).map((m) => m.rule.id);
+    assert.deepEqual(fired({ A: 'alpha', B: 'beta' }), ['r0', 'r2']);
+    assert.deepEqual(fired({ A: 'alphabetical', C: 'gamma' }), ['r2', 'r3', 'r4']);
+    assert.deepEqual(fired({ A: 'alphabetical', C: 'other' }), ['r2', 'r4']);
+  });
+
   it('finds exactly what evaluating every rule finds', () => {
     const y = [
       rule('  s:\n    CommandLine|contains: -la\n  condition: s'),
@@ -341,6 +382,13 @@ describe('candidate index', () => {
       rule('  s:\n    CommandLine|re: "[0-9]{4}"\n  condition: s'), // no literal: the field must be present
       rule('  s:\n    ParentProcessId|gt: 1\n    Image|fieldref: ParentImage\n  condition: s'),
       rule('  s:\n    DestinationIp|cidr: 10.0.0.0/8\n  condition: s'), // a field our events never have
+      rule(
+        '  a:\n    Image|endswith: /bash\n  b:\n    CommandLine|contains: /dev/tcp/\n  condition: a and b',
+      ),
+      rule(
+        '  s:\n    Image|endswith: [/nc, /ncat]\n    CommandLine|contains: [" -e ", " -c "]\n  condition: s',
+      ),
+      rule('  a:\n    Image|endswith: /git\n  b:\n    User: root\n  condition: all of them'),
     ]
       .map((r, i) =>
         r
@@ -353,7 +401,7 @@ describe('candidate index', () => {
     const fast = createEngine(set.rules);
     const naive = createEngine(set.rules, { index: false });
     let total = 0;
-    for (const e of generateEvents(2000, 7)) {
+    for (const e of [...generateEvents(2000, 7), ...generateEvents(2000, 8, 0.3)]) {
       const a = evaluateExecve(fast, e).map((m) => m.rule.id);
       const b = evaluateExecve(naive, e).map((m) => m.rule.id);
       assert.deepEqual(a, b);

@@ -158,6 +158,8 @@ function routeFor(engine: Engine, ls: LogSource): Route {
 /** Rules matching one event view (appended to `out`). Pure and synchronous: the same event, the same matches. */
 export function evaluate(engine: Engine, event: SigmaEvent, out: Match[] = []): Match[] {
   const route = routeFor(engine, event.logsource);
+  // No rule for this log source (the auditd view when no auditd rule is loaded): nothing to read or scan.
+  if (route.rules.length === 0) return out;
   const ctx = engine.ctx.reset(event);
   if (route.index !== undefined) {
     // Candidates come in scan order; matches are reported in rule order, like the naive path.
@@ -236,21 +238,32 @@ function sharedNames(names: string[]): readonly string[] {
   return frozen;
 }
 
-/** An execve event seen as an auditd EXECVE record (`type`, `argc`, `a0`, `a1`, ...). */
+/**
+ * An execve event seen as an auditd EXECVE record (`type`, `argc`, `a0`, `a1`, ...). The record is built on
+ * first read: an engine without auditd rules never reads it.
+ */
 export class AuditdExecveView implements SigmaEvent {
   readonly logsource = AUDITD;
   readonly keywordsAreFields = true;
-  private fields: Record<string, string> = {};
+  private e!: ExecveEvent;
+  private built: Record<string, string> | undefined;
   private names: readonly string[] | undefined;
 
   reset(e: ExecveEvent): this {
-    this.fields = auditdExecveFields(e);
+    this.e = e;
+    this.built = undefined;
     this.names = undefined;
     return this;
   }
 
+  private get fields(): Record<string, string> {
+    this.built ??= auditdExecveFields(this.e);
+    return this.built;
+  }
+
   get(field: string): unknown {
-    return Object.hasOwn(this.fields, field) ? this.fields[field] : undefined;
+    const fields = this.fields;
+    return Object.hasOwn(fields, field) ? fields[field] : undefined;
   }
 
   fieldNames(): readonly string[] {

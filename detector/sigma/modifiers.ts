@@ -4,7 +4,7 @@
  */
 import { EdrError } from '../../infra/errors.js';
 import { asString, type EvalContext, type FieldRef, fieldRef } from './event-view.js';
-import { compileRegex, requiredLiterals } from './safe-regex.js';
+import { caseSensitive, compileRegex, requiredLiterals } from './safe-regex.js';
 
 type ModifierKind =
   | 'wrap' // where the value sits in the field: contains, startswith, endswith
@@ -733,6 +733,9 @@ export function compileFieldItem(
         const flags = reFlags.join('');
         const re = compileRegex(v as string, flags);
         const literals = requiredLiterals(v as string);
+        // A case-sensitive pattern's literals, as written: checked on the value itself, they rule out far more
+        // values than their lowercase forms (`-(W|R)` and every command line with `-r` or `-w`).
+        const cased = caseSensitive(v as string, flags) ? requiredLiterals(v as string, true) : undefined;
         t = {
           key: literals === undefined ? undefined : { literals, exact: false },
           needsField: true,
@@ -745,7 +748,9 @@ export function compileFieldItem(
             const s = asString(raw);
             if (s === undefined) return anyScalar(raw, re.test, false);
             // A cheap necessary check before crossing into the regex engine.
-            if (literals !== undefined) {
+            if (cased !== undefined) {
+              if (!cased.some((l) => s.includes(l))) return false;
+            } else if (literals !== undefined) {
               const low = ctx.lower(f)!;
               if (!literals.some((l) => low.includes(l))) return false;
             }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { compileRegex, minMatchLength, requiredLiterals } from './safe-regex.js';
+import { caseSensitive, compileRegex, minMatchLength, requiredLiterals } from './safe-regex.js';
 
 describe('requiredLiterals: what every match must contain', () => {
   const cases: [string, string[] | undefined][] = [
@@ -26,6 +26,34 @@ describe('requiredLiterals: what every match must contain', () => {
   for (const [src, want] of cases) {
     it(`/${src}/ → ${JSON.stringify(want)}`, () => assert.deepEqual(requiredLiterals(src), want));
   }
+  it('keeps the case as written for case-sensitive patterns', () => {
+    assert.deepEqual(requiredLiterals('-(W|R)\\s?x', true), ['-W', '-R']);
+    assert.deepEqual(requiredLiterals('[Ww]get ', true), ['Wget ', 'wget ']);
+    assert.deepEqual(requiredLiterals('ABC|dEf', true), ['ABC', 'dEf']);
+    assert.equal(requiredLiterals('[a-z]+', true), undefined);
+    assert.equal(caseSensitive('-(W|R)\\s?x', ''), true);
+    assert.equal(caseSensitive('-(W|R)\\s?x', 'i'), false);
+    assert.equal(caseSensitive('-(W|R)\\s?x', 'ms'), true);
+    assert.equal(caseSensitive('(?i)net\\s+config', ''), false);
+    assert.equal(caseSensitive('a(?i:B)c', ''), false);
+    assert.equal(caseSensitive('a(?-i)B', ''), false);
+    assert.equal(caseSensitive('(?s)a.b', ''), true);
+    assert.equal(caseSensitive('(?:ab)+', ''), true);
+    // Each case-sensitive sample contains one of its literals as written.
+    const samples: [string, string][] = [
+      ['-(W|R)\\s?x', 'run -R x'],
+      ['[Ww]get http', 'Wget http://x'],
+      ['ab+C', 'xxabbbCxx'],
+    ];
+    for (const [src, text] of samples) {
+      assert.ok(compileRegex(src, '').test(text), `${src} matches ${text}`);
+      assert.ok(
+        (requiredLiterals(src, true) ?? []).some((l) => text.includes(l)),
+        `${src}: ${text}`,
+      );
+    }
+  });
+
   it('every literal set is necessary: matching samples contain one of them', () => {
     const samples: [string, string][] = [
       ['ab+c', 'xxabbbcxx'],

@@ -136,16 +136,17 @@ function sequenceMinLength(s: string): number {
 const MAX_ALTERNATIVES = 64;
 
 /**
- * Literals of which every match of the pattern contains at least one (lowercased), for the candidate index
- * and as a cheap check before running the regex; undefined when none can be proven. Follows literal runs
- * through small groups like `(W|R)` and classes like `[Ww]`; anything else ends a run. Conservative on purpose.
+ * Literals of which every match of the pattern contains at least one (lowercased, unless `keepCase`: then as
+ * written, which holds for a case-sensitive pattern only), for the candidate index and as a cheap check before
+ * running the regex; undefined when none can be proven. Follows literal runs through small groups like `(W|R)`
+ * and classes like `[Ww]`; anything else ends a run. Conservative on purpose.
  */
-export function requiredLiterals(source: string): string[] | undefined {
+export function requiredLiterals(source: string, keepCase = false): string[] | undefined {
   const branches = splitTop(source);
   if (branches.length > 1) {
     const out: string[] = [];
     for (const b of branches) {
-      const lits = requiredLiterals(b);
+      const lits = requiredLiterals(b, keepCase);
       if (lits === undefined) return undefined;
       out.push(...lits);
     }
@@ -185,7 +186,7 @@ export function requiredLiterals(source: string): string[] | undefined {
       const end = skipClass(source, i);
       const body = source.slice(i + 1, end);
       i = end + 1;
-      if (/^[^\\^\]-]{1,4}$/.test(body)) append([...new Set(body.toLowerCase())]);
+      if (/^[^\\^\]-]{1,4}$/.test(body)) append([...new Set(keepCase ? body : body.toLowerCase())]);
       else flush();
       continue;
     }
@@ -253,7 +254,15 @@ export function requiredLiterals(source: string): string[] | undefined {
       best = r;
     }
   }
-  return best === undefined ? undefined : [...new Set(best.map((x) => x.toLowerCase()))];
+  return best === undefined ? undefined : [...new Set(keepCase ? best : best.map((x) => x.toLowerCase()))];
+}
+
+/**
+ * Whether a pattern compiled with `flags` matches letters by case: no `i` flag, and no inline flag group
+ * (`(?i)`, `(?i:`, `(?-i)`...) that names one. Conservative: any `(?` followed by letters and an `i` counts.
+ */
+export function caseSensitive(source: string, flags: string): boolean {
+  return !flags.includes('i') && !/\(\?[a-zA-Z-]*i/.test(source);
 }
 
 /** Alternatives of a group body made only of plain characters, like `W|R` or `exe|dll`; else undefined. */
