@@ -68,6 +68,12 @@ export const kafkaConfigSchema = z.strictObject({
   requestTimeoutMs: z.number().int().positive().default(30000),
   /** How long a silent group member keeps its partitions. */
   sessionTimeoutMs: z.number().int().positive().default(10000),
+  /**
+   * Most record bytes sent in one produce request. A partition's records in a request form one record batch,
+   * which the broker refuses above its message.max.bytes (1 MiB by default): larger sends (a burst of alerts in
+   * one transaction) go as several requests.
+   */
+  maxRequestBytes: z.number().int().min(1024).default(900_000),
 });
 export type KafkaConfigInput = z.input<typeof kafkaConfigSchema>;
 export type KafkaTransportConfig = z.output<typeof kafkaConfigSchema>;
@@ -111,6 +117,32 @@ function toMessage(r: OutRecord): Message {
   if (r.partition !== undefined) m.partition = r.partition;
   if (r.timestampMs !== undefined) m.timestamp = String(r.timestampMs);
   return m;
+}
+
+/** A record's size in a record batch, near enough: its bytes plus per-record and per-header framing. */
+function recordBytes(r: OutRecord): number {
+  let n = 24 + (r.key?.length ?? 0) + (r.value?.length ?? 0);
+  for (const k in r.headers) n += 8 + k.length + (r.headers[k]?.length ?? 0);
+  return n;
+}
+
+/** `records` in order, cut into runs of at most `maxBytes` (a record larger than that goes alone). */
+export function sizedChunks(records: OutRecord[], maxBytes: number): OutRecord[][] {
+  const out: OutRecord[][] = [];
+  let chunk: OutRecord[] = [];
+  let bytes = 0;
+  for (const r of records) {
+    const n = recordBytes(r);
+    if (chunk.length > 0 && bytes + n > maxBytes) {
+      out.push(chunk);
+      chunk = [];
+      bytes = 0;
+    }
+    chunk.push(r);
+    bytes += n;
+  }
+  if (chunk.length > 0) out.push(chunk);
+  return out;
 }
 
 function byTopic(records: OutRecord[]): Array<{ topic: string; messages: Message[] }> {
@@ -257,8 +289,9 @@ export class KafkaTransport implements Transport {
     this.closers.add(close);
     return {
       publish: async (records) => {
-        if (records.length === 0) return;
-        await kafkaCall('publishing', () => p.sendBatch({ acks: -1, topicMessages: byTopic(records) }));
+        for (const chunk of sizedChunks(records, this.config.maxRequestBytes)) {
+          await kafkaCall('publishing', () => p.sendBatch({ acks: -1, topicMessages: byTopic(chunk) }));
+        }
       },
       close: async () => {
         this.closers.delete(close);
@@ -283,7 +316,7 @@ export class KafkaTransport implements Transport {
     );
     const close = () => p.disconnect();
     this.closers.add(close);
-    return transactional(p, transactionalId, async () => {
+    return transactional(p, transactionalId, this.config.maxRequestBytes, async () => {
       this.closers.delete(close);
       await close();
     });
@@ -738,7 +771,12 @@ function concurrentTransactions(err: unknown): boolean {
   return false;
 }
 
-function transactional(p: KProducer, id: string, close: () => Promise<void>): TransactionalProducer {
+function transactional(
+  p: KProducer,
+  id: string,
+  maxRequestBytes: number,
+  close: () => Promise<void>,
+): TransactionalProducer {
   // kafkajs allows one open transaction per producer: queue them.
   let queue: Promise<unknown> = Promise.resolve();
   return {
@@ -777,10 +815,11 @@ function transactional(p: KProducer, id: string, close: () => Promise<void>): Tr
         try {
           const result = await work({
             send: async (records) => {
-              if (records.length === 0) return;
-              await kafkaCall('sending in transaction', () =>
-                tx.sendBatch({ acks: -1, topicMessages: byTopic(records) }),
-              );
+              for (const chunk of sizedChunks(records, maxRequestBytes)) {
+                await kafkaCall('sending in transaction', () =>
+                  tx.sendBatch({ acks: -1, topicMessages: byTopic(chunk) }),
+                );
+              }
             },
             commitOffsets: async (groupId, offsets) => {
               const topics = new Map<string, Array<{ partition: number; offset: string }>>();

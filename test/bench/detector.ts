@@ -82,8 +82,10 @@ async function consumeRole(brokers: string[], topic: string, group: string, deco
 }
 
 function spawnChild(args: string[]): ChildProcess {
-  return spawn(process.execPath, args, {
-    stdio: ['ignore', 'ignore', 'inherit'],
+  // EDR_BENCH_NODE_FLAGS: Node/V8 flags for every child (ceiling and pipeline alike), for experiments.
+  const flags = (process.env['EDR_BENCH_NODE_FLAGS'] ?? '').split(' ').filter((f) => f !== '');
+  return spawn(process.execPath, [...flags, ...args], {
+    stdio: ['ignore', process.env['EDR_BENCH_CHILD_STDOUT'] ? 'inherit' : 'ignore', 'inherit'],
     env: { ...process.env, EDR_LOG_LEVEL: 'error' },
   });
 }

@@ -259,6 +259,31 @@ export function transportContract(name: string, make: () => Promise<Transport>, 
       );
     });
 
+    it('sends more than a broker takes in one request (3 MB to one partition), in a transaction and not', async () => {
+      // A burst of alerts in one transaction: one partition's records of a request form one record batch, which a
+      // broker refuses above message.max.bytes (1 MiB by default).
+      const t = await topic(1);
+      const big = (tag: string) =>
+        Array.from({ length: 3000 }, (_, i) => ({
+          topic: t,
+          key: 'one',
+          value: Buffer.alloc(1000, `${tag}${i % 10}`),
+        }));
+      const txp = await transport.transactionalProducer(unique('tx'));
+      await txp.transaction(async (tx) => {
+        await tx.send(big('t'));
+      });
+      await txp.close();
+      await publish(big('p'));
+      const seen = await readAll(t, 6000);
+      assert.equal(seen.length, 6000);
+      assert.deepEqual(
+        seen.map((r) => text(r.value).slice(0, 2)),
+        [...big('t'), ...big('p')].map((r) => r.value.toString().slice(0, 2)),
+        'all of them, in order',
+      );
+    });
+
     it('fences an older producer with the same transactional id', async () => {
       const t = await topic(1);
       const id = unique('tx');
