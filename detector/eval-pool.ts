@@ -162,68 +162,65 @@ export function evaluatePacked(set: EvalSet, data: Buffer, bounds: Int32Array): 
 
 /** Record values packed into one buffer (transferred to the thread, not copied again). */
 export function pack(records: readonly InRecord[]): { data: Uint8Array; bounds: Int32Array } {
-  return packBuffers(records.map((r) => r.value));
+  return packWith(records.length, (i) => records[i]!.value);
+}
+
+/** Buffers packed into one: buffer i is data[bounds[2i]..bounds[2i+1]) (null packs as empty). */
+export function packBuffers(values: ReadonlyArray<Uint8Array | null>): { data: Uint8Array; bounds: Int32Array } {
+  return packWith(values.length, (i) => values[i]!);
 }
 
 /**
- * Buffers packed into one: buffer i is data[bounds[2i]..bounds[2i+1]) (null packs as empty). Values of one fetch
- * usually lie in order in one response buffer, a few bytes of record framing apart: then the whole span is copied
- * at once and the bounds point into it, instead of one copy per value.
+ * Values of one fetch usually lie in order in one response buffer, a few bytes of record framing apart: then the
+ * whole span is copied at once and the bounds point into it, instead of one copy per value. One pass finds out.
  */
-export function packBuffers(values: ReadonlyArray<Uint8Array | null>): {
-  data: Uint8Array;
-  bounds: Int32Array;
-} {
-  const n = values.length;
+function packWith(
+  n: number,
+  at: (i: number) => Uint8Array | null,
+): { data: Uint8Array; bounds: Int32Array } {
   const bounds = new Int32Array(2 * n);
-  const span = sharedSpan(values);
-  if (span !== undefined) {
-    for (let i = 0; i < n; i++) {
-      const v = values[i];
-      if (v === null || v === undefined) continue; // [0, 0): empty
-      bounds[2 * i] = v.byteOffset - span.start;
-      bounds[2 * i + 1] = v.byteOffset + v.byteLength - span.start;
+  let buffer: ArrayBufferLike | undefined;
+  let start = 0;
+  let end = 0;
+  let bytes = 0;
+  let shared = true;
+  for (let i = 0; i < n; i++) {
+    const v = at(i);
+    if (v === null) {
+      bounds[2 * i] = bounds[2 * i + 1] = end; // empty, at the span's current end (kept in order)
+      continue;
     }
-    const data = new Uint8Array(span.end - span.start);
-    data.set(new Uint8Array(span.buffer, span.start, span.end - span.start));
+    const off = v.byteOffset;
+    const len = v.byteLength;
+    if (buffer === undefined) {
+      buffer = v.buffer;
+      start = off;
+      for (let j = 0; j < 2 * i; j++) bounds[j] = off; // nulls before the first value
+    } else if (shared && (off < end || v.buffer !== buffer)) shared = false;
+    end = off + len;
+    bounds[2 * i] = off;
+    bounds[2 * i + 1] = end;
+    bytes += len;
+  }
+  if (buffer !== undefined && shared && end - start - bytes <= (end - start) / 8) {
+    for (let j = 0; j < 2 * n; j++) bounds[j] = bounds[j]! - start;
+    // Its own ArrayBuffer (not the pool's), uninitialised: it is overwritten whole, then transferred.
+    const data = Buffer.allocUnsafeSlow(end - start);
+    data.set(new Uint8Array(buffer, start, end - start));
     return { data, bounds };
   }
   let total = 0;
   for (let i = 0; i < n; i++) {
     bounds[2 * i] = total;
-    total += values[i]?.length ?? 0;
+    total += at(i)?.byteLength ?? 0;
     bounds[2 * i + 1] = total;
   }
-  const data = new Uint8Array(total);
+  const data = Buffer.allocUnsafeSlow(total);
   for (let i = 0; i < n; i++) {
-    const v = values[i];
-    if (v !== null && v !== undefined) data.set(v, bounds[2 * i]!);
+    const v = at(i);
+    if (v !== null) data.set(v, bounds[2 * i]!);
   }
   return { data, bounds };
-}
-
-/**
- * The span of one ArrayBuffer holding every value, in order and without overlap, if the values are laid out so
- * and the gaps between them are small (under an eighth of the span); undefined otherwise.
- */
-function sharedSpan(
-  values: ReadonlyArray<Uint8Array | null>,
-): { buffer: ArrayBufferLike; start: number; end: number } | undefined {
-  let buffer: ArrayBufferLike | undefined;
-  let start = -1;
-  let end = -1;
-  let bytes = 0;
-  for (const v of values) {
-    if (v === null) continue;
-    if (buffer === undefined) {
-      buffer = v.buffer;
-      start = v.byteOffset;
-    } else if (v.buffer !== buffer || v.byteOffset < end) return undefined;
-    end = v.byteOffset + v.byteLength;
-    bytes += v.byteLength;
-  }
-  if (buffer === undefined || end - start - bytes > (end - start) / 8) return undefined;
-  return { buffer, start, end };
 }
 
 interface Thread {
