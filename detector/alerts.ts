@@ -18,15 +18,19 @@ const ALERT_NS = '6f1c7a52-3e0b-5d8e-9a4f-1b2c3d4e5f60';
  * on node:crypto because alert ids are made for every match, on the detector's hot path.
  */
 export function uuidV5(name: string, namespace: string): string {
-  const h = createHash('sha1')
-    .update(Buffer.from(namespace.replaceAll('-', ''), 'hex'))
-    .update(name)
-    .digest();
+  let ns = namespaces.get(namespace);
+  if (ns === undefined) {
+    ns = Buffer.from(namespace.replaceAll('-', ''), 'hex');
+    namespaces.set(namespace, ns);
+  }
+  const nameBytes = Buffer.from(name, 'utf8');
+  const h = createHash('sha1').update(ns).update(nameBytes).digest();
   h[6] = (h[6]! & 0x0f) | 0x50;
   h[8] = (h[8]! & 0x3f) | 0x80;
   const x = h.toString('hex', 0, 16);
   return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
 }
+const namespaces = new Map<string, Buffer>();
 
 export function eventIdentity(e: ExecveEvent): string {
   return `${e.hostId}|${e.bootId}|${e.pid}|${e.processStartNs}|${e.seq}|${e.timeNs}`;
