@@ -160,13 +160,19 @@ export function evaluatePacked(set: EvalSet, data: Buffer, bounds: Int32Array): 
   return result;
 }
 
+/** Values packed into one buffer: value i is data[bounds[2i]..bounds[2i+1]). */
+export interface Packed {
+  data: Uint8Array;
+  bounds: Int32Array;
+}
+
 /** Record values packed into one buffer (transferred to the thread, not copied again). */
-export function pack(records: readonly InRecord[]): { data: Uint8Array; bounds: Int32Array } {
+export function pack(records: readonly InRecord[]): Packed {
   return packWith(records.length, (i) => records[i]!.value);
 }
 
 /** Buffers packed into one: buffer i is data[bounds[2i]..bounds[2i+1]) (null packs as empty). */
-export function packBuffers(values: ReadonlyArray<Uint8Array | null>): { data: Uint8Array; bounds: Int32Array } {
+export function packBuffers(values: ReadonlyArray<Uint8Array | null>): Packed {
   return packWith(values.length, (i) => values[i]!);
 }
 
@@ -174,10 +180,7 @@ export function packBuffers(values: ReadonlyArray<Uint8Array | null>): { data: U
  * Values of one fetch usually lie in order in one response buffer, a few bytes of record framing apart: then the
  * whole span is copied at once and the bounds point into it, instead of one copy per value. One pass finds out.
  */
-function packWith(
-  n: number,
-  at: (i: number) => Uint8Array | null,
-): { data: Uint8Array; bounds: Int32Array } {
+function packWith(n: number, at: (i: number) => Uint8Array | null): Packed {
   const bounds = new Int32Array(2 * n);
   let buffer: ArrayBufferLike | undefined;
   let start = 0;

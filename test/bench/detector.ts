@@ -5,9 +5,11 @@
  * the same topic in the same run, with 1 and 2 worker processes. Rates are taken from the group's committed
  * offsets, from the first commit to the last, so process start-up and group joins do not count.
  *
- * Run: npm run bench detector   (EDR_BENCH_DETECTOR_EVENTS sets the event count, default 1,000,000;
- * EDR_BENCH_DETECTOR_ROUNDS the rounds, default 2; EDR_BENCH_DETECTOR_RULES another rule directory; EDR_BENCH_DETECTOR_{BATCH,MEMBERS,CONCURRENCY,THREADS}
- * override the detector's defaults for experiments)
+ * Run: npm run bench detector. Environment, for experiments: EDR_BENCH_DETECTOR_EVENTS (default 1,000,000),
+ * EDR_BENCH_DETECTOR_ROUNDS (2), EDR_BENCH_DETECTOR_WORKERS (worker counts, "1,2"), EDR_BENCH_DETECTOR_RULES (a
+ * rule directory), EDR_BENCH_DETECTOR_{BATCH,MEMBERS,CONCURRENCY,THREADS} (the detector's settings),
+ * EDR_BENCH_PROFILE=DIR (CPU profiles of the workers), EDR_BENCH_NODE_FLAGS (Node flags for every child),
+ * EDR_BENCH_CHILD_STDOUT=1 (the children's stdout, e.g. for --trace-gc).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
