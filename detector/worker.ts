@@ -98,18 +98,25 @@ export function evaluateSafely(
   }
 }
 
-/** Rules whose matches are only correlation input (every correlation naming them has generate: false). */
-function silentRules(snap: RuleSnapshot): Set<string> {
+/**
+ * Rules a correlation names (`correlated`), and those whose matches are only correlation input (`silent`: every
+ * correlation naming them has generate: false).
+ */
+function correlatedRules(snap: RuleSnapshot): { correlated: Set<string>; silent: Set<string> } {
   const named = new Map<string, boolean>();
   for (const c of snap.correlations) {
     for (const r of snap.rules) {
       if (ruleRef(c, r) !== undefined) named.set(r.id, (named.get(r.id) ?? false) || c.generate);
     }
   }
-  return new Set([...named].filter(([, gen]) => !gen).map(([id]) => id));
+  return {
+    correlated: new Set(named.keys()),
+    silent: new Set([...named].filter(([, gen]) => !gen).map(([id]) => id)),
+  };
 }
 
 interface SnapDerived {
+  correlated: Set<string>;
   silent: Set<string>;
   local: CompiledCorrelation[];
   remote: CompiledCorrelation[];
@@ -120,7 +127,7 @@ function derived(snap: RuleSnapshot): SnapDerived {
   let d = derivedCache.get(snap);
   if (d === undefined) {
     d = {
-      silent: silentRules(snap),
+      ...correlatedRules(snap),
       local: snap.correlations.filter(isHostScoped),
       remote: snap.correlations.filter((c) => !isHostScoped(c)),
     };
@@ -296,7 +303,6 @@ export class DetectorWorker {
       }
       const { snap } = x;
       const d = derived(snap);
-      const correlated = d.local.length + d.remote.length > 0;
       for (let j = 0; j < x.matches.length; j++) {
         const m = x.matches[j]!;
         o.metrics.ruleMatched(m.rule.id);
@@ -305,7 +311,9 @@ export class DetectorWorker {
           out.push(encodedAlertRecord(o.topics.alerts, x.hostId, x.alerts[j]!, r, ctx));
           alerts++;
         }
-        if (correlated) alerts += this.correlate(batch.partition, snap, d, m, x.event(), r, out, hasLocal);
+        // The event is decoded (from the record) only for a rule a correlation names.
+        if (d.correlated.has(m.rule.id))
+          alerts += this.correlate(batch.partition, snap, d, m, x.event(), r, out, hasLocal);
       }
     }
     if (hasLocal)
