@@ -61,6 +61,8 @@ export interface ReplayResult {
   events: number;
   matchesByRule: Map<string, number>;
   completed: boolean;
+  /** Correlation rules in the rule set, which replay does not evaluate ("id (title)"). */
+  skippedCorrelations: string[];
 }
 
 export async function replay(o: ReplayOptions): Promise<ReplayResult> {
@@ -71,6 +73,12 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   if (snap.rules.length === 0) {
     throw new EdrError('EDR_DETECTOR_NO_RULES', `no rule compiled from ${o.rulesDir}`);
   }
+  // Said, not silently dropped: the summary lists them too.
+  const skippedCorrelations = snap.correlations.map((c) => `${c.id} (${c.title})`);
+  if (skippedCorrelations.length > 0)
+    log.warn('correlation rules are not replayed (the rules they name are)', {
+      correlations: skippedCorrelations,
+    });
   const groupId = `edr-replay-${o.runId}`;
   const starts = await settled(() => o.transport.offsetsForTime(o.topic, o.fromMs));
   const toMs = o.toMs;
@@ -189,7 +197,7 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
     clearInterval(ticker);
     await Promise.all(consumptions.map((c) => c.stop()));
   }
-  return { runId: o.runId, events, matchesByRule, completed: remaining() === 0 };
+  return { runId: o.runId, events, matchesByRule, completed: remaining() === 0, skippedCorrelations };
 }
 
 export const command: Command = {
@@ -266,7 +274,10 @@ export const command: Command = {
         .map(([id, n]) => `${String(n).padStart(8)}  ${id}`);
       process.stdout.write(
         `run ${r.runId}: ${r.completed ? 'complete' : 'interrupted (run again with --run-id to resume)'}; ` +
-          `${r.events} events evaluated in this session\nmatches per rule:\n${lines.join('\n') || '       0'}\n`,
+          `${r.events} events evaluated in this session\nmatches per rule:\n${lines.join('\n') || '       0'}\n` +
+          (r.skippedCorrelations.length > 0
+            ? `correlations not replayed:\n${r.skippedCorrelations.map((c) => `          ${c}`).join('\n')}\n`
+            : ''),
       );
       return r.completed ? 0 : 1;
     } finally {

@@ -32,6 +32,7 @@ after(async () => {
 
 const RULE_ID = '5d3c0e0a-0000-4000-8000-00000000e201';
 const RULE = containsRule(RULE_ID, 'replay-marker', 'Replayed rule');
+const CORRELATION_ID = '5d3c0e0a-0000-4000-8000-00000000e2c1';
 
 function cli(args: string[]): { code: number; out: string; err: string } {
   const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'infra', 'cli.js'), ...args], {
@@ -99,6 +100,12 @@ test('replay over a time window: the right matches, marked with the run id; live
   const rulesDir = path.join(dir, 'rules');
   mkdirSync(rulesDir);
   writeFileSync(path.join(rulesDir, 'r.yml'), RULE);
+  // A correlation in the set is not replayed, and the summary says so (its base rule still is).
+  writeFileSync(
+    path.join(rulesDir, 'c.yml'),
+    `title: Replayed marker twice\nid: ${CORRELATION_ID}\nlevel: high\ncorrelation:\n  type: event_count\n` +
+      `  rules: [${RULE_ID}]\n  group-by: [Computer]\n  timespan: 60s\n  generate: true\n  condition:\n    gte: 2\n`,
+  );
   const from = new Date(windows[1]! - 60_000).toISOString();
   const to = new Date(windows[1]! + 60_000).toISOString();
   const runId = unique('run');
@@ -108,6 +115,10 @@ test('replay over a time window: the right matches, marked with the run id; live
   assert.match(r1.out, /complete; 300 events evaluated/);
   assert.match(r1.out, new RegExp(`\\s+30\\s+${RULE_ID}`));
   assert.match(r1.err, /records \(\d+ events\) \d+\/s lag \d+ ETA \d+s/);
+  assert.match(
+    r1.out,
+    new RegExp(`correlations not replayed:\\n\\s+${CORRELATION_ID} \\(Replayed marker twice\\)`),
+  );
 
   const hostRun = unique('run-h3');
   const r2 = cli([
