@@ -49,7 +49,8 @@ export const detectorConfigSchema = z.strictObject({
   partitionConcurrency: z.number().int().positive().default(3),
   /**
    * Threads that decode and evaluate beside the one running the Kafka client (0: evaluate on that one). One is
-   * right for a host with two cores and a broker elsewhere or beside it; more only help with cores to spare.
+   * right for one worker process on a host with two cores; with as many worker processes as cores, 0 spends less
+   * CPU per event (no hand-over); more only help with cores to spare.
    */
   evaluationThreads: z.number().int().min(0).max(64).default(1),
   correlation: z

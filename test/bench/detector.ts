@@ -299,7 +299,10 @@ async function main(): Promise<void> {
         const { rate, alerts } = await detectors(workers);
         pipelines.push(rate);
         process.stdout.write(
-          line(`round ${r + 1} pipeline`, rate, ceiling).replace(/\n$/, `  (${fmt(alerts)} alert records)\n`),
+          line(`round ${r + 1} pipeline`, rate, ceiling).replace(
+            /\n$/,
+            `  (alerts topic: ${fmt(alerts)} offsets, transaction markers and aborted records included)\n`,
+          ),
         );
       }
       const best = (rs: Rate[]) => rs.reduce((a, b) => (b.eventsPerS > a.eventsPerS ? b : a));
