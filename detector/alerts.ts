@@ -23,8 +23,7 @@ export function uuidV5(name: string, namespace: string): string {
     ns = Buffer.from(namespace.replaceAll('-', ''), 'hex');
     namespaces.set(namespace, ns);
   }
-  const nameBytes = Buffer.from(name, 'utf8');
-  const h = createHash('sha1').update(ns).update(nameBytes).digest();
+  const h = createHash('sha1').update(ns).update(name).digest();
   h[6] = (h[6]! & 0x0f) | 0x50;
   h[8] = (h[8]! & 0x3f) | 0x80;
   const x = h.toString('hex', 0, 16);

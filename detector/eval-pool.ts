@@ -104,11 +104,9 @@ export function evaluatePacked(set: EvalSet, data: Buffer, bounds: Int32Array): 
   const codec = projectCodec();
   const alerts: Buffer[] = [];
   const ctx = { ruleSetVersion: set.version, detectorId: set.detectorId, runId: null };
-  const result: EvalResult = {
+  const result: Omit<EvalResult, 'alerts' | 'alertBounds'> = {
     next: bounds.length / 2,
     matches: [],
-    alerts: new Uint8Array(0),
-    alertBounds: new Int32Array(0),
     undecodable: [],
     culprits: [],
   };
@@ -155,9 +153,7 @@ export function evaluatePacked(set: EvalSet, data: Buffer, bounds: Int32Array): 
     }
   }
   const packed = packBuffers(alerts);
-  result.alerts = packed.data;
-  result.alertBounds = packed.bounds;
-  return result;
+  return { ...result, alerts: packed.data, alertBounds: packed.bounds };
 }
 
 /** Values packed into one buffer: value i is data[bounds[2i]..bounds[2i+1]). */

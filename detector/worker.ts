@@ -189,6 +189,15 @@ async function retryable(f: () => Promise<void>): Promise<void> {
   }
 }
 
+/** `f`'s value, computed at the first call. */
+function once<T>(f: () => T): () => T {
+  let v: { value: T } | undefined;
+  return () => {
+    v ??= { value: f() };
+    return v.value;
+  };
+}
+
 /**
  * A record of a batch that matched (with the snapshot that matched it, each match's encoded alert, and the event
  * for correlations, decoded only if one asks) or did not decode.
@@ -362,7 +371,7 @@ export class DetectorWorker {
         matches,
         alerts,
         hostId: view.hostId,
-        event: () => plainEvent(view),
+        event: once(() => plainEvent(view)),
       });
     }
     return outcomes;
@@ -390,7 +399,6 @@ export class DetectorWorker {
         // A record's matches come together, in order.
         if (last?.index !== from + m.index) {
           const value = records[m.index]!.value!;
-          let event: ExecveEvent | undefined;
           last = {
             kind: 'matched',
             index: from + m.index,
@@ -398,7 +406,7 @@ export class DetectorWorker {
             matches: [],
             alerts: [],
             hostId: m.hostId,
-            event: () => (event ??= this.codec.decodeAs('dev.edr.v1.ExecveEvent', value)),
+            event: once(() => this.codec.decodeAs('dev.edr.v1.ExecveEvent', value)),
           };
           outcomes.push(last);
         }

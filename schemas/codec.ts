@@ -87,8 +87,10 @@ export class Codec {
   private readonly readers = new Map<string, { type: avro.Type; header: Buffer }>();
   private readonly writers = new Map<bigint, Writer>();
   private readonly resolvers = new Map<bigint, avro.Resolver | null>();
-  /** The current ExecveEvent schema's fingerprint (as two 32-bit halves) and layout, for `view`. */
-  private execve: { low: number; high: number; layout: ExecveLayout } | undefined;
+  /** The current ExecveEvent schema's fingerprint, as two 32-bit halves (`isCurrentExecve`). */
+  private execveFp: { low: number; high: number } | undefined;
+  /** Where the current ExecveEvent schema's fields start, for `view` (undefined: a schema it does not cover). */
+  private execveLayout: ExecveLayout | undefined;
   /** The Alert schema cut around its `event` field, for `encodeAlertAround`. */
   private alertCut: AlertCut | undefined;
 
@@ -104,11 +106,9 @@ export class Codec {
       this.readers.set(name, { type, header: header(fp) });
       this.writers.set(fp, { type, name, fingerprint: fp });
       if (name === 'dev.edr.v1.ExecveEvent') {
-        const layout = ExecveLayout.of(type);
-        if (layout !== undefined) {
-          const h = header(fp);
-          this.execve = { low: h.readUInt32LE(2), high: h.readUInt32LE(6), layout };
-        }
+        const h = header(fp);
+        this.execveFp = { low: h.readUInt32LE(2), high: h.readUInt32LE(6) };
+        this.execveLayout = ExecveLayout.of(type);
       }
     }
     const alert = this.readers.get('dev.edr.v1.Alert');
@@ -177,7 +177,7 @@ export class Codec {
   ): Buffer | undefined {
     const cut = this.alertCut;
     const bytes = singleObject(eventRecord);
-    if (cut === undefined || bytes.readBigUInt64LE(2) !== cut.eventFingerprint) return undefined;
+    if (cut === undefined || !this.isCurrentExecve(bytes)) return undefined;
     try {
       let rule = ruleKey === undefined ? undefined : cut.rules.get(ruleKey);
       if (rule === undefined) {
@@ -212,15 +212,23 @@ export class Codec {
    */
   view(buf: Uint8Array): Decoded {
     const bytes = singleObject(buf);
-    const x = this.execve;
-    // The fingerprint compared as two 32-bit halves: reading it as a bigint allocates one per record.
-    if (x !== undefined && bytes.readUInt32LE(2) === x.low && bytes.readUInt32LE(6) === x.high) {
+    const layout = this.execveLayout;
+    if (layout !== undefined && this.isCurrentExecve(bytes)) {
       return {
         name: 'dev.edr.v1.ExecveEvent',
-        value: new ExecveView(x.layout, bytes, x.layout.scan(bytes, HEADER)),
+        value: new ExecveView(layout, bytes, layout.scan(bytes, HEADER)),
       };
     }
     return this.decode(bytes);
+  }
+
+  /**
+   * Whether a single-object record was written with this codec's ExecveEvent schema. The fingerprint is compared
+   * as two 32-bit halves: reading it as a bigint allocates one per record.
+   */
+  private isCurrentExecve(bytes: Buffer): boolean {
+    const fp = this.execveFp;
+    return fp !== undefined && bytes.readUInt32LE(2) === fp.low && bytes.readUInt32LE(6) === fp.high;
   }
 
   /** Decodes one single-object-encoded record; throws EdrError (never retryable) on anything it cannot read. */
@@ -288,10 +296,9 @@ export class Codec {
   }
 }
 
-/** The Alert schema as three records around its `event` field, and the event schema it embeds. */
+/** The Alert schema as three records around its `event` field. */
 interface AlertCut {
   header: Buffer;
-  eventFingerprint: bigint;
   /** The alertId field (first). */
   id: avro.Type;
   /** The rule's fields, from ruleId to the field before `event`. */
@@ -317,7 +324,6 @@ function cutAlert(alert: { type: avro.Type; header: Buffer }, execve: avro.Type)
     );
   return {
     header: alert.header,
-    eventFingerprint: fingerprintOf(execve),
     id: record('AlertId', fields.slice(0, 1)),
     rule: record('AlertRule', fields.slice(1, at)),
     tail: record('AlertTail', fields.slice(at + 1)),

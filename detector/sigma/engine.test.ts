@@ -18,6 +18,11 @@ function rule(detection: string, logsource = 'product: test'): string {
   return `title: t\nid: r1\nlogsource: {${logsource}}\ndetection:\n${detection}\n`;
 }
 
+/** One rule set of several detections (`rule`), with ids r0, r1, … in order. */
+function numbered(...detections: string[]) {
+  return rules(detections.map((d, i) => rule(d).replace('id: r1', `id: r${i}`)).join('---\n'));
+}
+
 /** Titles of the rules matching a JSON event (log source product: test). */
 function fire(yaml: string, event: Record<string, unknown>): boolean {
   const set = rules(yaml);
@@ -305,15 +310,12 @@ detection:
 
 describe('candidate index', () => {
   it('keys rules by literal, exact value or field presence; only negations are left for every event', () => {
-    const y = [
-      rule('  s:\n    A|contains: needle\n  condition: s'),
-      rule('  s:\n    A: Exact\n  condition: s'),
-      rule('  s:\n    B|cidr: 10.0.0.0/8\n  condition: s'),
-      rule('  s:\n    A: x\n  condition: not s'),
-    ]
-      .map((r, i) => r.replace('id: r1', `id: r${i}`))
-      .join('---\n');
-    const set = rules(y);
+    const set = numbered(
+      '  s:\n    A|contains: needle\n  condition: s',
+      '  s:\n    A: Exact\n  condition: s',
+      '  s:\n    B|cidr: 10.0.0.0/8\n  condition: s',
+      '  s:\n    A: x\n  condition: not s',
+    );
     const index = new CandidateIndex(set.rules);
     assert.deepEqual(index.always, [3]);
     const ctx = new EvalContext();
@@ -329,16 +331,13 @@ describe('candidate index', () => {
   });
 
   it('also requires the other operands of an AND, on fields it reads anyway', () => {
-    const y = [
-      rule('  a:\n    A|contains: alpha\n  b:\n    B|contains: beta\n  condition: a and b'),
-      rule('  s:\n    A|endswith: /vim\n    B|contains: " -c"\n  condition: s'),
-      rule('  a:\n    A|contains: alpha\n  b:\n    B|contains: beta\n  condition: a or b'),
-      rule('  a:\n    A|contains: alphabetical\n  b:\n    C|contains: ga\n  condition: all of them'),
-      rule('  a:\n    A|contains: alpha\n  b:\n    B|contains: beta\n  condition: a and not b'),
-    ]
-      .map((r, i) => r.replace('id: r1', `id: r${i}`))
-      .join('---\n');
-    const set = rules(y);
+    const set = numbered(
+      '  a:\n    A|contains: alpha\n  b:\n    B|contains: beta\n  condition: a and b',
+      '  s:\n    A|endswith: /vim\n    B|contains: " -c"\n  condition: s',
+      '  a:\n    A|contains: alpha\n  b:\n    B|contains: beta\n  condition: a or b',
+      '  a:\n    A|contains: alphabetical\n  b:\n    C|contains: ga\n  condition: all of them',
+      '  a:\n    A|contains: alpha\n  b:\n    B|contains: beta\n  condition: a and not b',
+    );
     assert.deepEqual(set.problems, []);
     const atoms = (i: number) =>
       set.rules[i]!.alsoRequired?.map((req) => req.map((a) => `${a.field}~${a.literal}`));
