@@ -545,10 +545,12 @@ export class KafkaTransport implements Transport {
    * - `commit` mode (handlers): kafkajs commits resolved offsets; an unfinished batch is left unresolved, so
    *   kafkajs fetches its rest again. `transactional` mode is the same with offsets committed by `work`.
    * - `detached` mode (consume-transform-produce, whose offsets commit in `work`'s transactions): a fetched batch
-   *   is handed to a job of its own and its partition paused until the job ends, so kafkajs goes on fetching
-   *   (and decoding) the other partitions meanwhile instead of waiting for the slowest batch of each fetch. A job
-   *   that stops early, or outlives a rebalance (which resets positions to the committed offsets), seeks its
-   *   partition to the first offset it did not finish before resuming it.
+   *   is handed to a job of its own, so kafkajs goes on fetching (and decoding) meanwhile instead of waiting for
+   *   the slowest batch of each fetch. The job works through its partition's batches in order; kafkajs may fetch
+   *   `PREFETCH` more of them while it does (so the next is at hand when one ends, even while kafkajs sleeps
+   *   out a fetch with every partition paused), then the partition is paused until the job catches up. A job
+   *   that stops early, or outlives a rebalance (which resets positions to the committed offsets), drops what
+   *   it had queued and seeks its partition to the first offset it did not finish before resuming it.
    */
   private async member(
     opts: HandlerOptions | TransformOptions,
@@ -594,7 +596,17 @@ export class KafkaTransport implements Transport {
     });
     done.catch(() => {});
     /** Detached jobs by `topic|partition`. */
-    const jobs = new Map<string, { promise: Promise<void>; abort: AbortController }>();
+    const jobs = new Map<
+      string,
+      { promise: Promise<void>; abort: AbortController; queue: InRecord[][]; startedIn: number }
+    >();
+    const resumeQuietly = (tp: Array<{ topic: string; partitions: number[] }>) => {
+      try {
+        consumer.resume(tp);
+      } catch (err) {
+        this.log.debug('resume after a detached batch failed', { err });
+      }
+    };
     let stopping: Promise<void> | undefined;
     const stop = () => {
       stopping ??= (async () => {
@@ -639,7 +651,7 @@ export class KafkaTransport implements Transport {
       payload: EachBatchPayload,
       resolve: (offset: number) => void,
       halted: () => boolean,
-    ): Promise<number> => {
+    ): Promise<{ next: number; rebalancing: boolean }> => {
       let next = records[0]!.offset;
       let rebalancing = false;
       const ac = new AbortController();
@@ -676,7 +688,7 @@ export class KafkaTransport implements Transport {
       } finally {
         clearInterval(watch);
       }
-      return next;
+      return { next, rebalancing };
     };
 
     await consumer.run({
@@ -703,56 +715,82 @@ export class KafkaTransport implements Transport {
           return;
         }
         const key = `${topic}|${partition}`;
+        const tp = [{ topic, partitions: [partition] }];
         const running = jobs.get(key);
         if (running !== undefined) {
-          // Only after a rebalance (the partition is paused while its job runs): the job's end decides where to
-          // read from, so this batch is dropped and fetched again from there.
-          await running.promise;
+          if (running.startedIn !== generation) {
+            // After a rebalance: the job's end decides where to read from, so this batch is dropped and fetched
+            // again from there.
+            await running.promise;
+            return;
+          }
+          running.queue.push(records);
+          payload.resolveOffset(batch.lastOffset());
+          if (running.queue.length >= PREFETCH) consumer.pause(tp);
           return;
         }
-        const tp = [{ topic, partitions: [partition] }];
-        consumer.pause(tp);
         // kafkajs moves on past this batch; the job seeks back if it does not finish it.
         payload.resolveOffset(batch.lastOffset());
-        const startedIn = generation;
-        const abort = new AbortController();
-        const promise = (async () => {
+        if (PREFETCH === 0) consumer.pause(tp);
+        const job = {
+          queue: [] as InRecord[][],
+          startedIn: generation,
+          abort: new AbortController(),
+          promise: Promise.resolve(),
+        };
+        job.promise = (async () => {
+          let current = records;
           let next = records[0]!.offset;
+          let finished = false;
           try {
-            next = await runSlices(
-              records,
-              topic,
-              partition,
-              payload,
-              () => {},
-              () => abort.signal.aborted,
-            );
+            for (;;) {
+              const r = await runSlices(
+                current,
+                topic,
+                partition,
+                payload,
+                () => {},
+                () => job.abort.signal.aborted,
+              );
+              next = r.next;
+              if (next <= current[current.length - 1]!.offset || r.rebalancing) break;
+              if (job.abort.signal.aborted || fatal !== undefined || generation !== job.startedIn) break;
+              const queued = job.queue.shift();
+              if (queued === undefined) {
+                finished = true;
+                break;
+              }
+              current = queued;
+              if (job.queue.length === PREFETCH - 1) resumeQuietly(tp);
+            }
           } catch (err) {
             fail(err);
           } finally {
+            // Synchronous from here on: no batch can be queued to this job once it is gone from `jobs`.
             jobs.delete(key);
-            const unfinished = next <= records[records.length - 1]!.offset;
-            if (fatal === undefined && (unfinished || generation !== startedIn)) {
+            if (fatal === undefined && (!finished || generation !== job.startedIn)) {
               try {
                 consumer.seek({ topic, partition, offset: String(next) });
               } catch (err) {
                 this.log.debug('seek after a detached batch failed (partition no longer assigned)', { err });
               }
             }
-            try {
-              consumer.resume(tp);
-            } catch (err) {
-              this.log.debug('resume after a detached batch failed', { err });
-            }
+            resumeQuietly(tp);
           }
         })();
-        jobs.set(key, { promise, abort });
+        jobs.set(key, job);
       },
     });
     this.closers.add(stop);
     return { assignments: () => [...assigned], stop, done };
   }
 }
+
+/**
+ * Batches of a partition a detached job may have waiting besides the one in hand: one keeps the next at hand when
+ * a batch ends without holding much more of a partition in memory.
+ */
+const PREFETCH: number = 1;
 
 /** Bytes to fetch per partition for batches of `records` records. */
 function fetchBytes(records: number): number {
