@@ -6,6 +6,7 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import { kafkaConfigSchema } from '../infra/kafka-transport.js';
 import { topics } from '../schemas/topics.js';
+import { LEVEL_ORDER } from './sigma/parse.js';
 
 export const detectorConfigSchema = z.strictObject({
   kafka: kafkaConfigSchema,
@@ -33,6 +34,12 @@ export const detectorConfigSchema = z.strictObject({
       pollMs: z.number().int().positive().default(1000),
       /** Whether to follow the rules topic. */
       topic: z.boolean().default(true),
+      /**
+       * The least Sigma level that raises alerts. Rules below it are loaded and checked but not evaluated, unless
+       * a correlation names them (then they feed it silently). The default leaves out `informational`, which
+       * Sigma defines as enrichment: "no case or alerting should be triggered by such rules".
+       */
+      minLevel: z.enum(LEVEL_ORDER).default('low'),
     })
     .prefault({}),
   /**
@@ -48,11 +55,12 @@ export const detectorConfigSchema = z.strictObject({
   /** Input partitions a member works on at once, each in order: their transactions overlap (see the bench). */
   partitionConcurrency: z.number().int().positive().default(3),
   /**
-   * Threads that decode and evaluate beside the one running the Kafka client (0: evaluate on that one). One is
-   * right for one worker process on a host with two cores; with as many worker processes as cores, 0 spends less
-   * CPU per event (no hand-over); more only help with cores to spare.
+   * Threads that decode and evaluate beside the one running the Kafka client (0: evaluate on that one). `auto`
+   * uses one while the host has more cores than detector processes, else none: one worker on two cores gains from
+   * a thread, while with as many worker processes as cores the hand-over only costs CPU (see the bench). More
+   * than one only helps with cores to spare.
    */
-  evaluationThreads: z.number().int().min(0).max(64).default(1),
+  evaluationThreads: z.union([z.literal('auto'), z.number().int().min(0).max(64)]).default('auto'),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */

@@ -35,16 +35,6 @@ export function isHostScoped(c: CompiledCorrelation): boolean {
   return c.groupBy.some((g) => HOST_FIELDS.has(g));
 }
 
-/** The rule reference (id or name) by which a correlation names this rule, if it does. */
-export function ruleRef(
-  c: CompiledCorrelation,
-  rule: { id: string; doc: { name?: string | undefined } },
-): string | undefined {
-  if (c.rules.includes(rule.id)) return rule.id;
-  const name = rule.doc.name;
-  return name !== undefined && c.rules.includes(name) ? name : undefined;
-}
-
 /** The group-by values of a match (aliases resolved), as the correlation topic's key. */
 export function groupKey(c: CompiledCorrelation, ref: string, get: (f: string) => unknown): string {
   return JSON.stringify(c.groupBy.map((g) => get(c.aliases[g]?.[ref] ?? g) ?? null));

@@ -31,6 +31,8 @@ export interface RulesMessage {
   detectorId: string;
   docs: PortableDoc[];
   disabled: string[];
+  /** Rules below the alert level that no correlation needs: not evaluated. */
+  unevaluated: string[];
 }
 
 export interface BatchMessage {
@@ -64,9 +66,15 @@ export interface EvalResult {
 /** Compiles the rule set a RulesMessage describes, exactly as the store did (same documents, same order). */
 export function engineOf(m: RulesMessage): EvalSet {
   const docs: SigmaDoc[] = m.docs.map((d) => ({ ...d, at: () => d.line }));
-  const disabled = new Set(m.disabled);
+  const disabled = new Set([...m.disabled, ...m.unevaluated]);
   const rules = compileDocs(docs).rules.filter((r) => !disabled.has(r.id));
   return { engine: createEngine(rules), rules, version: m.version, detectorId: m.detectorId };
+}
+
+/** The rules of `snap` below its alert level that it does not evaluate. */
+export function unevaluated(snap: RuleSnapshot): string[] {
+  const evaluated = new Set(snap.rules.map((r) => r.id));
+  return [...snap.belowLevel].filter((id) => !evaluated.has(id));
 }
 
 /** A compiled rule set and what its alerts carry. */
@@ -257,6 +265,7 @@ export class EvalPool {
         detectorId: this.detectorId,
         docs: snap.docs.map(({ at: _, ...d }) => d),
         disabled: [...snap.disabled.keys()],
+        unevaluated: unevaluated(snap),
       };
       t.worker.postMessage(m);
       t.version = snap.version;

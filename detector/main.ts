@@ -48,6 +48,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
   const transport = new KafkaTransport(config.kafka, log.child({ component: 'kafka' }));
   const store = new RuleStore({
     dir: config.rules.dir,
+    minLevel: config.rules.minLevel,
     log,
     onChange: (snap) => metrics.setRuleSetVersion(snap.version),
   });
@@ -70,7 +71,12 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       rules = f.consumption;
       await f.ready;
     }
-    log.info('rules ready', { version: store.current.version, rules: store.current.rules.length });
+    log.info('rules ready', {
+      version: store.current.version,
+      rules: store.current.rules.length,
+      belowMinLevel: store.current.belowLevel.size,
+      minLevel: config.rules.minLevel,
+    });
     worker = new DetectorWorker({
       transport,
       store,

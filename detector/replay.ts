@@ -20,6 +20,7 @@ import { detectorConfigSchema } from './config.js';
 import { settled } from './kafka-retry.js';
 import { RuleStore } from './rule-store.js';
 import { evaluateExecve } from './sigma/engine.js';
+import { LEVEL_ORDER, LEVELS, type Level } from './sigma/parse.js';
 
 const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config FILE | --brokers LIST) [options]
 
@@ -31,6 +32,8 @@ const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config F
   --run-id ID         names the run (default: generated); the same id resumes an interrupted run
   --alerts-topic T    where alerts go (default: the alerts topic; alerts carry the run id)
   --parallel N        consumers in this process sharing the partitions (default 2)
+  --min-level L       the least level that alerts: informational, low, medium, high, critical (default: the
+                      config's rules.minLevel, else low); rules below it are not replayed
   --config FILE       a detector config for kafka and topic names; or --brokers HOST:PORT,...
 `;
 
@@ -51,6 +54,8 @@ export interface ReplayOptions {
   hosts: string[] | undefined;
   runId: string;
   parallel: number;
+  /** The least level that alerts (default informational: every rule); rules below it are not evaluated. */
+  minLevel?: Level;
   /** Progress line sink (stderr in the CLI). */
   progress?: (line: string) => void;
   signal?: AbortSignal;
@@ -63,16 +68,28 @@ export interface ReplayResult {
   completed: boolean;
   /** Correlation rules in the rule set, which replay does not evaluate ("id (title)"). */
   skippedCorrelations: string[];
+  /** Rules below the alert level, not evaluated ("id (title)"). */
+  belowLevel: string[];
 }
 
 export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   const log = createLogger({ component: 'replay', runId: o.runId });
-  const store = new RuleStore({ dir: o.rulesDir, log });
+  const store = new RuleStore({ dir: o.rulesDir, log, ...(o.minLevel ? { minLevel: o.minLevel } : {}) });
   store.refreshDir();
   const snap = store.current;
+  const below = [...snap.belowLevel].map((id) => {
+    const r = snap.docs.find((d) => (d.id ?? d.title) === id);
+    return `${id} (${r?.title ?? id})`;
+  });
   if (snap.rules.length === 0) {
-    throw new EdrError('EDR_DETECTOR_NO_RULES', `no rule compiled from ${o.rulesDir}`);
+    throw new EdrError(
+      'EDR_DETECTOR_NO_RULES',
+      below.length > 0
+        ? `no rule at or above level ${snap.minLevel} in ${o.rulesDir} (${below.length} below it; see --min-level)`
+        : `no rule compiled from ${o.rulesDir}`,
+    );
   }
+  if (below.length > 0) log.warn(`rules below level ${snap.minLevel} are not replayed`, { rules: below });
   // Said, not silently dropped: the summary lists them too.
   const skippedCorrelations = snap.correlations.map((c) => `${c.id} (${c.title})`);
   if (skippedCorrelations.length > 0)
@@ -150,6 +167,7 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
       if (matches.length === 0) continue;
       const ctx = { ruleSetVersion: snap.version, detectorId: `replay-${o.runId}`, runId: o.runId };
       for (const m of matches) {
+        if (snap.belowLevel.has(m.rule.id)) continue; // evaluated only as a correlation's input
         const value = encodeMatchAlert(codec, r.value!, view, ruleInfo(m.rule), m.fields, ctx);
         out.push(encodedAlertRecord(o.alertsTopic, view.hostId, value, r, { ...ctx, replayRunId: o.runId }));
         if (fresh) matchesByRule.set(m.rule.id, (matchesByRule.get(m.rule.id) ?? 0) + 1);
@@ -197,7 +215,14 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
     clearInterval(ticker);
     await Promise.all(consumptions.map((c) => c.stop()));
   }
-  return { runId: o.runId, events, matchesByRule, completed: remaining() === 0, skippedCorrelations };
+  return {
+    runId: o.runId,
+    events,
+    matchesByRule,
+    completed: remaining() === 0,
+    skippedCorrelations,
+    belowLevel: below,
+  };
 }
 
 export const command: Command = {
@@ -214,6 +239,7 @@ export const command: Command = {
         'run-id': { type: 'string' },
         'alerts-topic': { type: 'string' },
         parallel: { type: 'string' },
+        'min-level': { type: 'string' },
         config: { type: 'string' },
         brokers: { type: 'string' },
         help: { type: 'boolean' },
@@ -227,6 +253,12 @@ export const command: Command = {
       process.stderr.write(USAGE);
       return 2;
     }
+    const level = values['min-level'];
+    if (level !== undefined && !LEVELS.has(level)) {
+      process.stderr.write(`edr replay: --min-level must be one of ${LEVEL_ORDER.join(', ')}\n`);
+      return 2;
+    }
+    let minLevel = (level as Level | undefined) ?? 'low';
     let transport: KafkaTransport;
     let names: Record<'audit' | 'raw' | 'alerts', string> = {
       audit: table.audit.name,
@@ -237,6 +269,7 @@ export const command: Command = {
       const c = loadConfig(detectorConfigSchema, values.config);
       transport = new KafkaTransport(c.kafka, createLogger({ component: 'kafka' }));
       names = { audit: c.topics.audit, raw: c.topics.input, alerts: c.topics.alerts };
+      if (level === undefined) minLevel = c.rules.minLevel;
     } else if (values.brokers !== undefined) {
       transport = new KafkaTransport(
         kafkaConfigSchema.parse({ brokers: values.brokers.split(','), clientId: 'edr-replay' }),
@@ -265,6 +298,7 @@ export const command: Command = {
         hosts: values.hosts?.split(',').filter((h) => h !== ''),
         runId,
         parallel: Math.max(1, Number(values.parallel ?? 2)),
+        minLevel,
         progress: (line) => process.stderr.write(tty ? `\r${line}\x1b[K` : `${line}\n`),
         signal: ac.signal,
       });
@@ -277,6 +311,9 @@ export const command: Command = {
           `${r.events} events evaluated in this session\nmatches per rule:\n${lines.join('\n') || '       0'}\n` +
           (r.skippedCorrelations.length > 0
             ? `correlations not replayed:\n${r.skippedCorrelations.map((c) => `          ${c}`).join('\n')}\n`
+            : '') +
+          (r.belowLevel.length > 0
+            ? `rules below level ${minLevel}, not replayed (--min-level to include them):\n${r.belowLevel.map((c) => `          ${c}`).join('\n')}\n`
             : ''),
       );
       return r.completed ? 0 : 1;

@@ -7,6 +7,7 @@ import { createLogger } from '../infra/log.js';
 import { sampleEvent } from '../test/fixtures/events.js';
 import { alertId } from './alerts.js';
 import { RuleStore } from './rule-store.js';
+import { evaluateExecve } from './sigma/engine.js';
 import { containsRule } from './testing.js';
 
 const quiet = createLogger({}, 'error');
@@ -84,4 +85,42 @@ test('alert ids: deterministic per rule and event; a replay run gets its own', (
   assert.notEqual(alertId(A, e), alertId(B, e));
   assert.notEqual(alertId(A, e), alertId(A, sampleEvent({ seq: 2n })));
   assert.notEqual(alertId(A, e), alertId(A, e, 'run-1'));
+});
+
+test('minLevel: rules below it are not evaluated unless a correlation names them; the version is the same', () => {
+  const C = '00000000-0000-4000-8000-0000000000c1';
+  const D = '00000000-0000-4000-8000-0000000000d1';
+  const info = (id: string, needle: string) =>
+    rule(id, needle).replace('level: high', 'level: informational');
+  const docs = [
+    { key: A, value: rule(A, 'needle') },
+    { key: B, value: info(B, 'needle') },
+    { key: C, value: info(C, 'needle') },
+    {
+      key: D,
+      value: `title: three of C\nid: ${D}\nlevel: informational\ncorrelation:\n  type: event_count\n  rules: [${C}]\n  group-by: [User]\n  timespan: 60s\n  condition: {gte: 3}\n`,
+    },
+  ];
+  const all = new RuleStore({ log: quiet });
+  all.applyTopic(docs);
+  const low = new RuleStore({ log: quiet, minLevel: 'low' });
+  low.applyTopic(docs);
+  assert.deepEqual(
+    all.current.rules.map((r) => r.id),
+    [A, B, C],
+  );
+  assert.deepEqual(all.current.belowLevel, new Set());
+  // B is left out of evaluation; C stays, as the correlation's input (the worker raises no alert for it).
+  assert.deepEqual(
+    low.current.rules.map((r) => r.id),
+    [A, C],
+  );
+  assert.deepEqual(low.current.belowLevel, new Set([B, C]));
+  assert.equal(low.current.minLevel, 'low');
+  const ids = (s: RuleStore) =>
+    evaluateExecve(s.current.engine, sampleEvent({ argv: ['cat', 'needle'] })).map((m) => m.rule.id);
+  assert.deepEqual(ids(low), [A, C]);
+  assert.deepEqual(ids(all), [A, B, C]);
+  // Workers at different levels run the same rule-set version (what `edr rules list` shows).
+  assert.equal(low.current.version, all.current.version);
 });

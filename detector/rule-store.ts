@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { relative } from 'node:path';
 import type { Logger } from '../infra/log.js';
-import type { CompiledCorrelation } from './sigma/correlations.js';
+import { type CompiledCorrelation, ruleRef } from './sigma/correlations.js';
 import {
   type CompiledRule,
   compileDocs,
@@ -19,7 +19,7 @@ import {
   type Engine,
   type RuleProblem,
 } from './sigma/engine.js';
-import { parseRuleText, ruleFiles, type SigmaDoc } from './sigma/parse.js';
+import { belowLevel, type Level, parseRuleText, ruleFiles, type SigmaDoc } from './sigma/parse.js';
 
 export interface RuleSnapshot {
   readonly version: string;
@@ -32,11 +32,23 @@ export interface RuleSnapshot {
   readonly disabled: ReadonlyMap<string, string>;
   /** Documents rejected in the last build, with file (or `rules-topic:<key>`), line and reason. */
   readonly problems: readonly RuleProblem[];
+  /**
+   * Rules below the store's `minLevel`: they raise no alert. Those a correlation names are evaluated (in `rules`),
+   * as that correlation's input; the others are not evaluated at all.
+   */
+  readonly belowLevel: ReadonlySet<string>;
+  /** The least level that raises alerts (correlations below it update their state and raise none). */
+  readonly minLevel: Level;
 }
 
 export interface RuleStoreOptions {
   dir?: string | undefined;
   log: Logger;
+  /**
+   * Rules below this level raise no alert (default: every level alerts). Sigma's `informational` level is meant
+   * for enrichment: "no case or alerting should be triggered by such rules".
+   */
+  minLevel?: Level;
   /** Called after every swap. */
   onChange?: (snap: RuleSnapshot, previous: RuleSnapshot) => void;
 }
@@ -161,6 +173,7 @@ export class RuleStore {
         rules: next.rules.length,
         correlations: next.correlations.length,
         rejected: next.problems.length,
+        belowMinLevel: next.belowLevel.size,
       });
     }
     this.opts.onChange?.(next, prev);
@@ -179,9 +192,13 @@ export class RuleStore {
     const docs = [...this.dirDocs.filter((d) => !topicIds.has(docId(d))), ...fromTopic];
     const set = compileDocs(docs);
     problems.push(...set.problems);
-    const rules = set.rules.filter((r) => !this.disabled.has(r.id));
+    const min = this.opts.minLevel ?? 'informational';
+    const below = new Set(set.rules.filter((r) => belowLevel(r.level, min)).map((r) => r.id));
+    const named = (r: CompiledRule) => set.correlations.some((c) => ruleRef(c, r) !== undefined);
+    const rules = set.rules.filter((r) => !this.disabled.has(r.id) && (!below.has(r.id) || named(r)));
     const lines = [
-      ...rules.map((r) => `r ${r.id} ${docHash(r.doc)}`),
+      // The set's content, whatever this store's alert level: workers at other levels run the same version.
+      ...set.rules.filter((r) => !this.disabled.has(r.id)).map((r) => `r ${r.id} ${docHash(r.doc)}`),
       ...set.correlations.map((c) => `c ${c.id} ${docHash(c.doc)}`),
       ...set.filters.map((f) => `f ${docId(f.doc)} ${docHash(f.doc)}`),
       ...[...this.disabled.keys()].map((id) => `d ${id}`),
@@ -195,6 +212,8 @@ export class RuleStore {
       engine: createEngine(rules),
       disabled: new Map(this.disabled),
       problems,
+      belowLevel: below,
+      minLevel: min,
     };
   }
 }

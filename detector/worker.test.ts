@@ -220,3 +220,32 @@ test('packed values read back the same, whether they share one buffer (one copy)
     assert.ok(data.byteLength < 100, 'copies the values, not whole far-apart buffers');
   }
 });
+
+for (const threads of [0, 1]) {
+  test(`rules below the store's minLevel raise no alert; correlation input below it stays silent (${threads} evaluation threads)`, async () => {
+    const codec = projectCodec();
+    const store = new RuleStore({ log: quiet, minLevel: 'low' });
+    const info = (id: string) => rule(id, 'needle').replace('level: high', 'level: informational');
+    const C = '00000000-0000-4000-8000-0000000000c1';
+    store.applyTopic([
+      { key: A, value: rule(A, 'needle') },
+      { key: B, value: info(B) },
+      { key: C, value: info(C) },
+      {
+        key: 'corr',
+        value: `title: two of C\nid: 00000000-0000-4000-8000-0000000000d1\nlevel: high\ncorrelation:\n  type: event_count\n  rules: [${C}]\n  group-by: [User]\n  timespan: 60s\n  condition: {gte: 2}\n`,
+      },
+    ]);
+    const w = worker(store, threads);
+    const hit = (pid: number) =>
+      codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ pid, argv: ['echo', 'needle'] }));
+    const out = await w.transform(batchOf([hit(1), hit(2)]));
+    const ids = (topic: string) =>
+      out.filter((r) => r.topic === topic).map((r) => codec.decodeAs('dev.edr.v1.Alert', r.value!).ruleId);
+    // A alerts on each event; neither B nor C does, but C's matches still go on to its correlation (grouped by
+    // user, so through the correlation topic).
+    assert.deepEqual(ids('alerts'), [A, A]);
+    assert.deepEqual(ids('corr'), [C, C]);
+    await w.stop();
+  });
+}

@@ -5,6 +5,7 @@
  * with its offsets, or none; the next owner of the partition redoes what was not committed.
  */
 
+import { availableParallelism } from 'node:os';
 import { deadLetterRecord } from '../infra/batch-runner.js';
 import { EdrError, errorMessage } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
@@ -21,11 +22,13 @@ import {
   type RuleInfo,
   ruleInfo,
 } from './alerts.js';
-import { CorrelationStore, eventTimeMs, groupKey, isHostScoped, ruleRef } from './correlations.js';
+import { CorrelationStore, eventTimeMs, groupKey, isHostScoped } from './correlations.js';
 import { EvalPool, rulesThatThrow } from './eval-pool.js';
+import { autoThreads, HostPeers } from './host-peers.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
-import type { CompiledCorrelation, CorrelationMatch } from './sigma/correlations.js';
+import { type CompiledCorrelation, type CorrelationMatch, ruleRef } from './sigma/correlations.js';
 import { type CompiledRule, evaluateExecve, type Match } from './sigma/engine.js';
+import { belowLevel } from './sigma/parse.js';
 import type { DetectorMetrics } from './telemetry.js';
 
 export interface WorkerTopics {
@@ -50,8 +53,11 @@ export interface WorkerOptions {
   partitionConcurrency: number;
   /** Group members in this process on the input topic (one's transaction round trips overlap another's work). */
   members: number;
-  /** Threads decoding and evaluating beside the one running the Kafka client; 0 evaluates on it. */
-  evaluationThreads?: number;
+  /**
+   * Threads decoding and evaluating beside the one running the Kafka client; 0 evaluates on it. `auto`: one while
+   * this host has more cores than detector processes (`HostPeers`), else none.
+   */
+  evaluationThreads?: number | 'auto';
   maxGroups: number;
   restoreTimeoutMs: number;
   metrics: DetectorMetrics;
@@ -100,7 +106,7 @@ export function evaluateSafely(
 
 /**
  * Rules a correlation names (`correlated`), and those whose matches are only correlation input (`silent`: every
- * correlation naming them has generate: false).
+ * correlation naming them has generate: false, or they are below the alert level).
  */
 function correlatedRules(snap: RuleSnapshot): { correlated: Set<string>; silent: Set<string> } {
   const named = new Map<string, boolean>();
@@ -111,7 +117,10 @@ function correlatedRules(snap: RuleSnapshot): { correlated: Set<string>; silent:
   }
   return {
     correlated: new Set(named.keys()),
-    silent: new Set([...named].filter(([, gen]) => !gen).map(([id]) => id)),
+    silent: new Set([
+      ...[...named].filter(([, gen]) => !gen).map(([id]) => id),
+      ...snap.rules.filter((r) => snap.belowLevel.has(r.id)).map((r) => r.id),
+    ]),
   };
 }
 
@@ -216,13 +225,30 @@ type Outcome =
 
 export class DetectorWorker {
   private readonly codec = projectCodec();
-  private readonly pool: EvalPool | undefined;
+  private pool: EvalPool | undefined;
+  /** Evaluation threads to use now (`auto` revises it as detector processes on the host come and go). */
+  private threads: number;
+  private peers: { registry: HostPeers; timer: NodeJS.Timeout } | undefined;
   private readonly local: CorrelationStore;
   private readonly remote: CorrelationStore;
   private consumptions: Consumption[] = [];
 
   constructor(private readonly o: WorkerOptions) {
-    if ((o.evaluationThreads ?? 0) > 0) this.pool = new EvalPool(o.evaluationThreads!, o.log, o.detectorId);
+    const threads = o.evaluationThreads ?? 0;
+    this.threads = threads === 'auto' ? 1 : threads;
+    if (threads === 'auto') {
+      const registry = new HostPeers();
+      registry.register();
+      const revise = () => {
+        const n = autoThreads(availableParallelism(), registry.count());
+        if (n !== this.threads)
+          o.log.info('evaluation threads', { threads: n, reason: 'detector processes on host' });
+        this.threads = n;
+      };
+      revise();
+      // Rechecked as processes come and go; either way a batch is evaluated the same (tested), only where differs.
+      this.peers = { registry, timer: setInterval(revise, 1000).unref() };
+    }
     const common = {
       transport: o.transport,
       changelogTopic: o.topics.changelog,
@@ -287,6 +313,10 @@ export class DetectorWorker {
   async stop(): Promise<void> {
     await Promise.all(this.consumptions.map((c) => c.stop()));
     await this.pool?.close();
+    if (this.peers !== undefined) {
+      clearInterval(this.peers.timer);
+      this.peers.registry.unregister();
+    }
   }
 
   /** One batch of the input partition → the records of its transaction. Never throws for a bad record. */
@@ -299,8 +329,11 @@ export class DetectorWorker {
     const hasLocal = derived(startSnap).local.length > 0;
     if (hasLocal) await retryable(() => this.local.prepare(batch.partition, first.offset));
     const t0 = performance.now();
+    if (this.threads > 0) this.pool ??= new EvalPool(this.threads, o.log, o.detectorId);
     const outcomes =
-      this.pool === undefined ? this.evaluateHere(batch, out) : await this.evaluatePooled(batch, out);
+      this.threads === 0 || this.pool === undefined
+        ? this.evaluateHere(batch, out)
+        : await this.evaluatePooled(this.pool, batch, out);
     let alerts = 0;
     let dead = 0;
     for (const x of outcomes) {
@@ -378,12 +411,12 @@ export class DetectorWorker {
   }
 
   /** The same on the evaluation threads; only the records that matched are decoded here (for their alerts). */
-  private async evaluatePooled(batch: Batch, out: OutRecord[]): Promise<Outcome[]> {
+  private async evaluatePooled(pool: EvalPool, batch: Batch, out: OutRecord[]): Promise<Outcome[]> {
     const outcomes: Outcome[] = [];
     for (let from = 0; from < batch.records.length; ) {
       const snap = this.o.store.current;
       const records = from === 0 ? batch.records : batch.records.slice(from);
-      const res = await this.pool!.evaluate(snap, records);
+      const res = await pool.evaluate(snap, records);
       for (const u of res.undecodable) {
         outcomes.push({ kind: 'undecodable', index: from + u.index, error: new EdrError(u.code, u.message) });
       }
@@ -442,6 +475,7 @@ export class DetectorWorker {
         const ref = ruleRef(c, m.rule);
         if (ref === undefined) continue;
         for (const cm of this.local.step(partition, c, ref, eventTimeMs(ev), get)) {
+          if (belowLevel(c.level, snap.minLevel)) continue;
           out.push(
             alertRecord(
               this.codec,
@@ -495,6 +529,7 @@ export class DetectorWorker {
       if (c === undefined || ref === undefined) continue; // correlation removed since
       const ev = base.event;
       for (const cm of this.remote.step(batch.partition, c, ref, eventTimeMs(ev), (f) => eventField(ev, f))) {
+        if (belowLevel(c.level, snap.minLevel)) continue;
         out.push(
           alertRecord(this.codec, o.topics.alerts, correlationAlert(cm, ev, snap.version, o.detectorId), r),
         );

@@ -280,3 +280,13 @@ export function stepCorrelation(
   groups.set(key, entries);
   return { state: { groups }, matches: [] };
 }
+
+/** The rule reference (id or name) by which a correlation names this rule, if it does. */
+export function ruleRef(
+  c: CompiledCorrelation,
+  rule: { id: string; doc: { name?: string | undefined } },
+): string | undefined {
+  if (c.rules.includes(rule.id)) return rule.id;
+  const name = rule.doc.name;
+  return name !== undefined && c.rules.includes(name) ? name : undefined;
+}

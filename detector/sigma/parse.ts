@@ -70,7 +70,15 @@ export interface RuleProblem {
   message: string;
 }
 
-export const LEVELS = new Set(['informational', 'low', 'medium', 'high', 'critical']);
+/** Sigma's levels, least critical first. */
+export const LEVEL_ORDER = ['informational', 'low', 'medium', 'high', 'critical'] as const;
+export type Level = (typeof LEVEL_ORDER)[number];
+export const LEVELS: ReadonlySet<string> = new Set(LEVEL_ORDER);
+
+/** Whether `level` is below `min` (a rule without a level compiles as medium). */
+export function belowLevel(level: string, min: Level): boolean {
+  return LEVEL_ORDER.indexOf(level as Level) < LEVEL_ORDER.indexOf(min);
+}
 export const STATUSES = new Set(['stable', 'test', 'experimental', 'deprecated', 'unsupported']);
 
 /** Throws an EdrError carrying the line of `path` in the document. */

@@ -41,9 +41,10 @@ const OVERRIDES = {
 const DEFAULTS = detectorConfigSchema.parse({ kafka: { brokers: ['localhost:9092'] } });
 
 /** A detector setting: its default, or the bench's environment override for experiments. */
-function setting(key: keyof typeof OVERRIDES): number {
+function setting<K extends keyof typeof OVERRIDES>(key: K): (typeof DEFAULTS)[K] {
   const v = process.env[OVERRIDES[key]];
-  return v === undefined ? DEFAULTS[key] : Number(v);
+  if (v === undefined) return DEFAULTS[key];
+  return (v === 'auto' ? v : Number(v)) as (typeof DEFAULTS)[K];
 }
 
 function transport(brokers: string[], clientId: string): KafkaTransport {
