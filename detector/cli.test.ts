@@ -158,3 +158,21 @@ detection:
     assert.match(r.stderr, /cannot read events .*missing\.jsonl.*\[EDR_HUNT_READ\]/);
   });
 });
+
+describe('edr replay', () => {
+  it('rejects an unknown --min-level before connecting anywhere', () => {
+    const r = edr([
+      'replay',
+      '--rules',
+      '.',
+      '--from',
+      '0',
+      '--brokers',
+      'localhost:1',
+      '--min-level',
+      'severe',
+    ]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /--min-level must be one of informational, low, medium, high, critical/);
+  });
+});

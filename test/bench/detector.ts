@@ -7,7 +7,7 @@
  *
  * Run: npm run bench detector. Environment, for experiments: EDR_BENCH_DETECTOR_EVENTS (default 1,000,000),
  * EDR_BENCH_DETECTOR_ROUNDS (2), EDR_BENCH_DETECTOR_WORKERS (worker counts, "1,2"), EDR_BENCH_DETECTOR_RULES (a
- * rule directory), EDR_BENCH_DETECTOR_{BATCH,MEMBERS,CONCURRENCY,THREADS} (the detector's settings),
+ * rule directory), EDR_BENCH_DETECTOR_{BATCH,MEMBERS,CONCURRENCY,THREADS,MIN_LEVEL} (the detector's settings),
  * EDR_BENCH_PROFILE=DIR (CPU profiles of the workers), EDR_BENCH_NODE_FLAGS (Node flags for every child),
  * EDR_BENCH_CHILD_STDOUT=1 (the children's stdout, e.g. for --trace-gc).
  */
@@ -261,7 +261,14 @@ async function main(): Promise<void> {
           detectorId: `bench-w${i}`,
           groupId: group,
           topics,
-          rules: { dir: rulesDir, topic: false },
+          rules: {
+            dir: rulesDir,
+            topic: false,
+            // EDR_BENCH_DETECTOR_MIN_LEVEL: the alert level (informational alerts on every match).
+            ...(process.env['EDR_BENCH_DETECTOR_MIN_LEVEL']
+              ? { minLevel: process.env['EDR_BENCH_DETECTOR_MIN_LEVEL'] }
+              : {}),
+          },
           ...Object.fromEntries(Object.keys(OVERRIDES).map((k) => [k, setting(k as keyof typeof OVERRIDES)])),
         });
         // EDR_BENCH_PROFILE=DIR writes CPU profiles of the workers (each thread) there.
