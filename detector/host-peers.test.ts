@@ -26,6 +26,14 @@ test('host peers: live registered processes count, dead ones are removed; auto t
   me.unregister();
   assert.equal(existsSync(path.join(dir, String(process.pid))), false);
   rmSync(dir, { recursive: true, force: true });
+  // A directory it cannot write: this process still counts itself.
+  const file = path.join(tmpdir(), `edr-peers-file-${process.pid}`);
+  writeFileSync(file, '');
+  const nowhere = new HostPeers(path.join(file, 'sub')); // a directory under a file: ENOTDIR
+  assert.equal(nowhere.register(), false);
+  assert.equal(nowhere.count(), 1);
+  nowhere.unregister();
+  rmSync(file, { force: true });
   assert.equal(autoThreads(2, 1), 1);
   assert.equal(autoThreads(2, 2), 0);
   assert.equal(autoThreads(8, 3), 1);

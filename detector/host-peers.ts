@@ -5,24 +5,33 @@
  * one directory; the count is the pids still alive. Processes in other containers (other directories) are not
  * seen, which leaves them the one-thread default.
  */
-import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
 export class HostPeers {
   private readonly file: string;
+  private registered = false;
 
-  constructor(private readonly dir = path.join(tmpdir(), 'edr-detectors')) {
+  constructor(readonly dir = path.join(tmpdir(), 'edr-detectors')) {
     this.file = path.join(dir, String(process.pid));
   }
 
-  register(): void {
-    mkdirSync(this.dir, { recursive: true });
-    writeFileSync(this.file, '');
+  /** Registers this process; false if the directory is not writable (another user's, say). */
+  register(): boolean {
+    try {
+      if (mkdirSync(this.dir, { recursive: true }) !== undefined) chmodSync(this.dir, 0o1777); // like /tmp
+      writeFileSync(this.file, '');
+      this.registered = true;
+    } catch {
+      this.registered = false;
+    }
+    return this.registered;
   }
 
   unregister(): void {
-    rmSync(this.file, { force: true });
+    if (this.registered) rmSync(this.file, { force: true });
+    this.registered = false;
   }
 
   /** Registered processes still running (this one included); files of dead ones are removed. */
@@ -33,12 +42,19 @@ export class HostPeers {
     } catch {
       return 1;
     }
-    let alive = 0;
+    let alive = this.registered ? 0 : 1; // this process, when it could not register
     for (const name of names) {
       const pid = Number(name);
       if (!Number.isInteger(pid) || pid <= 0) continue;
-      if (pid === process.pid || running(pid)) alive++;
-      else rmSync(path.join(this.dir, name), { force: true });
+      if (pid === process.pid) alive += this.registered ? 1 : 0;
+      else if (running(pid)) alive++;
+      else {
+        try {
+          rmSync(path.join(this.dir, name), { force: true });
+        } catch {
+          // another user's file in a sticky directory: left for its owner's next count
+        }
+      }
     }
     return Math.max(1, alive);
   }

@@ -238,7 +238,10 @@ export class DetectorWorker {
     this.threads = threads === 'auto' ? 1 : threads;
     if (threads === 'auto') {
       const registry = new HostPeers();
-      registry.register();
+      if (!registry.register())
+        o.log.warn('cannot register in the detector process directory; counting the others only', {
+          dir: registry.dir,
+        });
       const revise = () => {
         const n = autoThreads(availableParallelism(), registry.count());
         if (n !== this.threads)
