@@ -242,10 +242,14 @@ export class DetectorWorker {
         o.log.warn('cannot register in the detector process directory; counting the others only', {
           dir: registry.dir,
         });
+      let decided = false;
       const revise = () => {
-        const n = autoThreads(availableParallelism(), registry.count());
-        if (n !== this.threads)
-          o.log.info('evaluation threads', { threads: n, reason: 'detector processes on host' });
+        const cores = availableParallelism();
+        const processes = registry.count();
+        const n = autoThreads(cores, processes);
+        if (n !== this.threads || !decided)
+          o.log.info('evaluation threads (auto)', { threads: n, cores, detectorProcesses: processes });
+        decided = true;
         this.threads = n;
       };
       revise();
