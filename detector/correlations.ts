@@ -184,6 +184,8 @@ export class CorrelationStore {
       this.o.log.warn('correlation state: no checkpoint for the resumed offset; starting it empty', {
         partition,
         offset: next,
+        // The last checkpoint the changelog had for it (null: none), to tell a lagging read from a missing write.
+        lastCheckpoint: cached?.next ?? null,
         stage: this.o.stage,
       });
       return new Map();
