@@ -354,7 +354,14 @@ export class KafkaTransport implements Transport {
   }
 
   async consumeTransform(opts: TransformOptions): Promise<Consumption> {
+    /**
+     * Per partition, its transactional producer and the generation it was initialised in. A partition worked on
+     * in a later generation gets a new one: it may have been elsewhere meanwhile, and only initialising the id
+     * again waits for (or fences) what the other owner has in flight, after which its committed offset is final.
+     * Reusing the old producer read a committed offset that a transaction still completing was about to move.
+     */
     const producers = new Map<number, Promise<TransactionalProducer>>();
+    const producedIn = new Map<number, number>();
     /**
      * Per partition, the offset after the last transaction this process committed (or found committed). After a
      * rebalance kafkajs restarts a partition it kept from the group's committed offset as it reads it then, which
@@ -367,11 +374,18 @@ export class KafkaTransport implements Transport {
     return this.member(
       opts,
       opts.overlapFetches === false ? 'transactional' : 'detached',
-      async ({ records: fetched, topic, partition, signal, payload, resolve, fail }) => {
+      async ({ records: fetched, topic, partition, signal, payload, generation, resolve, fail }) => {
         let txp = producers.get(partition);
+        if (txp !== undefined && producedIn.get(partition) !== generation) {
+          producers.delete(partition);
+          ends.delete(partition);
+          await (await txp.catch(() => undefined))?.close().catch(() => {});
+          txp = undefined;
+        }
         if (txp === undefined) {
           txp = this.transactionalProducer(`${prefix}-${topic}-${partition}`);
           producers.set(partition, txp);
+          producedIn.set(partition, generation);
           try {
             // Initialising the id settles any transaction a previous owner left open: only then is the committed
             // offset final. It may be past what this consumer fetched from (read before that owner committed).
@@ -561,6 +575,8 @@ export class KafkaTransport implements Transport {
       partition: number;
       signal: AbortSignal;
       payload: EachBatchPayload;
+      /** The group generation (assignment) this member is in now. */
+      generation: number;
       resolve: (offset: number) => void;
       fail: (err: unknown) => void;
     }) => Promise<boolean>,
@@ -676,6 +692,7 @@ export class KafkaTransport implements Transport {
             partition,
             signal,
             payload,
+            generation,
             resolve: (offset) => {
               next = offset + 1;
               resolve(offset);
