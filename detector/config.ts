@@ -5,8 +5,8 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { kafkaConfigSchema } from '../infra/kafka-transport.js';
+import { LEVEL_ORDER } from '../schemas/levels.js';
 import { topics } from '../schemas/topics.js';
-import { LEVEL_ORDER } from './sigma/parse.js';
 
 export const detectorConfigSchema = z.strictObject({
   kafka: kafkaConfigSchema,

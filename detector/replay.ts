@@ -14,13 +14,14 @@ import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
 import { createLogger } from '../infra/log.js';
 import type { Batch, Consumption, OutRecord, Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
+import { LEVEL_ORDER, type Level } from '../schemas/levels.js';
 import { topics as table } from '../schemas/topics.js';
 import { encodedAlertRecord, encodeMatchAlert, ruleInfo } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
 import { settled } from './kafka-retry.js';
-import { RuleStore } from './rule-store.js';
+import { docId, RuleStore } from './rule-store.js';
 import { evaluateExecve } from './sigma/engine.js';
-import { LEVEL_ORDER, LEVELS, type Level } from './sigma/parse.js';
+import { LEVELS } from './sigma/parse.js';
 
 const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config FILE | --brokers LIST) [options]
 
@@ -77,10 +78,7 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   const store = new RuleStore({ dir: o.rulesDir, log, ...(o.minLevel ? { minLevel: o.minLevel } : {}) });
   store.refreshDir();
   const snap = store.current;
-  const below = [...snap.belowLevel].map((id) => {
-    const r = snap.docs.find((d) => (d.id ?? d.title) === id);
-    return `${id} (${r?.title ?? id})`;
-  });
+  const below = snap.docs.filter((d) => snap.belowLevel.has(docId(d))).map((d) => `${docId(d)} (${d.title})`);
   if (snap.rules.length === 0) {
     throw new EdrError(
       'EDR_DETECTOR_NO_RULES',

@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { relative } from 'node:path';
 import type { Logger } from '../infra/log.js';
+import { belowLevel, type Level } from '../schemas/levels.js';
 import { type CompiledCorrelation, ruleRef } from './sigma/correlations.js';
 import {
   type CompiledRule,
@@ -19,7 +20,7 @@ import {
   type Engine,
   type RuleProblem,
 } from './sigma/engine.js';
-import { belowLevel, type Level, parseRuleText, ruleFiles, type SigmaDoc } from './sigma/parse.js';
+import { parseRuleText, ruleFiles, type SigmaDoc } from './sigma/parse.js';
 
 export interface RuleSnapshot {
   readonly version: string;

@@ -12,6 +12,7 @@ import type { Logger } from '../infra/log.js';
 import type { Batch, Consumption, InRecord, OutRecord, Transport } from '../infra/transport.js';
 import { type Codec, projectCodec } from '../schemas/codec.js';
 import { plainEvent } from '../schemas/execve-view.js';
+import { belowLevel } from '../schemas/levels.js';
 import type { Alert, ExecveEvent } from '../schemas/types.js';
 import {
   alertRecord,
@@ -28,7 +29,6 @@ import { autoThreads, HostPeers } from './host-peers.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
 import { type CompiledCorrelation, type CorrelationMatch, ruleRef } from './sigma/correlations.js';
 import { type CompiledRule, evaluateExecve, type Match } from './sigma/engine.js';
-import { belowLevel } from './sigma/parse.js';
 import type { DetectorMetrics } from './telemetry.js';
 
 export interface WorkerTopics {
@@ -117,10 +117,7 @@ function correlatedRules(snap: RuleSnapshot): { correlated: Set<string>; silent:
   }
   return {
     correlated: new Set(named.keys()),
-    silent: new Set([
-      ...[...named].filter(([, gen]) => !gen).map(([id]) => id),
-      ...snap.rules.filter((r) => snap.belowLevel.has(r.id)).map((r) => r.id),
-    ]),
+    silent: new Set([...[...named].filter(([, gen]) => !gen).map(([id]) => id), ...snap.belowLevel]),
   };
 }
 

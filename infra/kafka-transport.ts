@@ -750,7 +750,6 @@ export class KafkaTransport implements Transport {
         }
         // kafkajs moves on past this batch; the job seeks back if it does not finish it.
         payload.resolveOffset(batch.lastOffset());
-        if (PREFETCH === 0) consumer.pause(tp);
         const job = {
           queue: [] as InRecord[][],
           startedIn: generation,
@@ -809,7 +808,7 @@ export class KafkaTransport implements Transport {
  * Batches of a partition a detached job may have waiting besides the one in hand: one keeps the next at hand when
  * a batch ends without holding much more of a partition in memory.
  */
-const PREFETCH: number = 1;
+const PREFETCH = 1;
 
 /** Bytes to fetch per partition for batches of `records` records. */
 function fetchBytes(records: number): number {

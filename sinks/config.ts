@@ -17,11 +17,9 @@
 import { z } from 'zod';
 import { loadConfig, parseConfig } from '../infra/config.js';
 import { kafkaConfigSchema } from '../infra/kafka-transport.js';
+import { LEVEL_ORDER } from '../schemas/levels.js';
 import { topics } from '../schemas/topics.js';
 import { registry, type SinkModule, type SinkType, sinkTypes } from './registry.js';
-
-export const levels = ['informational', 'low', 'medium', 'high', 'critical'] as const;
-export type Level = (typeof levels)[number];
 
 const regex = z.string().refine((s) => {
   try {
@@ -99,7 +97,7 @@ const sinkSchema = z.discriminatedUnion(
 export const routeSchema = z.strictObject({
   /** Sink instance names. */
   to: z.array(z.string().min(1)).min(1),
-  minLevel: z.enum(levels).optional(),
+  minLevel: z.enum(LEVEL_ORDER).optional(),
   /** Any of these Sigma tags; `attack.t1059` also matches `attack.t1059.004`. */
   tags: z.array(z.string().min(1)).optional(),
   ruleIds: z.array(z.string().min(1)).optional(),

@@ -19,19 +19,15 @@ import { EdrError, errorMessage } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
 import type { Batch, Consumption, InRecord, OutRecord, Producer, Transport } from '../infra/transport.js';
 import type { Codec } from '../schemas/codec.js';
+import { levelRank } from '../schemas/levels.js';
 import type { Alert } from '../schemas/types.js';
-import { levels, type Route, type SinkInstanceConfig, type SinksConfig } from './config.js';
+import type { Route, SinkInstanceConfig, SinksConfig } from './config.js';
 import { DeliveredStore } from './delivered-store.js';
 import { createRedactor, type Redactor } from './redact.js';
 import { registry } from './registry.js';
 import { alertsOf, type Fold, type Message, type Sink, type SinkContext, type SinkDefaults } from './sink.js';
 
 // ---- routing ----
-
-function levelRank(level: string): number {
-  const i = (levels as readonly string[]).indexOf(level.toLowerCase());
-  return Math.max(i, 0);
-}
 
 function globToRegExp(glob: string): RegExp {
   const body = glob

@@ -6,6 +6,7 @@ import nodemailer from 'nodemailer';
 import { z } from 'zod';
 import { secret } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
+import { levelRank } from '../schemas/levels.js';
 import { commandLine } from '../schemas/sigma-fields.js';
 import {
   type Fold,
@@ -52,8 +53,6 @@ export interface EmailPayload {
   headers: Record<string, string>;
 }
 
-const levels = ['informational', 'low', 'medium', 'high', 'critical'];
-
 function escapeHtml(s: string): string {
   return s
     .replaceAll('&', '&amp;')
@@ -81,7 +80,7 @@ export function emailSubject(message: Message, prefix: string): string {
   }
   const top = folds
     .map((f) => f.alerts[0]!.ruleLevel)
-    .reduce((a, b) => (levels.indexOf(b) > levels.indexOf(a) ? b : a));
+    .reduce((a, b) => (levelRank(b) > levelRank(a) ? b : a));
   return oneLine(
     `${p}[${top.toUpperCase()}] digest: ${count} alerts, ${first.ruleTitle} on ${first.event.hostname} and ${folds.length - 1} more`,
   );

@@ -2,10 +2,12 @@
  * YAML → Sigma documents (detection rules, filters, correlations), keeping every node's line so that a rule
  * author gets `file:line: reason` for any problem, and one bad document never stops the others from loading.
  */
+
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseAllDocuments } from 'yaml';
 import { EdrError } from '../../infra/errors.js';
+import { LEVEL_ORDER } from '../../schemas/levels.js';
 
 export interface LogSource {
   product?: string;
@@ -70,15 +72,7 @@ export interface RuleProblem {
   message: string;
 }
 
-/** Sigma's levels, least critical first. */
-export const LEVEL_ORDER = ['informational', 'low', 'medium', 'high', 'critical'] as const;
-export type Level = (typeof LEVEL_ORDER)[number];
 export const LEVELS: ReadonlySet<string> = new Set(LEVEL_ORDER);
-
-/** Whether `level` is below `min` (a rule without a level compiles as medium). */
-export function belowLevel(level: string, min: Level): boolean {
-  return LEVEL_ORDER.indexOf(level as Level) < LEVEL_ORDER.indexOf(min);
-}
 export const STATUSES = new Set(['stable', 'test', 'experimental', 'deprecated', 'unsupported']);
 
 /** Throws an EdrError carrying the line of `path` in the document. */

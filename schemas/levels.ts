@@ -1,0 +1,16 @@
+/**
+ * Sigma's rule levels, least critical first. The engine validates rules against them, an Alert carries one as
+ * `ruleLevel`, the detector's `rules.minLevel` and the sinks' routes compare by them: one order for all.
+ */
+export const LEVEL_ORDER = ['informational', 'low', 'medium', 'high', 'critical'] as const;
+export type Level = (typeof LEVEL_ORDER)[number];
+
+/** A level's place in that order (any case); an unknown level ranks as informational. */
+export function levelRank(level: string): number {
+  return Math.max((LEVEL_ORDER as readonly string[]).indexOf(level.toLowerCase()), 0);
+}
+
+/** Whether `level` is below `min`. */
+export function belowLevel(level: string, min: Level): boolean {
+  return levelRank(level) < levelRank(min);
+}
