@@ -93,8 +93,7 @@ export class CorrelationStore {
       this.parts.set(partition, { states: new Map(), next: first });
       return;
     }
-    const restored = await this.restore(partition, committed);
-    this.parts.set(partition, { states: restored, next: committed });
+    this.parts.set(partition, await this.restore(partition, committed, first));
   }
 
   private async committed(partition: number): Promise<number> {
@@ -173,24 +172,29 @@ export class CorrelationStore {
   private readonly restored = new Map<number, PartitionState>();
 
   /** The state whose checkpoint is `next`, the committed offset (every transaction writes its checkpoint). */
-  private async restore(partition: number, next: number): Promise<Map<string, CorrelationState>> {
+  private async restore(partition: number, next: number, first: number): Promise<PartitionState> {
+    // A checkpoint at the batch's first offset is the state before it too: its transaction committed that offset,
+    // even when the committed offset read a moment ago had not caught up with it yet.
+    const fits = (c: PartitionState | undefined): c is PartitionState =>
+      c?.next === next || c?.next === first;
     let cached = this.restored.get(partition);
-    if (cached === undefined || cached.next !== next) {
+    if (!fits(cached)) {
       await this.readChangelogOnce();
       cached = this.restored.get(partition);
     }
     this.restored.delete(partition);
-    if (cached === undefined || cached.next !== next) {
+    if (!fits(cached)) {
       this.o.log.warn('correlation state: no checkpoint for the resumed offset; starting it empty', {
         partition,
         offset: next,
         // The last checkpoint the changelog had for it (null: none), to tell a lagging read from a missing write.
-        lastCheckpoint: cached?.next ?? null,
+        lastCheckpoint: (cached as PartitionState | undefined)?.next ?? null,
+        batchStart: first,
         stage: this.o.stage,
       });
-      return new Map();
+      return { states: new Map(), next };
     }
-    return cached.states;
+    return cached;
   }
 
   private reading: Promise<void> | undefined;

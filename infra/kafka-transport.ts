@@ -378,7 +378,6 @@ export class KafkaTransport implements Transport {
         let txp = producers.get(partition);
         if (txp !== undefined && producedIn.get(partition) !== generation) {
           producers.delete(partition);
-          ends.delete(partition);
           await (await txp.catch(() => undefined))?.close().catch(() => {});
           txp = undefined;
         }
@@ -394,7 +393,9 @@ export class KafkaTransport implements Transport {
             producers.delete(partition);
             throw err;
           }
-          ends.set(partition, await this.committedOffset(opts.groupId, topic, partition));
+          // What this process committed itself still counts: the group's committed offset can read behind it.
+          const committed = await this.committedOffset(opts.groupId, topic, partition);
+          ends.set(partition, Math.max(ends.get(partition) ?? -1, committed));
         }
         const floor = ends.get(partition) ?? -1;
         const records = fetched[0]!.offset >= floor ? fetched : fetched.filter((r) => r.offset >= floor);
