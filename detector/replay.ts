@@ -14,14 +14,13 @@ import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
 import { createLogger } from '../infra/log.js';
 import type { Batch, Consumption, OutRecord, Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
-import { LEVEL_ORDER, type Level } from '../schemas/levels.js';
+import { isLevel, LEVEL_ORDER, type Level } from '../schemas/levels.js';
 import { topics as table } from '../schemas/topics.js';
 import { encodedAlertRecord, encodeMatchAlert, ruleInfo } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
 import { settled } from './kafka-retry.js';
 import { docId, RuleStore } from './rule-store.js';
 import { evaluateExecve } from './sigma/engine.js';
-import { LEVELS } from './sigma/parse.js';
 
 const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config FILE | --brokers LIST) [options]
 
@@ -252,11 +251,11 @@ export const command: Command = {
       return 2;
     }
     const level = values['min-level'];
-    if (level !== undefined && !LEVELS.has(level)) {
+    if (level !== undefined && !isLevel(level)) {
       process.stderr.write(`edr replay: --min-level must be one of ${LEVEL_ORDER.join(', ')}\n`);
       return 2;
     }
-    let minLevel = (level as Level | undefined) ?? 'low';
+    let minLevel = level ?? 'low';
     let transport: KafkaTransport;
     let names: Record<'audit' | 'raw' | 'alerts', string> = {
       audit: table.audit.name,

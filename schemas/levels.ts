@@ -5,6 +5,11 @@
 export const LEVEL_ORDER = ['informational', 'low', 'medium', 'high', 'critical'] as const;
 export type Level = (typeof LEVEL_ORDER)[number];
 
+/** Whether `s` is one of the levels (as written: Sigma levels are lowercase). */
+export function isLevel(s: string): s is Level {
+  return (LEVEL_ORDER as readonly string[]).includes(s);
+}
+
 /** A level's place in that order (any case); an unknown level ranks as informational. */
 export function levelRank(level: string): number {
   return Math.max((LEVEL_ORDER as readonly string[]).indexOf(level.toLowerCase()), 0);

@@ -2,12 +2,11 @@
  * YAML → Sigma documents (detection rules, filters, correlations), keeping every node's line so that a rule
  * author gets `file:line: reason` for any problem, and one bad document never stops the others from loading.
  */
-
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseAllDocuments } from 'yaml';
 import { EdrError } from '../../infra/errors.js';
-import { LEVEL_ORDER } from '../../schemas/levels.js';
+import { isLevel, LEVEL_ORDER } from '../../schemas/levels.js';
 
 export interface LogSource {
   product?: string;
@@ -72,7 +71,6 @@ export interface RuleProblem {
   message: string;
 }
 
-export const LEVELS: ReadonlySet<string> = new Set(LEVEL_ORDER);
 export const STATUSES = new Set(['stable', 'test', 'experimental', 'deprecated', 'unsupported']);
 
 /** Throws an EdrError carrying the line of `path` in the document. */
@@ -223,8 +221,8 @@ export function toDoc(raw: unknown, file: string, at: Locator): SigmaDoc {
   if (detection === undefined || detection === null) fail(at, [], "missing required key 'detection'");
   if (!isRecord(detection)) fail(at, ['detection'], `'detection' must be a map, not ${describe(detection)}`);
   const level = str(raw, 'level', at)?.toLowerCase();
-  if (level !== undefined && !LEVELS.has(level)) {
-    fail(at, ['level'], `unknown level '${level}' (expected one of ${[...LEVELS].join(', ')})`);
+  if (level !== undefined && !isLevel(level)) {
+    fail(at, ['level'], `unknown level '${level}' (expected one of ${LEVEL_ORDER.join(', ')})`);
   }
   const status = str(raw, 'status', at)?.toLowerCase();
   if (status !== undefined && !STATUSES.has(status)) {
