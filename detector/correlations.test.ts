@@ -26,9 +26,8 @@ correlation:
   return compileDocs(docs).correlations[0]!;
 };
 
-async function store(maxGroups: number, evicted: number[]) {
+async function store(maxGroups: number, evicted: number[], transport = new MemoryTransport()) {
   const metrics = { ...detectorMetrics(), correlationEvictions: (n: number) => evicted.push(n) };
-  const transport = new MemoryTransport();
   await transport.createTopics([
     { name: 'in', partitions: 2 },
     { name: 'state', partitions: 2, cleanupPolicy: 'compact' },
@@ -100,4 +99,28 @@ test('memory is bounded: beyond maxGroups the group seen longest ago is evicted,
     .filter((r) => r.value !== null)
     .map((r) => r.key?.toString().split('|').pop());
   assert.deepEqual(keys, ['["b"]', '["c"]', '#']);
+});
+
+test('a checkpoint is taken over when nothing visible lies between it and the batch, whatever the committed offset reads', async () => {
+  const c = correlation('Computer');
+  const get = (f: string) => (f === 'Computer' ? 'h1' : undefined);
+  const transport = new MemoryTransport();
+  const a = await store(10, [], transport);
+  await a.prepare(1, 0);
+  a.step(1, c, 'base', 1000, get);
+  a.step(1, c, 'base', 2000, get);
+  const txp = await transport.transactionalProducer('t');
+  // The changelog holds the checkpoint at 3; the group's committed offset reads 1 (behind, as a read can lag).
+  await txp.transaction(async (tx) => {
+    await tx.send(a.checkpoint(1, 3));
+    await tx.commitOffsets('g', [{ topic: 'in', partition: 1, offset: 1 }]);
+  });
+  // Read from 3, first record at 5: offsets 3 and 4 were markers or aborted records, so the state at 3 is current.
+  const b = await store(10, [], transport);
+  await b.prepare(1, 5, 3);
+  assert.equal(b.step(1, c, 'base', 3000, get).length, 1, 'the two restored entries and this one make three');
+  // Read from 4: offset 3 may have been a visible record this state lacks, so it is not taken.
+  const d = await store(10, [], transport);
+  await d.prepare(1, 5, 4);
+  assert.equal(d.step(1, c, 'base', 3000, get).length, 0, 'started empty');
 });

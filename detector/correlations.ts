@@ -78,14 +78,18 @@ export class CorrelationStore {
   constructor(private readonly o: CorrelationStoreOptions) {}
 
   /**
-   * Makes the state of `partition` the one committed with the input offsets, before a batch starting at `first`.
-   * A continuation of this worker's previous batch keeps the state in memory; anything else (the partition was
-   * elsewhere meanwhile, or a transaction aborted) rebuilds it from the changelog. Offsets of a transactional
-   * input have gaps (commit markers), so a gap is checked against the group's committed offset.
+   * Makes the state of `partition` the one committed with the input offsets, before a batch starting at `first`
+   * and read from `fetchedFrom` (Batch.fetchedFrom). A continuation of this worker's previous batch keeps the
+   * state in memory; anything else (the partition was elsewhere meanwhile, or a transaction aborted) rebuilds it
+   * from the changelog.
+   *
+   * Offsets of a transactional input have gaps (commit markers, aborted records), so a state is current for the
+   * batch when its `next` lies in [fetchedFrom, first]: nothing between it and the batch is visible. Failing
+   * that, when its `next` is the group's committed offset.
    */
-  async prepare(partition: number, first: number): Promise<void> {
+  async prepare(partition: number, first: number, fetchedFrom = first): Promise<void> {
     const p = this.parts.get(partition);
-    if (p !== undefined && p.next === first) return;
+    if (p !== undefined && current(p, first, fetchedFrom)) return;
     const committed = await this.committed(partition);
     if (p !== undefined && committed >= 0 && p.next === committed && first >= committed) return;
     this.dirty.delete(partition);
@@ -93,7 +97,7 @@ export class CorrelationStore {
       this.parts.set(partition, { states: new Map(), next: first });
       return;
     }
-    this.parts.set(partition, await this.restore(partition, committed, first));
+    this.parts.set(partition, await this.restore(partition, committed, first, fetchedFrom));
   }
 
   private async committed(partition: number): Promise<number> {
@@ -171,12 +175,19 @@ export class CorrelationStore {
   /** State read from the changelog, per partition: valid for a batch starting at its `next`. */
   private readonly restored = new Map<number, PartitionState>();
 
-  /** The state whose checkpoint is `next`, the committed offset (every transaction writes its checkpoint). */
-  private async restore(partition: number, next: number, first: number): Promise<PartitionState> {
-    // A checkpoint at the batch's first offset is the state before it too: its transaction committed that offset,
-    // even when the committed offset read a moment ago had not caught up with it yet.
+  /**
+   * The state whose checkpoint is current for the batch (see `prepare`), or is `next`, the committed offset:
+   * every transaction writes its checkpoint. The committed offset can read behind a checkpoint whose transaction
+   * has just committed; the batch's bounds cannot.
+   */
+  private async restore(
+    partition: number,
+    next: number,
+    first: number,
+    fetchedFrom: number,
+  ): Promise<PartitionState> {
     const fits = (c: PartitionState | undefined): c is PartitionState =>
-      c?.next === next || c?.next === first;
+      c !== undefined && (c.next === next || current(c, first, fetchedFrom));
     let cached = this.restored.get(partition);
     if (!fits(cached)) {
       await this.readChangelogOnce();
@@ -190,6 +201,7 @@ export class CorrelationStore {
         // The last checkpoint the changelog had for it (null: none), to tell a lagging read from a missing write.
         lastCheckpoint: (cached as PartitionState | undefined)?.next ?? null,
         batchStart: first,
+        fetchedFrom,
         stage: this.o.stage,
       });
       return { states: new Map(), next };
@@ -284,6 +296,11 @@ export class CorrelationStore {
       ms: Date.now() - t0,
     });
   }
+}
+
+/** Whether a state is the one before a batch starting at `first`, read from `fetchedFrom`. */
+function current(p: PartitionState, first: number, fetchedFrom: number): boolean {
+  return p.next >= Math.min(fetchedFrom, first) && p.next <= first;
 }
 
 /** Time of an event in milliseconds (event time, not arrival). */

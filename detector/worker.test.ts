@@ -36,7 +36,14 @@ function batchOf(values: Array<Buffer | null>, headers: Record<string, Buffer> =
     headers,
     timestampMs: 0,
   }));
-  return { topic: 'in', partition: 0, records, signal: new AbortController().signal, ack() {} };
+  return {
+    topic: 'in',
+    partition: 0,
+    records,
+    fetchedFrom: 0,
+    signal: new AbortController().signal,
+    ack() {},
+  };
 }
 
 function worker(store: RuleStore, evaluationThreads = 0): DetectorWorker {

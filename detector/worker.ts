@@ -331,7 +331,7 @@ export class DetectorWorker {
     if (first === undefined) return out;
     const startSnap = o.store.current;
     const hasLocal = derived(startSnap).local.length > 0;
-    if (hasLocal) await retryable(() => this.local.prepare(batch.partition, first.offset));
+    if (hasLocal) await retryable(() => this.local.prepare(batch.partition, first.offset, batch.fetchedFrom));
     const t0 = performance.now();
     if (this.threads > 0) this.pool ??= new EvalPool(this.threads, o.log, o.detectorId);
     const outcomes =
@@ -517,7 +517,7 @@ export class DetectorWorker {
     const out: OutRecord[] = [];
     const first = batch.records[0];
     if (first === undefined) return out;
-    await retryable(() => this.remote.prepare(batch.partition, first.offset));
+    await retryable(() => this.remote.prepare(batch.partition, first.offset, batch.fetchedFrom));
     const snap = o.store.current;
     const byId = new Map(derived(snap).remote.map((c) => [c.id, c]));
     for (const r of batch.records) {

@@ -17,6 +17,8 @@ export interface RunBatchOptions {
   topic: string;
   partition: number;
   records: readonly InRecord[];
+  /** See Batch.fetchedFrom (default: the first record's offset). */
+  fetchedFrom?: number | undefined;
   handler(batch: Batch): Promise<void>;
   signal: AbortSignal;
   /** Whether handlers may acknowledge part of a batch (not in transform mode, where outputs go with offsets). */
@@ -41,6 +43,8 @@ export async function runBatch(opts: RunBatchOptions): Promise<number> {
       topic: opts.topic,
       partition: opts.partition,
       records: slice,
+      // Past the first slice, the records before it were visible ones, handled.
+      fetchedFrom: done === 0 ? (opts.fetchedFrom ?? slice[0]!.offset) : slice[0]!.offset,
       signal,
       ack(record) {
         if (!opts.partialAck) return;
@@ -126,6 +130,7 @@ export interface BatchSource {
   topic: string;
   partition: number;
   records: readonly InRecord[];
+  fetchedFrom?: number | undefined;
   signal: AbortSignal;
   keepAlive?: () => Promise<void>;
 }

@@ -326,13 +326,13 @@ export class KafkaTransport implements Transport {
     return this.member(
       opts,
       'commit',
-      async ({ records, topic, partition, signal, payload, resolve, fail }) => {
+      async ({ records, fetchedFrom, topic, partition, signal, payload, resolve, fail }) => {
         let dlqProducer: Producer | undefined;
         try {
           const keepAlive = () => payload.heartbeat();
           const done = await handleBatch(
             opts,
-            { topic, partition, records, signal, keepAlive },
+            { topic, partition, records, fetchedFrom, signal, keepAlive },
             async (r) => {
               dlqProducer ??= await this.producer();
               await dlqProducer.publish([r]);
@@ -374,7 +374,17 @@ export class KafkaTransport implements Transport {
     return this.member(
       opts,
       opts.overlapFetches === false ? 'transactional' : 'detached',
-      async ({ records: fetched, topic, partition, signal, payload, generation, resolve, fail }) => {
+      async ({
+        records: fetched,
+        fetchedFrom,
+        topic,
+        partition,
+        signal,
+        payload,
+        generation,
+        resolve,
+        fail,
+      }) => {
         let txp = producers.get(partition);
         if (txp !== undefined && producedIn.get(partition) !== generation) {
           producers.delete(partition);
@@ -411,6 +421,8 @@ export class KafkaTransport implements Transport {
             topic,
             partition,
             records,
+            // Records skipped below the floor were visible: the batch is read from its first record then.
+            fetchedFrom: records === fetched ? fetchedFrom : records[0]!.offset,
             signal,
             keepAlive,
           });
@@ -572,6 +584,8 @@ export class KafkaTransport implements Transport {
     mode: 'commit' | 'transactional' | 'detached',
     work: (w: {
       records: InRecord[];
+      /** See Batch.fetchedFrom. */
+      fetchedFrom: number;
       topic: string;
       partition: number;
       signal: AbortSignal;
@@ -617,7 +631,7 @@ export class KafkaTransport implements Transport {
     /** Detached jobs by `topic|partition`. */
     const jobs = new Map<
       string,
-      { promise: Promise<void>; abort: AbortController; queue: InRecord[][]; startedIn: number }
+      { promise: Promise<void>; abort: AbortController; queue: Fetched[]; startedIn: number }
     >();
     const resumeQuietly = (tp: Array<{ topic: string; partitions: number[] }>) => {
       try {
@@ -660,11 +674,11 @@ export class KafkaTransport implements Transport {
     const max = opts.maxBatchRecords ?? 500;
 
     /**
-     * Works through `records` slice by slice. Returns the offset after the last record finished (the first one
-     * of `records` when none was).
+     * Works through a fetched batch slice by slice. Returns the offset after the last record finished (the first
+     * one of the batch when none was).
      */
     const runSlices = async (
-      records: InRecord[],
+      { records, from }: Fetched,
       topic: string,
       partition: number,
       payload: EachBatchPayload,
@@ -689,6 +703,8 @@ export class KafkaTransport implements Transport {
           if (signal.aborted || rebalancing || fatal !== undefined || halted()) break;
           const finished = await work({
             records: i === 0 && records.length <= max ? records : records.slice(i, i + max),
+            // Past the first slice, the records before it were visible ones.
+            fetchedFrom: i === 0 ? from : records[i]!.offset,
             topic,
             partition,
             signal,
@@ -722,10 +738,15 @@ export class KafkaTransport implements Transport {
         if (fatal !== undefined || stopping !== undefined || batch.messages.length === 0) return;
         const { topic, partition } = batch;
         const records = batch.messages.map((m) => toInRecord(topic, partition, m));
+        // kafkajs's Batch keeps the offset the fetch asked for (untyped), and drops what precedes it.
+        const fetched: Fetched = {
+          records,
+          from: Number((batch as { fetchedOffset?: string }).fetchedOffset ?? records[0]!.offset),
+        };
         if (mode !== 'detached') {
           // Stopped or revoked (isStale: a seek moved the position): the rest is fetched again.
           await runSlices(
-            records,
+            fetched,
             topic,
             partition,
             payload,
@@ -744,7 +765,7 @@ export class KafkaTransport implements Transport {
             await running.promise;
             return;
           }
-          running.queue.push(records);
+          running.queue.push(fetched);
           payload.resolveOffset(batch.lastOffset());
           if (running.queue.length >= PREFETCH) consumer.pause(tp);
           return;
@@ -752,13 +773,13 @@ export class KafkaTransport implements Transport {
         // kafkajs moves on past this batch; the job seeks back if it does not finish it.
         payload.resolveOffset(batch.lastOffset());
         const job = {
-          queue: [] as InRecord[][],
+          queue: [] as Fetched[],
           startedIn: generation,
           abort: new AbortController(),
           promise: Promise.resolve(),
         };
         job.promise = (async () => {
-          let current = records;
+          let current = fetched;
           let next = records[0]!.offset;
           let finished = false;
           try {
@@ -772,7 +793,7 @@ export class KafkaTransport implements Transport {
                 () => job.abort.signal.aborted,
               );
               next = r.next;
-              if (next <= current[current.length - 1]!.offset || r.rebalancing) break;
+              if (next <= current.records[current.records.length - 1]!.offset || r.rebalancing) break;
               if (job.abort.signal.aborted || fatal !== undefined || generation !== job.startedIn) break;
               const queued = job.queue.shift();
               if (queued === undefined) {
@@ -810,6 +831,12 @@ export class KafkaTransport implements Transport {
  * a batch ends without holding much more of a partition in memory.
  */
 const PREFETCH = 1;
+
+/** A fetched batch of one partition: its records, and the offset the fetch asked for (Batch.fetchedFrom). */
+interface Fetched {
+  records: InRecord[];
+  from: number;
+}
 
 /** Bytes to fetch per partition for batches of `records` records. */
 function fetchBytes(records: number): number {

@@ -57,6 +57,12 @@ export interface Batch {
   readonly partition: number;
   readonly records: readonly InRecord[];
   /**
+   * Where the partition was read from for this batch: a read-committed reader sees no record in
+   * [fetchedFrom, records[0].offset), the offsets between being transaction markers or aborted records.
+   * records[0].offset when the transport cannot say.
+   */
+  readonly fetchedFrom: number;
+  /**
    * Aborted when the work is no longer this member's (partition revoked, consumer stopping):
    * a handler may stop early; what it did not finish is redelivered.
    */

@@ -52,6 +52,22 @@ export function transportContract(name: string, make: () => Promise<Transport>, 
       return name;
     }
 
+    /** One transaction of `aborted` records ('aborted') that aborts, then one of `committed` ('committed'). */
+    async function abortThenCommit(t: string, aborted: number, committed: number): Promise<void> {
+      const txp = await transport.transactionalProducer(unique('tx'));
+      await assert.rejects(
+        txp.transaction(async (tx) => {
+          await tx.send(records(t, aborted).map((r) => ({ ...r, value: Buffer.from('aborted') })));
+          throw new Error('abort after producing');
+        }),
+        /abort after producing/,
+      );
+      await txp.transaction(async (tx) => {
+        await tx.send(records(t, committed).map((r) => ({ ...r, value: Buffer.from('committed') })));
+      });
+      await txp.close();
+    }
+
     async function publish(recs: OutRecord[]): Promise<void> {
       const p = await transport.producer();
       await p.publish(recs);
@@ -240,23 +256,45 @@ export function transportContract(name: string, make: () => Promise<Transport>, 
 
     it('makes a transaction all or nothing: an aborted one leaves no visible record', async () => {
       const t = await topic(2);
-      const txp = await transport.transactionalProducer(unique('tx'));
-      await assert.rejects(
-        txp.transaction(async (tx) => {
-          await tx.send(records(t, 5).map((r) => ({ ...r, value: Buffer.from('aborted') })));
-          throw new Error('abort after producing');
-        }),
-        /abort after producing/,
-      );
-      await txp.transaction(async (tx) => {
-        await tx.send(records(t, 3).map((r) => ({ ...r, value: Buffer.from('committed') })));
-      });
-      await txp.close();
+      await abortThenCommit(t, 5, 3);
       const seen = await readAll(t, 3);
       assert.deepEqual(
         seen.map((r) => text(r.value)),
         ['committed', 'committed', 'committed'],
       );
+    });
+
+    it('says where a batch was read from: no visible record lies between that and its first record', async () => {
+      // An aborted transaction and a commit marker take offsets in Kafka (none in memory): the first visible record
+      // comes after them, and a reader resuming from the start must learn that nothing visible was skipped.
+      const t = await topic(1);
+      await abortThenCommit(t, 2, 2);
+      const batches: Array<{ from: number; first: number; values: string[] }> = [];
+      track(
+        await transport.consumeTransform({
+          groupId: unique('g'),
+          topics: [t],
+          transform: async (b) => {
+            batches.push({
+              from: b.fetchedFrom,
+              first: b.records[0]!.offset,
+              values: b.records.map((r) => text(r.value)),
+            });
+            return [];
+          },
+        }),
+      );
+      await waitFor(
+        'the committed records',
+        () => batches.flatMap((b) => b.values).length >= 2,
+        opts.timeoutMs,
+      );
+      assert.deepEqual(
+        batches.flatMap((b) => b.values),
+        ['committed', 'committed'],
+      );
+      assert.equal(batches[0]!.from, 0, 'read from the start of the partition');
+      assert.ok(batches[0]!.first >= batches[0]!.from);
     });
 
     it('sends more than a broker takes in one request (3 MB to one partition), in a transaction and not', async () => {
