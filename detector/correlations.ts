@@ -15,9 +15,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../infra/log.js';
+import { settled } from '../infra/retry.js';
 import type { OutRecord, Transport } from '../infra/transport.js';
 import type { ExecveEvent } from '../schemas/types.js';
-import { settled } from './kafka-retry.js';
 import { docHash } from './rule-store.js';
 import {
   type CompiledCorrelation,

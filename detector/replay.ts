@@ -12,13 +12,13 @@ import { loadConfig } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
 import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
 import { createLogger } from '../infra/log.js';
+import { settled } from '../infra/retry.js';
 import type { Batch, Consumption, OutRecord, Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
 import { isLevel, LEVEL_ORDER, type Level } from '../schemas/levels.js';
 import { topics as table } from '../schemas/topics.js';
 import { encodedAlertRecord, encodeMatchAlert, ruleInfo } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
-import { settled } from './kafka-retry.js';
 import { docId, RuleStore } from './rule-store.js';
 import { evaluateExecve } from './sigma/engine.js';
 

@@ -4,8 +4,8 @@
  * (`edr rules push` publishes plain records), so its end offset is the offset after its last record.
  */
 import { randomBytes } from 'node:crypto';
+import { settled } from '../infra/retry.js';
 import type { Consumption, InRecord, Transport } from '../infra/transport.js';
-import { settled } from './kafka-retry.js';
 
 export interface RuleRecord {
   key: string;

@@ -6,10 +6,17 @@
  */
 
 import { availableParallelism } from 'node:os';
-import { deadLetterRecord } from '../infra/batch-runner.js';
+
 import { EdrError, errorMessage } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
-import type { Batch, Consumption, InRecord, OutRecord, Transport } from '../infra/transport.js';
+import {
+  type Batch,
+  type Consumption,
+  deadLetterRecord,
+  type InRecord,
+  type OutRecord,
+  type Transport,
+} from '../infra/transport.js';
 import { type Codec, projectCodec } from '../schemas/codec.js';
 import { plainEvent } from '../schemas/execve-view.js';
 import { belowLevel } from '../schemas/levels.js';

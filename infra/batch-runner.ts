@@ -4,9 +4,10 @@
  * one at a time, and parks a record that fails for good on the dead-letter topic.
  */
 import { EdrError, errorMessage, isRetryable } from './errors.js';
+import { abortableDelay, backoffMs } from './retry.js';
 import {
   type Batch,
-  deadLetterHeaders,
+  deadLetterRecord,
   type HandlerOptions,
   type InRecord,
   type OutRecord,
@@ -34,7 +35,8 @@ export interface RunBatchOptions {
 export async function runBatch(opts: RunBatchOptions): Promise<number> {
   const { records, signal } = opts;
   let done = 0;
-  let backoff = opts.retryBackoffMs;
+  const backoff = { initialMs: opts.retryBackoffMs, maxMs: 30_000 };
+  let failures = 0;
   let isolate = false;
   while (done < records.length && !signal.aborted) {
     const slice = isolate ? records.slice(done, done + 1) : records.slice(done);
@@ -55,13 +57,12 @@ export async function runBatch(opts: RunBatchOptions): Promise<number> {
     try {
       await opts.handler(batch);
       done += slice.length;
-      backoff = opts.retryBackoffMs;
+      failures = 0;
     } catch (err) {
       done += acked;
       if (signal.aborted) break;
       if (isRetryable(err)) {
-        await sleep(backoff, signal, opts.keepAlive);
-        backoff = Math.min(backoff * 2, 30_000);
+        await pause(backoffMs(++failures, backoff), signal, opts.keepAlive);
         continue;
       }
       const bad = records[done];
@@ -85,44 +86,13 @@ export async function runBatch(opts: RunBatchOptions): Promise<number> {
   return done;
 }
 
-/** The dead-letter record for `record`: original key, value and headers, plus why and from where. */
-export function deadLetterRecord(topic: string, record: InRecord, err: unknown): OutRecord {
-  return {
-    topic,
-    key: record.key,
-    value: record.value,
-    headers: {
-      ...record.headers,
-      [deadLetterHeaders.error]: errorMessage(err),
-      [deadLetterHeaders.errorCode]: err instanceof EdrError ? err.code : 'EDR_UNKNOWN',
-      [deadLetterHeaders.topic]: record.topic,
-      [deadLetterHeaders.partition]: String(record.partition),
-      [deadLetterHeaders.offset]: String(record.offset),
-    },
-  };
-}
-
-async function sleep(ms: number, signal: AbortSignal, keepAlive?: () => Promise<void>): Promise<void> {
+/** Waits `ms` in pauses of at most a second, keeping group membership alive between them. */
+async function pause(ms: number, signal: AbortSignal, keepAlive?: () => Promise<void>): Promise<void> {
   const until = Date.now() + ms;
   while (!signal.aborted && Date.now() < until) {
     await abortableDelay(Math.min(1000, until - Date.now()), signal);
     if (keepAlive) await keepAlive().catch(() => {});
   }
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts. */
-export function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const onAbort = () => {
-      clearTimeout(t);
-      resolve();
-    };
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 /** Where a batch came from, and what a transport gives its runs. */

@@ -4,9 +4,10 @@
  * success, atomic transactions, fencing of an older producer with the same transactional id), held to them by
  * the same contract suite as the real one. Nothing persists beyond the process.
  */
-import { abortableDelay, handleBatch, transformBatch } from './batch-runner.js';
+import { handleBatch, transformBatch } from './batch-runner.js';
 import { EdrError } from './errors.js';
 import { partitionFor } from './partitioner.js';
+import { abortableDelay } from './retry.js';
 import type {
   Consumption,
   HandlerOptions,

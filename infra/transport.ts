@@ -6,6 +6,7 @@
  * Acknowledgement: a consumed record's offset is committed only after the work it covers is done:
  * the handler resolved, or the transaction holding its outputs committed.
  */
+import { EdrError, errorMessage } from './errors.js';
 
 export type HeaderValue = string | Buffer;
 
@@ -165,3 +166,20 @@ export const deadLetterHeaders = {
   partition: 'edr-source-partition',
   offset: 'edr-source-offset',
 } as const;
+
+/** The dead-letter record for `record`: original key, value and headers, plus why and from where. */
+export function deadLetterRecord(topic: string, record: InRecord, err: unknown): OutRecord {
+  return {
+    topic,
+    key: record.key,
+    value: record.value,
+    headers: {
+      ...record.headers,
+      [deadLetterHeaders.error]: errorMessage(err),
+      [deadLetterHeaders.errorCode]: err instanceof EdrError ? err.code : 'EDR_UNKNOWN',
+      [deadLetterHeaders.topic]: record.topic,
+      [deadLetterHeaders.partition]: String(record.partition),
+      [deadLetterHeaders.offset]: String(record.offset),
+    },
+  };
+}

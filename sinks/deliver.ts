@@ -14,10 +14,19 @@
  * alert is owed a delivery: the journal brings it back after a crash. Without this, a slow storm (one alert per
  * batch) would be one message per alert; holding in memory only would lose them in a crash.
  */
-import { abortableDelay, deadLetterRecord } from '../infra/batch-runner.js';
+
 import { EdrError, errorMessage } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
-import type { Batch, Consumption, InRecord, OutRecord, Producer, Transport } from '../infra/transport.js';
+import { abortableDelay } from '../infra/retry.js';
+import {
+  type Batch,
+  type Consumption,
+  deadLetterRecord,
+  type InRecord,
+  type OutRecord,
+  type Producer,
+  type Transport,
+} from '../infra/transport.js';
 import type { Codec } from '../schemas/codec.js';
 import { levelRank } from '../schemas/levels.js';
 import type { Alert } from '../schemas/types.js';
