@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import type { Command } from '../infra/cli.js';
 import { loadConfig } from '../infra/config.js';
-import { KafkaTransport } from '../infra/kafka-transport.js';
+import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
 import { Collector } from './collector.js';
 import { collectorConfigSchema } from './config.js';

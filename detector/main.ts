@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util';
 import type { Command } from '../infra/cli.js';
 import { loadConfig } from '../infra/config.js';
-import { KafkaTransport } from '../infra/kafka-transport.js';
+import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
 import { settled } from '../infra/retry.js';
 import type { Consumption, TopicConfig, Transport } from '../infra/transport.js';

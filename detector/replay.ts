@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import type { Command } from '../infra/cli.js';
 import { loadConfig } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
-import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
+import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
 import { settled } from '../infra/retry.js';
 import type { Batch, Consumption, OutRecord, Transport } from '../infra/transport.js';

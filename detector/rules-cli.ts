@@ -10,7 +10,7 @@ import { stringify as stringifyYaml } from 'yaml';
 import type { Command } from '../infra/cli.js';
 import { loadConfig } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
-import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
+import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
 import type { OutRecord } from '../infra/transport.js';
 import { topics } from '../schemas/topics.js';

@@ -1,6 +1,6 @@
 /**
  * What the services need from a message log, and no more. Two implementations keep one contract
- * (test/harness/transport-contract.ts): Kafka (infra/kafka-transport.ts, fleet mode) and an in-process twin
+ * (test/harness/transport-contract.ts): Kafka (infra/kafka/transport.ts, fleet mode) and an in-process twin
  * (infra/memory-transport.ts, the all-in-one mode and unit tests).
  *
  * Acknowledgement: a consumed record's offset is committed only after the work it covers is done:

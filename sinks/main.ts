@@ -4,7 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import type { Command } from '../infra/cli.js';
-import { KafkaTransport } from '../infra/kafka-transport.js';
+import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger, type Logger } from '../infra/log.js';
 import type { Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';

@@ -18,7 +18,7 @@ import { EbpfSource } from '../../collector/ebpf-source.js';
 import type { Source, SourceEvent } from '../../collector/source.js';
 import { parseConfig } from '../../infra/config.js';
 import { startBroker } from '../../infra/kafka/broker.js';
-import { KafkaTransport } from '../../infra/kafka-transport.js';
+import { KafkaTransport } from '../../infra/kafka/transport.js';
 import { createLogger } from '../../infra/log.js';
 import { cpuSeconds, fmt, rate, type StormResult, storm, stormSettings } from '../harness/exec-storm.js';
 

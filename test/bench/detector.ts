@@ -21,7 +21,7 @@ import { detectorConfigSchema } from '../../detector/config.js';
 import { generateEvents } from '../../detector/sigma/sample-events.js';
 import { testTopics, writeConfig } from '../../detector/testing.js';
 import { startBroker } from '../../infra/kafka/broker.js';
-import { KafkaTransport, kafkaConfigSchema } from '../../infra/kafka-transport.js';
+import { KafkaTransport, kafkaConfigSchema } from '../../infra/kafka/transport.js';
 import { createLogger } from '../../infra/log.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord } from '../../infra/transport.js';

@@ -16,7 +16,7 @@ import { Collector } from '../../collector/collector.js';
 import { collectorConfigSchema } from '../../collector/config.js';
 import { parseConfig } from '../../infra/config.js';
 import { type Broker, freePort, startBroker } from '../../infra/kafka/broker.js';
-import { KafkaTransport, kafkaConfigSchema } from '../../infra/kafka-transport.js';
+import { KafkaTransport, kafkaConfigSchema } from '../../infra/kafka/transport.js';
 import { createLogger } from '../../infra/log.js';
 import type { InRecord } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';

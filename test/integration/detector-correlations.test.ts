@@ -16,7 +16,7 @@ import {
   WorkerProcess,
   writeConfig,
 } from '../../detector/testing.js';
-import type { KafkaTransport } from '../../infra/kafka-transport.js';
+import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import type { OutRecord, Transport } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleEvent } from '../fixtures/events.js';

@@ -17,7 +17,7 @@ import {
   WorkerProcess,
   writeConfig,
 } from '../../detector/testing.js';
-import type { KafkaTransport } from '../../infra/kafka-transport.js';
+import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import { deadLetterHeaders, type InRecord, type OutRecord } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleEvent } from '../fixtures/events.js';

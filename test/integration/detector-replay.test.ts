@@ -16,7 +16,7 @@ import {
   tempDir,
   testTopics,
 } from '../../detector/testing.js';
-import type { KafkaTransport } from '../../infra/kafka-transport.js';
+import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';

@@ -18,7 +18,7 @@ import {
   writeConfig,
 } from '../../detector/testing.js';
 import { freePort } from '../../infra/kafka/broker.js';
-import type { KafkaTransport } from '../../infra/kafka-transport.js';
+import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord, Transport } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { SMTPServer } from 'smtp-server';
-import type { KafkaTransport } from '../../infra/kafka-transport.js';
+import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import { parseSinksConfig } from '../../sinks/config.js';
 import { runSinks } from '../../sinks/main.js';
 import { stopOwnBroker, testTransport } from '../harness/broker.js';

@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import type { KafkaTransport } from '../../infra/kafka-transport.js';
+import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import { repoRoot } from '../../infra/paths.js';
 import { stopOwnBroker, testTransport } from '../harness/broker.js';
 import { unique, waitFor } from '../harness/names.js';

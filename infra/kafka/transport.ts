@@ -20,11 +20,11 @@ import {
   type Message,
 } from 'kafkajs';
 import { z } from 'zod';
-import { handleBatch, transformBatch } from './batch-runner.js';
-import { secret } from './config.js';
-import { EdrError, errorMessage } from './errors.js';
-import { createLogger, type Logger } from './log.js';
-import { partitionFor } from './partitioner.js';
+import { handleBatch, transformBatch } from '../batch-runner.js';
+import { secret } from '../config.js';
+import { EdrError, errorMessage } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import { partitionFor } from '../partitioner.js';
 import type {
   Consumption,
   HandlerOptions,
@@ -38,7 +38,7 @@ import type {
   TransactionalProducer,
   TransformOptions,
   Transport,
-} from './transport.js';
+} from '../transport.js';
 
 /** Connection settings, as they appear under `kafka:` in every service's config. */
 export const kafkaConfigSchema = z.strictObject({
