@@ -3,7 +3,7 @@
  * every problem is reported at once (infra/config.ts). Units are in the names.
  */
 import { z } from 'zod';
-import { kafkaConfigSchema } from '../infra/kafka/transport.js';
+import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import { topics } from '../schemas/topics.js';
 
 const ebpfSource = z.strictObject({

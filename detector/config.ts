@@ -4,7 +4,7 @@
  */
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { kafkaConfigSchema } from '../infra/kafka/transport.js';
+import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import { LEVEL_ORDER } from '../schemas/levels.js';
 import { topics } from '../schemas/topics.js';
 

@@ -11,7 +11,8 @@ import { allTopics } from '../schemas/topics.js';
 import { type BackgroundService, startBackground, stopBackground, yamlList } from './background.js';
 import type { Command } from './cli.js';
 import { runningBroker, startBroker, stopRunningBroker } from './kafka/broker.js';
-import { KafkaTransport, kafkaConfigSchema } from './kafka/transport.js';
+import { kafkaConfigSchema } from './kafka/config.js';
+import { KafkaTransport } from './kafka/transport.js';
 import { createLogger } from './log.js';
 import { repoRoot } from './paths.js';
 

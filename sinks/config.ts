@@ -16,7 +16,7 @@
  */
 import { z } from 'zod';
 import { loadConfig, parseConfig } from '../infra/config.js';
-import { kafkaConfigSchema } from '../infra/kafka/transport.js';
+import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import { LEVEL_ORDER } from '../schemas/levels.js';
 import { topics } from '../schemas/topics.js';
 import { registry, type SinkModule, type SinkType, sinkTypes } from './registry.js';

@@ -7,7 +7,8 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { type Broker, startBroker } from '../../infra/kafka/broker.js';
-import { KafkaTransport, kafkaConfigSchema } from '../../infra/kafka/transport.js';
+import { kafkaConfigSchema } from '../../infra/kafka/config.js';
+import { KafkaTransport } from '../../infra/kafka/transport.js';
 
 let own: Promise<Broker> | undefined;
 
