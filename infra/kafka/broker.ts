@@ -11,6 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { EdrError } from '../errors.js';
 import { repoRoot } from '../paths.js';
+import { abortableDelay, retry } from '../retry.js';
 
 const run = promisify(execFile);
 const kafkaDir = path.join(repoRoot, 'infra', 'kafka');
@@ -151,19 +152,27 @@ async function waitReady(
   child.once('exit', (code) => {
     exited = code ?? -1;
   });
-  while (Date.now() < deadline) {
-    if (exited !== null) {
-      throw new EdrError(
-        'EDR_KAFKA_BROKER_START',
-        `the broker exited with ${exited}:\n${await tail(logFile)}`,
-      );
-    }
-    if (await answersApiVersions(port)) return;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new EdrError(
-    'EDR_KAFKA_BROKER_START',
-    `the broker did not answer on 127.0.0.1:${port} within ${timeoutMs} ms:\n${await tail(logFile)}`,
+  // Not answering yet is the one failure worth polling again; an exit or the deadline ends the wait.
+  const notYet = new EdrError('EDR_KAFKA_BROKER_START', 'the broker does not answer yet', {
+    retryable: true,
+  });
+  await retry(
+    async () => {
+      if (Date.now() >= deadline) {
+        throw new EdrError(
+          'EDR_KAFKA_BROKER_START',
+          `the broker did not answer on 127.0.0.1:${port} within ${timeoutMs} ms:\n${await tail(logFile)}`,
+        );
+      }
+      if (exited !== null) {
+        throw new EdrError(
+          'EDR_KAFKA_BROKER_START',
+          `the broker exited with ${exited}:\n${await tail(logFile)}`,
+        );
+      }
+      if (!(await answersApiVersions(port))) throw notYet;
+    },
+    { backoff: { initialMs: 250, maxMs: 250, jitter: 'none' } },
   );
 }
 
@@ -294,7 +303,7 @@ async function stopPid(pid: number, child?: ChildProcess): Promise<void> {
   if (!alive()) return;
   process.kill(pid, 'SIGTERM');
   const deadline = Date.now() + 20_000;
-  while (alive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  while (alive() && Date.now() < deadline) await abortableDelay(100);
   if (alive()) process.kill(pid, 'SIGKILL');
 }
 

@@ -4,6 +4,7 @@
  */
 import type { Producer as KProducer } from 'kafkajs';
 import { EdrError } from '../errors.js';
+import { retry } from '../retry.js';
 import type { Transaction, TransactionalProducer } from '../transport.js';
 import { concurrentTransactions, kafkaCall, toEdrError } from './errors.js';
 import { byTopic, sizedChunks } from './records.js';
@@ -28,19 +29,17 @@ export function transactional(
       // outcome is unknown and running it again could commit it twice), nor when the abort failed (the producer
       // is stuck): that error goes to the caller, marked EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN (retryable: start over
       // with a new producer, whose initialisation settles the transaction, and read the committed offset).
-      const run = async () => {
-        for (let attempt = 1; ; attempt++) {
-          try {
-            return await once();
-          } catch (err) {
+      const run = () =>
+        retry(() => once(), {
+          backoff: { initialMs: 10, maxMs: 90, jitter: 'none' },
+          maxAttempts: 10,
+          retryIf: (err) => {
             const unknown =
               err instanceof EdrError &&
               (err.code === 'EDR_TRANSPORT_TXN_OUTCOME_UNKNOWN' || err.code === 'EDR_TRANSPORT_TXN_STATE');
-            if (attempt >= 10 || unknown || !concurrentTransactions(err)) throw err;
-            await new Promise((r) => setTimeout(r, 10 * attempt));
-          }
-        }
-      };
+            return !unknown && concurrentTransactions(err);
+          },
+        });
       const once = async () => {
         let tx: Awaited<ReturnType<KProducer['transaction']>>;
         try {
