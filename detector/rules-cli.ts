@@ -11,7 +11,7 @@ import type { Command } from '../infra/cli.js';
 import { loadConfig } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
 import { kafkaConfigSchema } from '../infra/kafka/config.js';
-import { KafkaTransport } from '../infra/kafka/transport.js';
+import type { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
 import type { OutRecord } from '../infra/transport.js';
 import { topics } from '../schemas/topics.js';
@@ -114,11 +114,15 @@ const kafkaOptions = {
   help: { type: 'boolean' },
 } as const;
 
-/** The rules topic and a transport to it, from --config or --brokers/--topic. */
-function rulesTopic(values: { config?: string; brokers?: string; topic?: string }): {
+/**
+ * The rules topic and a transport to it, from --config or --brokers/--topic. The Kafka client is loaded here, so
+ * `check` never loads it.
+ */
+async function rulesTopic(values: { config?: string; brokers?: string; topic?: string }): Promise<{
   transport: KafkaTransport;
   topic: string;
-} {
+}> {
+  const { KafkaTransport } = await import('../infra/kafka/transport.js');
   if (values.config !== undefined) {
     const c = loadConfig(detectorConfigSchema, values.config);
     return {
@@ -163,7 +167,7 @@ async function push(argv: string[]): Promise<number> {
     ...set.filters.map((f) => f.doc),
     ...set.correlations.map((c) => c.doc),
   ];
-  const { transport, topic } = rulesTopic(values);
+  const { transport, topic } = await rulesTopic(values);
   try {
     await transport.createTopics([{ name: topic, partitions: 1, cleanupPolicy: 'compact', retentionMs: -1 }]);
     const current = await readRulesTopic(transport, topic);
@@ -214,7 +218,7 @@ async function list(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const { transport, topic } = rulesTopic(values);
+  const { transport, topic } = await rulesTopic(values);
   let current: Map<string, string>;
   try {
     current = await readRulesTopic(transport, topic);
