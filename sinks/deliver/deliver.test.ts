@@ -3,15 +3,17 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { EdrError } from '../infra/errors.js';
-import { createLogger } from '../infra/log.js';
-import { MemoryTransport } from '../infra/memory-transport.js';
-import type { InRecord } from '../infra/transport.js';
-import { projectCodec } from '../schemas/codec.js';
-import type { Alert } from '../schemas/types.js';
-import { sampleAlert, sampleEvent } from '../test/fixtures/events.js';
-import { waitFor } from '../test/harness/names.js';
-import { parseSinksConfig, type Route } from './config.js';
+import { EdrError } from '../../infra/errors.js';
+import { createLogger } from '../../infra/log.js';
+import { MemoryTransport } from '../../infra/memory-transport.js';
+import type { InRecord } from '../../infra/transport.js';
+import { projectCodec } from '../../schemas/codec.js';
+import type { Alert } from '../../schemas/types.js';
+import { sampleAlert, sampleEvent } from '../../test/fixtures/events.js';
+import { waitFor } from '../../test/harness/names.js';
+import { parseSinksConfig, type Route } from '../config.js';
+import { DeliveredStore } from '../delivered-store.js';
+import { alertsOf, type Message, type Sink } from '../sink.js';
 import {
   classify,
   compileRoute,
@@ -21,8 +23,6 @@ import {
   startSink,
   TokenBucket,
 } from './deliver.js';
-import { DeliveredStore } from './delivered-store.js';
-import { alertsOf, type Message, type Sink } from './sink.js';
 
 const at = (i: number) => 1_795_000_000_000_000_000n + BigInt(i) * 1_000_000_000n; // i seconds
 

@@ -15,9 +15,9 @@
  * batch) would be one message per alert; holding in memory only would lose them in a crash.
  */
 
-import { EdrError, errorMessage } from '../infra/errors.js';
-import type { Logger } from '../infra/log.js';
-import { abortableDelay } from '../infra/retry.js';
+import { EdrError, errorMessage } from '../../infra/errors.js';
+import type { Logger } from '../../infra/log.js';
+import { abortableDelay } from '../../infra/retry.js';
 import {
   type Batch,
   type Consumption,
@@ -26,15 +26,22 @@ import {
   type OutRecord,
   type Producer,
   type Transport,
-} from '../infra/transport.js';
-import type { Codec } from '../schemas/codec.js';
-import { levelRank } from '../schemas/levels.js';
-import type { Alert } from '../schemas/types.js';
-import type { Route, SinkInstanceConfig, SinksConfig } from './config.js';
-import { DeliveredStore } from './delivered-store.js';
-import { createRedactor, type Redactor } from './redact.js';
-import { registry } from './registry.js';
-import { alertsOf, type Fold, type Message, type Sink, type SinkContext, type SinkDefaults } from './sink.js';
+} from '../../infra/transport.js';
+import type { Codec } from '../../schemas/codec.js';
+import { levelRank } from '../../schemas/levels.js';
+import type { Alert } from '../../schemas/types.js';
+import type { Route, SinkInstanceConfig, SinksConfig } from '../config.js';
+import { DeliveredStore } from '../delivered-store.js';
+import { createRedactor, type Redactor } from '../redact.js';
+import { registry } from '../registry.js';
+import {
+  alertsOf,
+  type Fold,
+  type Message,
+  type Sink,
+  type SinkContext,
+  type SinkDefaults,
+} from '../sink.js';
 
 // ---- routing ----
 
