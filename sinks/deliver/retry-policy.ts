@@ -1,5 +1,6 @@
 /** How a failed delivery is judged and how long the loop waits before the next attempt (pure). */
 import { EdrError, errorMessage } from '../../infra/errors.js';
+import { type Backoff, backoffMs } from '../../infra/retry.js';
 
 export interface RetryPolicy {
   maxAttempts: number;
@@ -8,10 +9,12 @@ export interface RetryPolicy {
   maxRetryAfterMs: number;
 }
 
-/**
- * Pause after failed attempt `attempt` (1-based): what Retry-After said (capped), else capped exponential
- * backoff with "equal jitter" (half fixed, half random), so retrying sinks do not hammer a peer in step.
- */
+/** The policy's backoff as infra/retry.ts takes it: equal jitter, so retrying sinks do not hammer a peer in step. */
+export function backoffOf(p: RetryPolicy): Backoff {
+  return { initialMs: p.initialBackoffMs, maxMs: p.maxBackoffMs };
+}
+
+/** Pause after failed attempt `attempt` (1-based): what Retry-After said (capped), else the policy's backoff. */
 export function retryDelayMs(
   attempt: number,
   retryAfterMs: number | undefined,
@@ -19,8 +22,13 @@ export function retryDelayMs(
   random: () => number = Math.random,
 ): number {
   if (retryAfterMs !== undefined) return Math.min(retryAfterMs, p.maxRetryAfterMs);
-  const exp = Math.min(p.maxBackoffMs, p.initialBackoffMs * 2 ** Math.min(attempt - 1, 30));
-  return Math.round(exp / 2 + (random() * exp) / 2);
+  return backoffMs(attempt, backoffOf(p), random);
+}
+
+/** The pause a failure's Retry-After asked for, if it said. */
+export function retryAfterOf(err: unknown): number | undefined {
+  const v = err instanceof EdrError ? err.details['retryAfterMs'] : undefined;
+  return typeof v === 'number' ? v : undefined;
 }
 
 /** Anything a sink threw, as an EdrError: unknown errors are bugs or bad input, not retried. */

@@ -5,12 +5,19 @@
  */
 import { EdrError, errorMessage } from '../../infra/errors.js';
 import type { Logger } from '../../infra/log.js';
-import { abortableDelay } from '../../infra/retry.js';
+import { abortableDelay, retry } from '../../infra/retry.js';
 import { deadLetterRecord, type InRecord, type OutRecord, type Producer } from '../../infra/transport.js';
 import type { DeliveredStore } from '../delivered-store.js';
 import { alertsOf, type Message, type Sink } from '../sink.js';
 import type { TokenBucket } from './rate-limit.js';
-import { classify, type RetryPolicy, retryDelayMs, stopping } from './retry-policy.js';
+import {
+  backoffOf,
+  classify,
+  type RetryPolicy,
+  retryAfterOf,
+  retryDelayMs,
+  stopping,
+} from './retry-policy.js';
 
 export interface SenderOptions {
   /** The sink instance's name (the `edr-sink` header of what it parks). */
@@ -40,27 +47,40 @@ export class Sender {
     signal: AbortSignal,
     records: ReadonlyMap<string, InRecord>,
   ): Promise<boolean> {
-    for (let n = 1; ; n++) {
-      const wait = this.o.bucket.reserve();
-      if (wait > 0) await abortableDelay(wait, signal);
+    const policy = this.o.retry;
+    let attempts = 0;
+    try {
+      await retry(
+        async (n) => {
+          attempts = n;
+          const wait = this.o.bucket.reserve();
+          if (wait > 0) await abortableDelay(wait, signal);
+          if (signal.aborted) throw stopping();
+          await this.#attempt(message, signal);
+          await this.o.store.add(alertsOf(message).map((a) => a.alertId));
+        },
+        {
+          backoff: backoffOf(policy),
+          maxAttempts: policy.maxAttempts,
+          signal,
+          // A journal that cannot record the outcome fails the batch (tried again), not the message.
+          retryIf: (err) => {
+            const e = classify(err, false);
+            return e.retryable && e.code !== 'EDR_SINK_STATE_WRITE';
+          },
+          // Retry-After when the peer said, else the backoff.
+          delayFor: (err, n) => retryDelayMs(n, retryAfterOf(err), policy),
+          onRetry: (err, n, delayMs) =>
+            this.o.log.warn('delivery failed, retrying', { err, attempt: n, delayMs }),
+        },
+      );
+      return true;
+    } catch (raw) {
       if (signal.aborted) throw stopping();
-      try {
-        await this.#attempt(message, signal);
-        await this.o.store.add(alertsOf(message).map((a) => a.alertId));
-        return true;
-      } catch (raw) {
-        if (signal.aborted) throw stopping();
-        const err = raw instanceof EdrError ? raw : classify(raw, false);
-        if (err.code === 'EDR_SINK_STATE_WRITE') throw err;
-        if (!err.retryable || n >= this.o.retry.maxAttempts) {
-          await this.#park(message, err, n, records);
-          return false;
-        }
-        const retryAfter = err.details['retryAfterMs'];
-        const delay = retryDelayMs(n, typeof retryAfter === 'number' ? retryAfter : undefined, this.o.retry);
-        this.o.log.warn('delivery failed, retrying', { err, attempt: n, delayMs: delay });
-        await abortableDelay(delay, signal);
-      }
+      const err = classify(raw, false);
+      if (err.code === 'EDR_SINK_STATE_WRITE') throw err;
+      await this.#park(message, err, attempts, records);
+      return false;
     }
   }
 
