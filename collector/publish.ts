@@ -14,9 +14,9 @@
  * only source of duplicates. A new producer is made after each outage, so the broker's idempotence state of the
  * old one (whose sequence numbers a failed send may have consumed) never gets in the way.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import { EdrError } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
+import { abortableDelay } from '../infra/retry.js';
 import type { OutRecord, Producer, Transport } from '../infra/transport.js';
 import type { Spool } from './spool.js';
 
@@ -213,7 +213,7 @@ export class Publisher {
         if (this.#stopping && timeLeft <= 0) return;
         await this.#abandoned;
         if (await this.#connect()) this.#mode = 'draining';
-        else await sleep(Math.min(this.options.retryIntervalMs, Math.max(0, timeLeft)));
+        else await abortableDelay(Math.min(this.options.retryIntervalMs, Math.max(0, timeLeft)));
       } else {
         if (this.#stopping && timeLeft <= 0) return;
         const read = this.spool.read(this.options.batchMaxEvents);
@@ -246,7 +246,7 @@ export class Publisher {
       component: 'publish',
       spoolBytes: this.spool.bytes,
     });
-    // Abandon the producer: a send it still retries must settle (or 30 s pass) before the spool drains, or it
+    // Abandon the producer: a send it still retries must settle (or time out) before the spool drains, or it
     // could land after newer records.
     const old = this.#producer;
     this.#producer = undefined;

@@ -10,7 +10,7 @@ import type { Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
 import { topics as topicTable } from '../schemas/topics.js';
 import { loadSinksConfig, type SinksConfig } from './config.js';
-import { type RunningSink, startSink } from './deliver.js';
+import { type RunningSink, startSink } from './deliver/deliver.js';
 
 const USAGE = `usage: edr sinks --config FILE [--sink NAME ...] [--check]
 
