@@ -9,7 +9,7 @@ import { projectCodec } from '../../schemas/codec.js';
 import type { Alert } from '../../schemas/types.js';
 import { waitFor } from '../../test/harness/names.js';
 import { alertsOf, type Message, type Sink } from '../sink.js';
-import { alert, memorySink } from './test-support.js';
+import { alert, memorySink } from './deliver.testing.js';
 
 describe('the delivery loop (memory transport, scripted sink)', () => {
   const codec = projectCodec();

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { alertsOf, type Message } from '../sink.js';
+import { alert, at } from './deliver.testing.js';
 import { foldAlerts, groupMessages } from './fold.js';
-import { alert, at } from './test-support.js';
 
 describe('folding and messages', () => {
   it('folds same rule and host within the window, with count and first/last seen', () => {

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Alert } from '../../schemas/types.js';
 import type { Route } from '../config.js';
+import { alert } from './deliver.testing.js';
 import { compileRoute } from './route.js';
-import { alert } from './test-support.js';
 
 const route = (r: Partial<Route>): Route => ({ to: ['x'], source: 'any', ...r });
 

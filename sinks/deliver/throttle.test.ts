@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { waitFor } from '../../test/harness/names.js';
 import { alertsOf } from '../sink.js';
-import { alert, memorySink } from './test-support.js';
+import { alert, memorySink } from './deliver.testing.js';
 
 describe('throttle windows (memory transport)', () => {
   async function setup(stateDir: string, windowMs: number) {
