@@ -7,10 +7,10 @@ import { parseConfig } from '../infra/config.js';
 import { createLogger } from '../infra/log.js';
 import { projectCodec } from '../schemas/codec.js';
 import type { CollectorRecord, ExecveEvent } from '../schemas/types.js';
+import { FlakyTransport, readAll } from '../test/harness/flaky-transport.js';
 import { Collector } from './collector.js';
 import { collectorConfigSchema } from './config.js';
 import type { Source, SourceCounters, SourceEvent } from './source.js';
-import { FlakyTransport, readAll } from './test-support.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'edr-collector-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, it } from 'node:test';
 import { createLogger } from '../infra/log.js';
+import { FlakyTransport, readAll } from '../test/harness/flaky-transport.js';
 import { fromSpoolPayload, type Outgoing, Publisher, toSpoolPayload } from './publish.js';
 import { Spool } from './spool.js';
-import { FlakyTransport, readAll } from './test-support.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'edr-publish-'));
 after(() => rmSync(root, { recursive: true, force: true }));

@@ -13,48 +13,16 @@ import { open } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { EdrError } from '../infra/errors.js';
 import { projectCodec } from '../schemas/codec.js';
-import type { ExecveEvent } from '../schemas/types.js';
+import { type ExecveJson, execveFromJson } from '../schemas/execve-json.js';
 import type { SourceConfig } from './config.js';
 import { type ReplayedExecEvent, type Source, type SourceCounters, zeroCounters } from './source.js';
 
 type ReplayConfig = Extract<SourceConfig, { type: 'replay' }>;
 
-const BIGINTS = [
-  'timeNs',
-  'processStartNs',
-  'uid',
-  'euid',
-  'gid',
-  'loginUid',
-  'sessionId',
-  'cgroupId',
-] as const;
 const GIVEN = ['userName', 'parentImage', 'parentCommandLine', 'ancestors', 'containerId', 'sha256'] as const;
 
-/** A JSON object as a partial ExecveEvent; throws on what cannot be an exec. */
-export function execveFromJson(obj: unknown): Partial<ExecveEvent> & Pick<ExecveEvent, 'image' | 'argv'> {
-  if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw new Error('not a JSON object');
-  const e: Record<string, unknown> = { ...(obj as Record<string, unknown>) };
-  if (typeof e['image'] !== 'string') throw new Error("'image' must be a string");
-  if (!Array.isArray(e['argv']) || !e['argv'].every((a) => typeof a === 'string'))
-    throw new Error("'argv' must be a list of strings");
-  for (const k of BIGINTS) {
-    const v = e[k];
-    if (v === undefined || v === null) continue;
-    if (typeof v !== 'number' && typeof v !== 'string') throw new Error(`'${k}' must be a number`);
-    try {
-      e[k] = BigInt(v);
-    } catch {
-      throw new Error(`'${k}' must be an integer, got ${JSON.stringify(v)}`);
-    }
-  }
-  return e as Partial<ExecveEvent> & Pick<ExecveEvent, 'image' | 'argv'>;
-}
-
 /** What the collector's pipeline takes: the exec as the kernel would have reported it, plus what was known. */
-export function toReplayedExec(
-  e: Partial<ExecveEvent> & Pick<ExecveEvent, 'image' | 'argv'>,
-): ReplayedExecEvent {
+export function toReplayedExec(e: ExecveJson): ReplayedExecEvent {
   const num = (v: bigint | undefined, d = 0): number => (v === undefined ? d : Number(v));
   const given: NonNullable<ReplayedExecEvent['given']> = {};
   for (const k of GIVEN) if (e[k] !== undefined) (given as Record<string, unknown>)[k] = e[k];

@@ -21,9 +21,9 @@ export const detectorConfigSchema = z.strictObject({
       audit: z.string().min(1).default(topics.audit.name),
       deadLetter: z.string().min(1).default(topics.deadLetter.name),
       /** Rule matches feeding correlations not grouped by host, keyed by their group-by values. */
-      correlation: z.string().min(1).default('edr.correlation.v1'),
+      correlation: z.string().min(1).default(topics.correlation.name),
       /** Correlation state, written in the same transaction as the offsets it corresponds to. */
-      changelog: z.string().min(1).default('edr.correlation-state.v1'),
+      changelog: z.string().min(1).default(topics.changelog.name),
     })
     .prefault({}),
   rules: z

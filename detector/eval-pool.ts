@@ -2,8 +2,8 @@
  * Rule evaluation on worker threads. The thread talking to Kafka (fetches, transactions) is busy with the
  * client's own work; decoding, evaluating and encoding alerts on another core lets both run at once. A batch's
  * record values go over as one transferred buffer; what comes back is the indexes of records that matched (with
- * rule, fields and the encoded alert) or did not decode, the alerts in one transferred buffer. The inline path
- * encodes alerts with the same function (`encodeMatchAlert`), so there is one alert path whatever runs the rules.
+ * rule, fields and the encoded alert) or did not decode, the alerts in one transferred buffer. A thread runs the
+ * same function as the inline path (`evaluateRecords`), so there is one evaluation whatever runs the rules.
  *
  * A thread holds the compiled rule set of one snapshot version at a time: the pool sends a snapshot's documents
  * before the first batch that needs it, and a thread handles its messages in order, so a batch is never evaluated
@@ -13,11 +13,9 @@ import { Worker } from 'node:worker_threads';
 import { EdrError, errorMessage } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
 import type { InRecord } from '../infra/transport.js';
-import { projectCodec } from '../schemas/codec.js';
-import type { ExecveEvent } from '../schemas/types.js';
-import { encodeMatchAlert, ruleInfo } from './alerts.js';
+import type { EvalSet, Evaluation } from './evaluate.js';
 import type { RuleSnapshot } from './rule-store.js';
-import { type CompiledRule, compileDocs, createEngine, type Engine, evaluateExecve } from './sigma/engine.js';
+import { compileDocs, createEngine } from './sigma/engine.js';
 import type { SigmaDoc } from './sigma/parse.js';
 
 /** A document without its (function-valued, so not cloneable) source locator. */
@@ -43,24 +41,20 @@ export interface BatchMessage {
   bounds: Int32Array;
 }
 
-export interface EvalResult {
-  /** Records evaluated: all of them, or up to the one at which a rule threw (evaluate again from there). */
-  next: number;
-  matches: Array<{
-    index: number;
-    rule: number;
-    ruleId: string;
-    fields: Array<{ field: string; value: string }>;
-    /** The event's host id (the alert's key). */
-    hostId: string;
-  }>;
-  /** The encoded Alert of each match, in order: match i's is alerts[alertBounds[2i]..alertBounds[2i+1]). */
+/** An `Evaluation` as it comes back from a thread: the alerts in one transferred buffer. */
+export interface EvalResult extends Omit<Evaluation, 'alerts'> {
+  /** Match i's encoded Alert is alerts[alertBounds[2i]..alertBounds[2i+1]). */
   alerts: Uint8Array;
   alertBounds: Int32Array;
-  /** Records that did not decode, with the codec's error code and message. */
-  undecodable: Array<{ index: number; code: string; message: string }>;
-  /** Rules that threw on record `next`, with why: to disable before evaluating on. */
-  culprits: Array<{ ruleId: string; message: string }>;
+}
+
+/** A thread's result as the in-process evaluation returns it (each alert a view of the transferred buffer). */
+function unpacked(r: EvalResult): Evaluation {
+  const data = Buffer.from(r.alerts.buffer, r.alerts.byteOffset, r.alerts.byteLength);
+  const alerts = new Array<Buffer>(r.matches.length);
+  for (let k = 0; k < alerts.length; k++)
+    alerts[k] = data.subarray(r.alertBounds[2 * k]!, r.alertBounds[2 * k + 1]!);
+  return { next: r.next, matches: r.matches, alerts, undecodable: r.undecodable, culprits: r.culprits };
 }
 
 /** Compiles the rule set a RulesMessage describes, exactly as the store did (same documents, same order). */
@@ -75,93 +69,6 @@ export function engineOf(m: RulesMessage): EvalSet {
 export function unevaluated(snap: RuleSnapshot): string[] {
   const evaluated = new Set(snap.rules.map((r) => r.id));
   return [...snap.belowLevel].filter((id) => !evaluated.has(id));
-}
-
-/** A compiled rule set and what its alerts carry. */
-export interface EvalSet {
-  engine: Engine;
-  rules: readonly CompiledRule[];
-  version: string;
-  detectorId: string;
-}
-
-/** The rules that throw on `event` when evaluated alone, with their errors (to find what broke a whole set). */
-export function rulesThatThrow(
-  rules: readonly CompiledRule[],
-  event: ExecveEvent,
-): Array<{ rule: CompiledRule; err: unknown }> {
-  const out: Array<{ rule: CompiledRule; err: unknown }> = [];
-  for (const rule of rules) {
-    try {
-      evaluateExecve(createEngine([rule]), event);
-    } catch (err) {
-      out.push({ rule, err });
-    }
-  }
-  return out;
-}
-
-// Position of each rule in its set, built once per set (a set lives until the next rule change).
-const positions = new WeakMap<readonly CompiledRule[], Map<CompiledRule, number>>();
-
-/**
- * Decodes and evaluates the `bounds.length / 2` packed records. Stops at the first record on which a rule
- * throws, naming each rule that throws on it alone.
- */
-export function evaluatePacked(set: EvalSet, data: Buffer, bounds: Int32Array): EvalResult {
-  const codec = projectCodec();
-  const alerts: Buffer[] = [];
-  const ctx = { ruleSetVersion: set.version, detectorId: set.detectorId, runId: null };
-  const result: Omit<EvalResult, 'alerts' | 'alertBounds'> = {
-    next: bounds.length / 2,
-    matches: [],
-    undecodable: [],
-    culprits: [],
-  };
-  let index = positions.get(set.rules);
-  if (index === undefined) {
-    index = new Map(set.rules.map((r, i) => [r, i]));
-    positions.set(set.rules, index);
-  }
-  for (let i = 0; i < bounds.length / 2; i++) {
-    let decoded: ReturnType<typeof codec.view>;
-    const record = data.subarray(bounds[2 * i]!, bounds[2 * i + 1]!);
-    try {
-      decoded = codec.view(record);
-    } catch (err) {
-      result.undecodable.push({
-        index: i,
-        code: (err as EdrError).code ?? 'EDR_SCHEMA_CORRUPT',
-        message: errorMessage(err),
-      });
-      continue;
-    }
-    if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue;
-    let matches: ReturnType<typeof evaluateExecve>;
-    try {
-      matches = evaluateExecve(set.engine, decoded.value);
-    } catch {
-      const thrown = rulesThatThrow(set.rules, decoded.value);
-      // An error no single rule reproduces: skip the event's matches rather than loop.
-      if (thrown.length === 0) continue;
-      result.culprits = thrown.map((t) => ({ ruleId: t.rule.id, message: errorMessage(t.err) }));
-      result.next = i;
-      break;
-    }
-    for (const m of matches) {
-      const e = decoded.value;
-      result.matches.push({
-        index: i,
-        rule: index.get(m.rule)!,
-        ruleId: m.rule.id,
-        fields: m.fields,
-        hostId: e.hostId,
-      });
-      alerts.push(encodeMatchAlert(codec, record, e, ruleInfo(m.rule), m.fields, ctx));
-    }
-  }
-  const packed = packBuffers(alerts);
-  return { ...result, alerts: packed.data, alertBounds: packed.bounds };
 }
 
 /** Values packed into one buffer: value i is data[bounds[2i]..bounds[2i+1]). */
@@ -233,7 +140,7 @@ function packWith(n: number, at: (i: number) => Uint8Array | null): Packed {
 interface Thread {
   worker: Worker;
   version: string | undefined;
-  pending: Map<number, { resolve: (r: EvalResult) => void; reject: (err: unknown) => void }>;
+  pending: Map<number, { resolve: (r: Evaluation) => void; reject: (err: unknown) => void }>;
 }
 
 export class EvalPool {
@@ -249,8 +156,8 @@ export class EvalPool {
     this.threads = new Array(Math.max(1, size)).fill(undefined);
   }
 
-  /** Evaluates `records` against `snap` on the least busy thread. */
-  evaluate(snap: RuleSnapshot, records: readonly InRecord[]): Promise<EvalResult> {
+  /** Evaluates `records` against `snap` on the least busy thread (`evaluateRecords` there). */
+  evaluate(snap: RuleSnapshot, records: readonly InRecord[]): Promise<Evaluation> {
     if (this.closed)
       return Promise.reject(new EdrError('EDR_DETECTOR_EVAL_CLOSED', 'evaluation pool is closed'));
     let best = 0;
@@ -274,7 +181,7 @@ export class EvalPool {
     const { data, bounds } = pack(records);
     const m: BatchMessage = { type: 'batch', id, data, bounds };
     const transfer = [data.buffer as ArrayBuffer, bounds.buffer as ArrayBuffer];
-    return new Promise<EvalResult>((resolve, reject) => {
+    return new Promise<Evaluation>((resolve, reject) => {
       t.pending.set(id, { resolve, reject });
       t.worker.postMessage(m, transfer);
     });
@@ -295,7 +202,7 @@ export class EvalPool {
       const p = t.pending.get(msg.id);
       if (p === undefined) return;
       t.pending.delete(msg.id);
-      if (msg.result !== undefined) p.resolve(msg.result);
+      if (msg.result !== undefined) p.resolve(unpacked(msg.result));
       else
         p.reject(new EdrError('EDR_DETECTOR_EVAL', `evaluation thread: ${msg.error}`, { retryable: true }));
     });

@@ -1,13 +1,8 @@
 /** An evaluation thread of `EvalPool`: rule sets and packed batches in, results out, in message order. */
 import { parentPort } from 'node:worker_threads';
 import { errorMessage } from '../infra/errors.js';
-import {
-  type BatchMessage,
-  type EvalResult,
-  engineOf,
-  evaluatePacked,
-  type RulesMessage,
-} from './eval-pool.js';
+import { type BatchMessage, type EvalResult, engineOf, packBuffers, type RulesMessage } from './eval-pool.js';
+import { evaluateRecords } from './evaluate.js';
 
 let set: ReturnType<typeof engineOf> | undefined;
 let setError: string | undefined;
@@ -26,7 +21,9 @@ parentPort?.on('message', (m: RulesMessage | BatchMessage) => {
   try {
     if (set === undefined) throw new Error(setError ?? 'no rule set');
     const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
-    const result: EvalResult = evaluatePacked(set, data, m.bounds);
+    const { alerts, ...rest } = evaluateRecords(set, { data, bounds: m.bounds });
+    const packed = packBuffers(alerts);
+    const result: EvalResult = { ...rest, alerts: packed.data, alertBounds: packed.bounds };
     parentPort!.postMessage({ id: m.id, result }, [
       result.alerts.buffer as ArrayBuffer,
       result.alertBounds.buffer as ArrayBuffer,

@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import type { Command } from '../infra/cli.js';
 import { EdrError } from '../infra/errors.js';
-import type { ExecveEvent } from '../schemas/types.js';
+import { evaluableExecve, execveFromJson } from '../schemas/execve-json.js';
 import { readPlaceholders } from './rules-cli.js';
 import {
   createEngine,
@@ -45,33 +45,6 @@ export function parseLogsource(spec: string): LogSource {
     out[k] = v.toLowerCase();
   }
   return out;
-}
-
-const BIGINT_FIELDS = [
-  'seq',
-  'timeNs',
-  'processStartNs',
-  'uid',
-  'euid',
-  'gid',
-  'loginUid',
-  'sessionId',
-  'cgroupId',
-] as const satisfies readonly (keyof ExecveEvent)[];
-
-/** An ExecveEvent from JSON, where 64-bit fields arrive as numbers or strings. */
-export function execveFromJson(obj: Record<string, unknown>): ExecveEvent {
-  const e = { ...obj } as Record<string, unknown>;
-  for (const k of BIGINT_FIELDS) {
-    const v = e[k];
-    if (typeof v === 'number' || typeof v === 'string') e[k] = BigInt(v);
-  }
-  if (typeof e['image'] !== 'string' || !Array.isArray(e['argv'])) {
-    throw new EdrError('EDR_HUNT_EVENT', "an execve event needs 'image' (string) and 'argv' (list)");
-  }
-  for (const k of ['parentImage', 'parentCommandLine', 'userName', 'containerId', 'sha256'] as const)
-    e[k] ??= null;
-  return e as unknown as ExecveEvent;
 }
 
 const jsonReplacer = (_k: string, v: unknown): unknown => (typeof v === 'bigint' ? v.toString() : v);
@@ -176,7 +149,7 @@ export const command: Command = {
           const rec = obj as Record<string, unknown>;
           let found: Match[];
           if (values.execve) {
-            found = evaluateExecve(engine, execveFromJson(rec));
+            found = evaluateExecve(engine, evaluableExecve(execveFromJson(rec)));
           } else {
             const own = rec['logsource'];
             const ls =

@@ -33,8 +33,13 @@ export async function ensureTopics(transport: Transport, c: DetectorConfig): Pro
   await transport.createTopics(base);
   const partitions = (await settled(() => transport.endOffsets(c.topics.input))).length;
   await transport.createTopics([
-    { name: c.topics.correlation, partitions, retentionMs: 7 * 24 * 3_600_000 },
-    { name: c.topics.changelog, partitions, cleanupPolicy: 'compact', retentionMs: -1 },
+    { name: c.topics.correlation, partitions, retentionMs: table.correlation.retentionMs },
+    {
+      name: c.topics.changelog,
+      partitions,
+      cleanupPolicy: table.changelog.cleanupPolicy,
+      retentionMs: table.changelog.retentionMs,
+    },
   ]);
   return (await settled(() => transport.endOffsets(c.topics.changelog))).length;
 }

@@ -5,10 +5,10 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { createLogger } from '../infra/log.js';
 import { sampleEvent } from '../test/fixtures/events.js';
+import { containsRule } from '../test/harness/detector.js';
 import { alertId } from './alerts.js';
 import { RuleStore } from './rule-store.js';
 import { evaluateExecve } from './sigma/engine.js';
-import { containsRule } from './testing.js';
 
 const quiet = createLogger({}, 'error');
 

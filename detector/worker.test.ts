@@ -5,11 +5,12 @@ import { MemoryTransport } from '../infra/memory-transport.js';
 import { type Batch, deadLetterHeaders, type InRecord } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
 import { sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
+import { containsRule } from '../test/harness/detector.js';
 import { alertId } from './alerts.js';
-import { evaluatePacked, pack, packBuffers } from './eval-pool.js';
+import { pack, packBuffers } from './eval-pool.js';
+import { evaluateRecords } from './evaluate.js';
 import { RuleStore } from './rule-store.js';
 import { detectorMetrics } from './telemetry.js';
-import { containsRule } from './testing.js';
 import { DetectorWorker } from './worker.js';
 
 const noop = () => {};
@@ -160,7 +161,7 @@ test('evaluation threads follow rule-set changes between batches, and alerts car
   await w.stop();
 });
 
-test('a thread names the rule that throws and stops at that record, so it is re-evaluated without it', () => {
+test('evaluation names the rule that throws and stops at that record, so it is re-evaluated without it; the same on records or packed values', () => {
   const codec = projectCodec();
   const store = new RuleStore({ log: quiet });
   store.applyTopic([
@@ -182,7 +183,10 @@ test('a thread names the rule that throws and stops at that record, so it is re-
     if (test(ctx)) throw new Error('boom');
     return false;
   };
-  const res = evaluatePacked({ ...set, version: 'v1', detectorId: 'd1' }, Buffer.from(data), bounds);
+  const res = evaluateRecords(
+    { ...set, version: 'v1', detectorId: 'd1' },
+    { data: Buffer.from(data), bounds },
+  );
   assert.equal(res.next, 2);
   assert.deepEqual(
     res.matches.map((m) => [m.index, m.ruleId]),
@@ -193,6 +197,9 @@ test('a thread names the rule that throws and stops at that record, so it is re-
     [[1, 'EDR_SCHEMA_NOT_SINGLE_OBJECT']],
   );
   assert.deepEqual(res.culprits, [{ ruleId: B, message: 'boom' }]);
+  const { alerts, ...inProcess } = evaluateRecords({ ...set, version: 'v1', detectorId: 'd1' }, records);
+  const ids = (bufs: Buffer[]) => bufs.map((b) => codec.decodeAs('dev.edr.v1.Alert', b).alertId);
+  assert.deepEqual({ ...inProcess, alerts: ids(alerts) }, { ...res, alerts: ids(res.alerts) });
 });
 
 test('packed values read back the same, whether they share one buffer (one copy) or not', () => {

@@ -18,24 +18,23 @@ import {
   type Transport,
 } from '../infra/transport.js';
 import { type Codec, projectCodec } from '../schemas/codec.js';
-import { plainEvent } from '../schemas/execve-view.js';
 import { belowLevel } from '../schemas/levels.js';
 import type { Alert, ExecveEvent } from '../schemas/types.js';
 import {
   alertRecord,
   buildAlert,
   encodedAlertRecord,
-  encodeMatchAlert,
   eventField,
   type RuleInfo,
   ruleInfo,
 } from './alerts.js';
 import { CorrelationStore, eventTimeMs, groupKey, isHostScoped } from './correlations.js';
-import { EvalPool, rulesThatThrow } from './eval-pool.js';
+import { EvalPool } from './eval-pool.js';
+import { evaluateRecords } from './evaluate.js';
 import { autoThreads, HostPeers } from './host-peers.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
 import { type CompiledCorrelation, type CorrelationMatch, ruleRef } from './sigma/correlations.js';
-import { type CompiledRule, evaluateExecve, type Match } from './sigma/engine.js';
+import type { CompiledRule, Match } from './sigma/engine.js';
 import type { DetectorMetrics } from './telemetry.js';
 
 export interface WorkerTopics {
@@ -84,31 +83,6 @@ function correlationInfo(c: CompiledCorrelation): RuleInfo {
     author: typeof raw['author'] === 'string' ? raw['author'] : null,
     references: strs(raw['references']),
   };
-}
-
-/**
- * Evaluates one event; a rule that throws is found (by evaluating each rule alone), disabled in the store and
- * reported, and the event evaluated again without it. Never throws.
- */
-export function evaluateSafely(
-  store: RuleStore,
-  event: ExecveEvent,
-  onDisabled: (rule: CompiledRule, err: unknown) => void,
-): { snap: RuleSnapshot; matches: Match[] } {
-  for (;;) {
-    const snap = store.current;
-    try {
-      return { snap, matches: evaluateExecve(snap.engine, event) };
-    } catch {
-      const thrown = rulesThatThrow(snap.rules, event);
-      for (const { rule, err } of thrown) {
-        store.disable(rule.id, errorMessage(err));
-        onDisabled(rule, err);
-      }
-      // An error no single rule reproduces: skip the event's matches rather than loop.
-      if (thrown.length === 0) return { snap, matches: [] };
-    }
-  }
 }
 
 /**
@@ -227,6 +201,21 @@ type Outcome =
       event: () => ExecveEvent;
     };
 
+/** A match of a rule some correlation names, with where it came from and where its records go. */
+interface MatchToCorrelate {
+  /** The input partition (the host-scoped correlation state's). */
+  partition: number;
+  snap: RuleSnapshot;
+  derived: SnapDerived;
+  match: Match;
+  event: ExecveEvent;
+  /** The input record matched (its headers go on to the alerts). */
+  source: InRecord;
+  out: OutRecord[];
+  /** Whether the partition's host-scoped correlation state is restored (else only cross-host ones are fed). */
+  localReady: boolean;
+}
+
 export class DetectorWorker {
   private readonly codec = projectCodec();
   private pool: EvalPool | undefined;
@@ -341,10 +330,7 @@ export class DetectorWorker {
     if (hasLocal) await retryable(() => this.local.prepare(batch.partition, first.offset, batch.fetchedFrom));
     const t0 = performance.now();
     if (this.threads > 0) this.pool ??= new EvalPool(this.threads, o.log, o.detectorId);
-    const outcomes =
-      this.threads === 0 || this.pool === undefined
-        ? this.evaluateHere(batch, out)
-        : await this.evaluatePooled(this.pool, batch, out);
+    const outcomes = await this.evaluate(this.threads === 0 ? undefined : this.pool, batch, out);
     let alerts = 0;
     let dead = 0;
     for (const x of outcomes) {
@@ -366,7 +352,16 @@ export class DetectorWorker {
         }
         // The event is decoded (from the record) only for a rule a correlation names.
         if (d.correlated.has(m.rule.id))
-          alerts += this.correlate(batch.partition, snap, d, m, x.event(), r, out, hasLocal);
+          alerts += this.correlate({
+            partition: batch.partition,
+            snap,
+            derived: d,
+            match: m,
+            event: x.event(),
+            source: r,
+            out,
+            localReady: hasLocal,
+          });
       }
     }
     if (hasLocal)
@@ -385,60 +380,37 @@ export class DetectorWorker {
     out.push(disabledReport(this.codec, this.o, rule, err));
   }
 
-  /** Decodes and evaluates on this thread; the records that matched or did not decode, in order. */
-  private evaluateHere(batch: Batch, out: OutRecord[]): Outcome[] {
-    const outcomes: Outcome[] = [];
-    for (let i = 0; i < batch.records.length; i++) {
-      let decoded: ReturnType<Codec['decode']>;
-      try {
-        // A view: rules read a few fields, so only those are decoded (the body's structure is checked here).
-        decoded = this.codec.view(batch.records[i]!.value ?? Buffer.alloc(0));
-      } catch (error) {
-        outcomes.push({ kind: 'undecodable', index: i, error });
-        continue;
-      }
-      if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue; // lifecycle records on the audit topic
-      const view = decoded.value;
-      const { snap, matches } = evaluateSafely(this.o.store, view, (rule, err) =>
-        this.onDisabled(out, rule, err),
-      );
-      if (matches.length === 0) continue;
-      const record = batch.records[i]!.value!;
-      const ctx = { ruleSetVersion: snap.version, detectorId: this.o.detectorId, runId: null };
-      const alerts = matches.map((m) =>
-        encodeMatchAlert(this.codec, record, view, ruleInfo(m.rule), m.fields, ctx),
-      );
-      outcomes.push({
-        kind: 'matched',
-        index: i,
-        snap,
-        matches,
-        alerts,
-        hostId: view.hostId,
-        event: once(() => plainEvent(view)),
-      });
-    }
-    return outcomes;
-  }
-
-  /** The same on the evaluation threads; only the records that matched are decoded here (for their alerts). */
-  private async evaluatePooled(pool: EvalPool, batch: Batch, out: OutRecord[]): Promise<Outcome[]> {
+  /**
+   * The records of `batch` that matched or did not decode, in order: evaluated here, or on a thread when there
+   * are any (`evaluateRecords` either way). A rule that throws is disabled in the store and reported, and the
+   * batch evaluated on from the record it threw on, without it.
+   */
+  private async evaluate(pool: EvalPool | undefined, batch: Batch, out: OutRecord[]): Promise<Outcome[]> {
     const outcomes: Outcome[] = [];
     for (let from = 0; from < batch.records.length; ) {
       const snap = this.o.store.current;
       const records = from === 0 ? batch.records : batch.records.slice(from);
-      const res = await pool.evaluate(snap, records);
+      const res =
+        pool === undefined
+          ? evaluateRecords(
+              {
+                engine: snap.engine,
+                rules: snap.rules,
+                version: snap.version,
+                detectorId: this.o.detectorId,
+              },
+              records,
+            )
+          : await pool.evaluate(snap, records);
       for (const u of res.undecodable) {
         outcomes.push({ kind: 'undecodable', index: from + u.index, error: new EdrError(u.code, u.message) });
       }
-      const alertData = Buffer.from(res.alerts.buffer, res.alerts.byteOffset, res.alerts.byteLength);
       let last: (Outcome & { kind: 'matched' }) | undefined;
       for (let k = 0; k < res.matches.length; k++) {
         const m = res.matches[k]!;
         const rule = snap.rules[m.rule];
         if (rule?.id !== m.ruleId)
-          throw new EdrError('EDR_DETECTOR_EVAL', `thread rule ${m.ruleId} is not ${rule?.id}`);
-        const alert = alertData.subarray(res.alertBounds[2 * k]!, res.alertBounds[2 * k + 1]!);
+          throw new EdrError('EDR_DETECTOR_EVAL', `evaluated rule ${m.ruleId} is not ${rule?.id}`);
         const match = { rule, logsource: rule.logsource, fields: m.fields };
         // A record's matches come together, in order.
         if (last?.index !== from + m.index) {
@@ -455,7 +427,7 @@ export class DetectorWorker {
           outcomes.push(last);
         }
         last.matches.push(match);
-        last.alerts.push(alert);
+        last.alerts.push(res.alerts[k]!);
       }
       // A rule threw on record `next`: disable it (a new snapshot) and evaluate again from that record.
       for (const c of res.culprits) {
@@ -469,16 +441,8 @@ export class DetectorWorker {
   }
 
   /** Feeds a match to the correlations naming its rule; returns the number of alerts added to `out`. */
-  private correlate(
-    partition: number,
-    snap: RuleSnapshot,
-    d: SnapDerived,
-    m: Match,
-    ev: ExecveEvent,
-    source: InRecord,
-    out: OutRecord[],
-    localReady: boolean,
-  ): number {
+  private correlate(c: MatchToCorrelate): number {
+    const { partition, snap, derived: d, match: m, event: ev, source, out, localReady } = c;
     let n = 0;
     const get = (f: string) => eventField(ev, f);
     if (localReady) {

@@ -8,9 +8,14 @@ export interface TopicSpec {
   name: string;
   /** What the record key is. */
   key: string;
-  /** Avro full names of the values (single-object encoded), or 'yaml' / 'bytes'. */
-  values: Array<RecordName | 'yaml' | 'bytes' | 'avro-schema'>;
+  /** Avro full names of the values (single-object encoded), or 'yaml' / 'json' / 'bytes'. */
+  values: Array<RecordName | 'yaml' | 'json' | 'bytes' | 'avro-schema'>;
   partitions: number;
+  /**
+   * The detector's intermediate topics: they need as many partitions as its input topic has (which a deployment
+   * may change), so the detector creates them when it starts, with that count, and `edr up` does not.
+   */
+  followsInput?: true;
   cleanupPolicy: 'delete' | 'compact';
   /** -1 keeps forever. */
   retentionMs: number;
@@ -83,9 +88,31 @@ export const topics = {
     retentionMs: -1,
     doc: 'Writer schemas by fingerprint, so a reader can decode records from newer or older writers.',
   },
+  correlation: {
+    name: 'edr.correlation.v1',
+    key: 'correlation id | group-by values',
+    values: ['dev.edr.v1.Alert'],
+    partitions: 6,
+    cleanupPolicy: 'delete',
+    retentionMs: 7 * day,
+    followsInput: true,
+    doc: 'Rule matches feeding correlations not grouped by host, keyed by their group-by values (the base match as an Alert).',
+  },
+  changelog: {
+    name: 'edr.correlation-state.v1',
+    key: 'stage | input partition | correlation | group, or a checkpoint',
+    values: ['json'],
+    partitions: 6,
+    cleanupPolicy: 'compact',
+    retentionMs: -1,
+    followsInput: true,
+    doc: 'Correlation state, written in the same transaction as the input offsets it corresponds to.',
+  },
 } as const satisfies Record<string, TopicSpec>;
 
 export type TopicRole = keyof typeof topics;
 
-/** Every topic, for creating them all at once. */
-export const allTopics: readonly TopicSpec[] = Object.values(topics);
+/** Every topic `edr up` creates at once: all but those the detector creates after its input (`followsInput`). */
+export const allTopics: readonly TopicSpec[] = Object.values<TopicSpec>(topics).filter(
+  (t) => t.followsInput !== true,
+);

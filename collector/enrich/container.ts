@@ -135,7 +135,7 @@ export class ContainerIds {
   }
 
   #fromV1(pid: number): string | null {
-    // Reading /proc/PID/cgroup for every exec costs ~12 µs: only while a runtime has containers in v1, checked
+    // Reading /proc/PID/cgroup is a file read per exec: done only while a runtime has containers in v1, checked
     // every 5 s.
     if (this.#v1Root === undefined) return null;
     if (Date.now() - this.#v1CheckedAt > 5000) {

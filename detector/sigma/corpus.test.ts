@@ -10,12 +10,12 @@ import { describe, it } from 'node:test';
 import { parseAllDocuments } from 'yaml';
 import { repoRoot } from '../../infra/paths.js';
 import type { ExecveEvent } from '../../schemas/types.js';
+import { generateEvents, prng, sampleEvent } from '../../test/fixtures/events.js';
 import type { Condition } from './conditions.js';
 import { type CompiledRule, createEngine, evaluateExecve, loadRules } from './engine.js';
 import { parseSigmaString } from './modifiers.js';
 import { ruleFiles } from './parse.js';
 import { closingParen, compileRegex, minMatchLength, splitTop } from './safe-regex.js';
-import { execveEvent, generateEvents, prng } from './sample-events.js';
 
 const SIGMA = resolve(repoRoot, '..', 'shared', 'sigma');
 const ACTIVE = [
@@ -340,7 +340,7 @@ function build(fragments: readonly Fragment[]): ExecveEvent | undefined {
   // auditd rules read argv positionally; process_creation rules read the command line.
   const argv = args.length > 0 ? Array.from(args, (a) => a ?? 'x') : values['CommandLine']!.split(' ');
   argv.push(...keywords);
-  return execveEvent({
+  return sampleEvent({
     image: values['Image']!,
     argv,
     parentImage: values['ParentImage']!,

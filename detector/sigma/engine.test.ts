@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { generateEvents, sampleEvent } from '../../test/fixtures/events.js';
 import { CandidateIndex } from './candidate-index.js';
 import { parseCondition } from './conditions.js';
 import { compileDocs, createEngine, evaluate, evaluateExecve } from './engine.js';
 import { EvalContext, jsonEvent } from './event-view.js';
 import { parseRuleText } from './parse.js';
-import { execveEvent, generateEvents } from './sample-events.js';
 
 function rules(yaml: string, opts = {}) {
   const { docs, problems } = parseRuleText(yaml, 'test.yml');
@@ -227,7 +227,7 @@ filter:
     User: root
   condition: not root
 `;
-  const ev = (user: string) => execveEvent({ image: '/usr/bin/whoami', argv: ['whoami'], userName: user });
+  const ev = (user: string) => sampleEvent({ image: '/usr/bin/whoami', argv: ['whoami'], userName: user });
   const fired = (yaml: string, user: string) =>
     evaluateExecve(createEngine(rules(yaml).rules), ev(user)).some((m) => m.rule.title === 'whoami');
   it('without a filter the rule fires for every user', () => {
@@ -278,7 +278,7 @@ detection:
   condition: s
 `;
   const set = rules(y);
-  const e = execveEvent({ image: '/usr/bin/curl', argv: ['curl', '-d', '@/etc/passwd', 'x'], loginUid: 0n });
+  const e = sampleEvent({ image: '/usr/bin/curl', argv: ['curl', '-d', '@/etc/passwd', 'x'], loginUid: 0n });
   it('routes each view to its rules only', () => {
     const m = evaluateExecve(createEngine(set.rules), e);
     assert.deepEqual(m.map((x) => x.rule.title).sort(), ['auditd', 'pc']);
@@ -296,7 +296,7 @@ detection:
     assert.ok(m.some((x) => x.rule.title === 'windows'));
   });
   it('a near miss does not fire', () => {
-    const miss = execveEvent({
+    const miss = sampleEvent({
       image: '/usr/bin/curl',
       argv: ['curl', '-d', '@/etc/passwd'],
       loginUid: 1000n,

@@ -18,8 +18,6 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { detectorConfigSchema } from '../../detector/config.js';
-import { generateEvents } from '../../detector/sigma/sample-events.js';
-import { testTopics, writeConfig } from '../../detector/testing.js';
 import { startBroker } from '../../infra/kafka/broker.js';
 import { kafkaConfigSchema } from '../../infra/kafka/config.js';
 import { KafkaTransport } from '../../infra/kafka/transport.js';
@@ -27,6 +25,8 @@ import { createLogger } from '../../infra/log.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
+import { generateEvents } from '../fixtures/events.js';
+import { testTopics, writeConfig } from '../harness/detector.js';
 
 const N = Number(process.env['EDR_BENCH_DETECTOR_EVENTS'] ?? 1_000_000);
 const PARTITIONS = 6;

@@ -14,9 +14,9 @@ import {
   evaluateExecve,
   loadRules,
 } from '../../detector/sigma/engine.js';
-import { generateEvents } from '../../detector/sigma/sample-events.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { ExecveEvent } from '../../schemas/types.js';
+import { generateEvents } from '../fixtures/events.js';
 
 const SIGMA = resolve(repoRoot, '..', 'shared', 'sigma');
 const DIRS = [

@@ -8,6 +8,11 @@ import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
+import type { KafkaTransport } from '../../infra/kafka/transport.js';
+import type { OutRecord, Transport } from '../../infra/transport.js';
+import { projectCodec } from '../../schemas/codec.js';
+import { sampleEvent } from '../fixtures/events.js';
+import { testBrokers, testTransport } from '../harness/broker.js';
 import {
   collectAlerts,
   createTestTopics,
@@ -15,12 +20,7 @@ import {
   testTopics,
   WorkerProcess,
   writeConfig,
-} from '../../detector/testing.js';
-import type { KafkaTransport } from '../../infra/kafka/transport.js';
-import type { OutRecord, Transport } from '../../infra/transport.js';
-import { projectCodec } from '../../schemas/codec.js';
-import { sampleEvent } from '../fixtures/events.js';
-import { testBrokers, testTransport } from '../harness/broker.js';
+} from '../harness/detector.js';
 import { unique, waitFor } from '../harness/names.js';
 
 // Closed even when a test fails, or the open clients would keep the test process alive.

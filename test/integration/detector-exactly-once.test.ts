@@ -8,6 +8,11 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { alertId } from '../../detector/alerts.js';
+import type { KafkaTransport } from '../../infra/kafka/transport.js';
+import { deadLetterHeaders, type InRecord, type OutRecord } from '../../infra/transport.js';
+import { projectCodec } from '../../schemas/codec.js';
+import { sampleEvent } from '../fixtures/events.js';
+import { testBrokers, testTransport } from '../harness/broker.js';
 import {
   collectAlerts,
   containsRule,
@@ -16,12 +21,7 @@ import {
   testTopics,
   WorkerProcess,
   writeConfig,
-} from '../../detector/testing.js';
-import type { KafkaTransport } from '../../infra/kafka/transport.js';
-import { deadLetterHeaders, type InRecord, type OutRecord } from '../../infra/transport.js';
-import { projectCodec } from '../../schemas/codec.js';
-import { sampleEvent } from '../fixtures/events.js';
-import { testBrokers, testTransport } from '../harness/broker.js';
+} from '../harness/detector.js';
 import { unique, waitFor } from '../harness/names.js';
 
 // Closed even when a test fails, or the open clients would keep the test process alive.

@@ -9,19 +9,13 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { alertId } from '../../detector/alerts.js';
-import {
-  collectAlerts,
-  containsRule,
-  createTestTopics,
-  tempDir,
-  testTopics,
-} from '../../detector/testing.js';
 import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import { repoRoot } from '../../infra/paths.js';
 import type { OutRecord } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleAlert, sampleCollectorRecord, sampleEvent } from '../fixtures/events.js';
 import { testBrokers, testTransport } from '../harness/broker.js';
+import { collectAlerts, containsRule, createTestTopics, tempDir, testTopics } from '../harness/detector.js';
 import { unique, waitFor } from '../harness/names.js';
 
 // Closed even when a test fails, or the open clients would keep the test process alive.

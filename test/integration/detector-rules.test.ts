@@ -9,14 +9,6 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import {
-  collectAlerts,
-  createTestTopics,
-  tempDir,
-  testTopics,
-  WorkerProcess,
-  writeConfig,
-} from '../../detector/testing.js';
 import { freePort } from '../../infra/kafka/broker.js';
 import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import { repoRoot } from '../../infra/paths.js';
@@ -24,6 +16,14 @@ import type { OutRecord, Transport } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleEvent } from '../fixtures/events.js';
 import { testBrokers, testTransport } from '../harness/broker.js';
+import {
+  collectAlerts,
+  createTestTopics,
+  tempDir,
+  testTopics,
+  WorkerProcess,
+  writeConfig,
+} from '../harness/detector.js';
 import { unique, waitFor } from '../harness/names.js';
 
 // Closed even when a test fails, or the open clients would keep the test process alive.

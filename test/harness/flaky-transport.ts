@@ -1,7 +1,7 @@
 /** Helpers for the collector's unit tests: a transport whose broker can be "down", and reading topics back. */
-import { EdrError } from '../infra/errors.js';
-import { MemoryTransport } from '../infra/memory-transport.js';
-import type { InRecord, Producer, Transport } from '../infra/transport.js';
+import { EdrError } from '../../infra/errors.js';
+import { MemoryTransport } from '../../infra/memory-transport.js';
+import type { InRecord, Producer, Transport } from '../../infra/transport.js';
 
 /** The in-memory transport behind a switch: while `down`, connecting and publishing fail as Kafka's would. */
 export class FlakyTransport extends MemoryTransport {

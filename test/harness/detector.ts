@@ -1,17 +1,17 @@
 /**
- * Helpers for the detector's integration tests and bench: worker processes (so SIGKILL is real), their config
- * files, unique topic sets, and a read-committed reader of the alerts topic.
+ * Helpers for the detector's tests and bench: worker processes (so SIGKILL is real), their config files, unique
+ * topic sets, a minimal rule, and a read-committed reader of the alerts topic.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { appendFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import yaml from 'js-yaml';
-import { repoRoot } from '../infra/paths.js';
-import type { Consumption, InRecord, Transport } from '../infra/transport.js';
-import { projectCodec } from '../schemas/codec.js';
-import type { Alert } from '../schemas/types.js';
-import type { WorkerTopics } from './worker.js';
+import YAML from 'yaml';
+import type { WorkerTopics } from '../../detector/worker.js';
+import { repoRoot } from '../../infra/paths.js';
+import type { Consumption, InRecord, Transport } from '../../infra/transport.js';
+import { projectCodec } from '../../schemas/codec.js';
+import type { Alert } from '../../schemas/types.js';
 
 export interface TestTopics extends WorkerTopics {
   rules: string;
@@ -59,7 +59,7 @@ detection:
 
 export function writeConfig(dir: string, name: string, config: Record<string, unknown>): string {
   const file = path.join(dir, `${name}.yaml`);
-  writeFileSync(file, yaml.dump(config));
+  writeFileSync(file, YAML.stringify(config));
   return file;
 }
 
