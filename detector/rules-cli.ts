@@ -4,10 +4,9 @@
  * `list` publish to and read the fleet's compacted rules topic.
  */
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { load as loadYaml } from 'js-yaml';
 import { stringify as stringifyYaml } from 'yaml';
-import type { Command } from '../infra/cli.js';
+import { commandArgs } from '../infra/command-args.js';
 import { loadConfig } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
 import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
@@ -65,24 +64,14 @@ export function readPlaceholders(path: string): Placeholders {
 }
 
 async function check(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      quiet: { type: 'boolean', short: 'q' },
-      placeholders: { type: 'string' },
-      help: { type: 'boolean' },
-    },
+  const args = commandArgs(argv, {
+    usage: USAGE,
+    options: { quiet: { type: 'boolean', short: 'q' }, placeholders: { type: 'string' } },
+    positionals: 1,
   });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const [dir] = positionals;
-  if (dir === undefined || positionals.length > 1) {
-    process.stderr.write(USAGE);
-    return 2;
-  }
+  if (typeof args === 'number') return args;
+  const { values } = args;
+  const dir = args.positionals[0]!;
   const placeholders = values.placeholders === undefined ? {} : readPlaceholders(values.placeholders);
   const set = loadRules(dir, { placeholders });
   const out: string[] = [];
@@ -110,7 +99,6 @@ const kafkaOptions = {
   config: { type: 'string' },
   brokers: { type: 'string' },
   topic: { type: 'string' },
-  help: { type: 'boolean' },
 } as const;
 
 /** The rules topic and a transport to it, from --config or --brokers/--topic. */
@@ -138,20 +126,14 @@ function rulesTopic(values: { config?: string; brokers?: string; topic?: string 
 }
 
 async function push(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
+  const args = commandArgs(argv, {
+    usage: USAGE,
     options: { ...kafkaOptions, delete: { type: 'string', multiple: true }, prune: { type: 'boolean' } },
+    positionals: 1,
   });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const [dir] = positionals;
-  if (dir === undefined || positionals.length > 1) {
-    process.stderr.write(USAGE);
-    return 2;
-  }
+  if (typeof args === 'number') return args;
+  const { values } = args;
+  const dir = args.positionals[0]!;
   const set = loadRules(dir);
   const out: string[] = [];
   for (const p of set.problems) {
@@ -208,11 +190,9 @@ async function push(argv: string[]): Promise<number> {
 }
 
 async function list(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: kafkaOptions });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const args = commandArgs(argv, { usage: USAGE, options: kafkaOptions });
+  if (typeof args === 'number') return args;
+  const { values } = args;
   const { transport, topic } = rulesTopic(values);
   let current: Map<string, string>;
   try {
@@ -236,9 +216,9 @@ async function list(argv: string[]): Promise<number> {
   return 0;
 }
 
-export const command: Command = {
+export const command = {
   summary: 'rule-set tooling: check, push, list',
-  async run(argv) {
+  async run(argv: string[]): Promise<number> {
     const [sub, ...rest] = argv;
     switch (sub) {
       case 'check':
