@@ -4,10 +4,9 @@
  * `list` publish to and read the fleet's compacted rules topic.
  */
 import { readFileSync } from 'node:fs';
-import { load as loadYaml } from 'js-yaml';
 import { stringify as stringifyYaml } from 'yaml';
 import { commandArgs } from '../infra/command-args.js';
-import { loadConfig } from '../infra/config.js';
+import { loadConfig, parseYaml } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
 import { KafkaTransport, kafkaConfigSchema } from '../infra/kafka-transport.js';
 import { createLogger } from '../infra/log.js';
@@ -42,7 +41,7 @@ const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
 export function readPlaceholders(path: string): Placeholders {
   let data: unknown;
   try {
-    data = loadYaml(readFileSync(path, 'utf8'));
+    data = parseYaml(readFileSync(path, 'utf8'));
   } catch (err) {
     throw new EdrError(
       'EDR_SIGMA_PLACEHOLDERS',
