@@ -152,7 +152,10 @@ export const command: Command = {
 
 export const down: Command = {
   summary: 'stop the local pipeline',
-  async run() {
+  async run(argv) {
+    // Parsed only for --help: `edr down --help` must not stop the pipeline.
+    const args = commandArgs(argv, { usage: help, options: {} });
+    if (typeof args === 'number') return args;
     for (const name of ['collector', 'detector', 'sinks']) {
       const stopped = await stopBackground(stateDir, name);
       process.stdout.write(`${name.padEnd(10)} ${stopped ? 'stopped' : 'was not running'}\n`);
