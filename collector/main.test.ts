@@ -9,7 +9,7 @@ import { repoRoot } from '../infra/paths.js';
 const dir = mkdtempSync(path.join(tmpdir(), 'edr-collector-cli-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 const cli = (...args: string[]) =>
-  spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'infra', 'cli.js'), 'collector', ...args], {
+  spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'cli', 'edr.js'), 'collector', ...args], {
     encoding: 'utf8',
   });
 

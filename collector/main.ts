@@ -3,8 +3,7 @@
  * stops the capture, publishes what it captured (or leaves it in the spool when the broker is down) and a
  * STOPPED record, then exits 0. A replay source ends by itself at the end of its file.
  */
-import { parseArgs } from 'node:util';
-import type { Command } from '../infra/cli.js';
+import { commandArgs } from '../infra/command-args.js';
 import { loadConfig } from '../infra/config.js';
 import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
@@ -20,25 +19,17 @@ const help = `usage: edr collector --config FILE
                   hashing, topics, host; see collector/config.ts
 `;
 
-export const command: Command = {
+export const command = {
   summary: 'capture execs on this host and publish them (eBPF; replay for demos)',
-  async run(argv) {
-    const { values } = parseArgs({
-      args: argv,
-      options: {
-        config: { type: 'string', short: 'c' },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
+  async run(argv: string[]): Promise<number> {
+    const args = commandArgs(argv, {
+      usage: help,
+      options: { config: { type: 'string', short: 'c' } },
+      required: ['config'],
+      missing: 'edr collector: --config FILE is required\n\n',
     });
-    if (values.help) {
-      process.stdout.write(help);
-      return 0;
-    }
-    if (!values.config) {
-      process.stderr.write(`edr collector: --config FILE is required\n\n${help}`);
-      return 2;
-    }
-    const config = loadConfig(collectorConfigSchema, values.config);
+    if (typeof args === 'number') return args;
+    const config = loadConfig(collectorConfigSchema, args.values.config);
     const log = createLogger({ component: 'collector' });
     const transport = new KafkaTransport(config.kafka, log.child({ component: 'kafka' }));
     let collector: Collector;

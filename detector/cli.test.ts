@@ -6,7 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { repoRoot } from '../infra/paths.js';
 
-const CLI = join(repoRoot, 'dist', 'infra', 'cli.js');
+const CLI = join(repoRoot, 'dist', 'cli', 'edr.js');
 
 function edr(args: string[], input?: string) {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', input });

@@ -5,8 +5,7 @@
 import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { parseArgs } from 'node:util';
-import type { Command } from '../infra/cli.js';
+import { commandArgs } from '../infra/command-args.js';
 import { EdrError } from '../infra/errors.js';
 import { evaluableExecve, execveFromJson } from '../schemas/execve-json.js';
 import { readPlaceholders } from './rules-cli.js';
@@ -65,11 +64,11 @@ function matchLine(m: Match, event: unknown): string {
   );
 }
 
-export const command: Command = {
+export const command = {
   summary: 'evaluate Sigma rules over JSON-lines events offline',
-  async run(argv) {
-    const { values } = parseArgs({
-      args: argv,
+  async run(argv: string[]): Promise<number> {
+    const args = commandArgs(argv, {
+      usage: USAGE,
       options: {
         rules: { type: 'string' },
         events: { type: 'string' },
@@ -77,17 +76,11 @@ export const command: Command = {
         execve: { type: 'boolean' },
         placeholders: { type: 'string' },
         'no-routing': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
       },
+      required: ['rules', 'events'],
     });
-    if (values.help) {
-      process.stdout.write(USAGE);
-      return 0;
-    }
-    if (values.rules === undefined || values.events === undefined) {
-      process.stderr.write(USAGE);
-      return 2;
-    }
+    if (typeof args === 'number') return args;
+    const { values } = args;
     const flagSource = values.logsource === undefined ? undefined : parseLogsource(values.logsource);
     const placeholders = values.placeholders === undefined ? {} : readPlaceholders(values.placeholders);
     const set = loadRules(values.rules, { placeholders });

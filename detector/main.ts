@@ -2,8 +2,7 @@
  * `edr detector --config FILE`: one detector worker. Loads the rules (directory and rules topic) before taking
  * partitions, then runs the transactional batch loop until SIGINT/SIGTERM, which finish the batch in hand.
  */
-import { parseArgs } from 'node:util';
-import type { Command } from '../infra/cli.js';
+import { commandArgs } from '../infra/command-args.js';
 import { loadConfig } from '../infra/config.js';
 import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
@@ -126,22 +125,16 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
   }
 }
 
-export const command: Command = {
+export const command = {
   summary: 'run a detector worker: raw events → alerts, transactional, hot rules',
-  async run(argv) {
-    const { values } = parseArgs({
-      args: argv,
-      options: { config: { type: 'string' }, help: { type: 'boolean' } },
+  async run(argv: string[]): Promise<number> {
+    const args = commandArgs(argv, {
+      usage: USAGE,
+      options: { config: { type: 'string' } },
+      required: ['config'],
     });
-    if (values.help) {
-      process.stdout.write(USAGE);
-      return 0;
-    }
-    if (values.config === undefined) {
-      process.stderr.write(USAGE);
-      return 2;
-    }
-    const config = loadConfig(detectorConfigSchema, values.config);
+    if (typeof args === 'number') return args;
+    const config = loadConfig(detectorConfigSchema, args.values.config);
     const ac = new AbortController();
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => ac.abort());
     await runDetector(config, ac.signal);

@@ -6,8 +6,7 @@
  * same run id resumes where it had committed, without repeating alerts.
  */
 import { randomBytes } from 'node:crypto';
-import { parseArgs } from 'node:util';
-import type { Command } from '../infra/cli.js';
+import { commandArgs } from '../infra/command-args.js';
 import { loadConfig } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
 import { kafkaConfigSchema } from '../infra/kafka/config.js';
@@ -223,11 +222,11 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   };
 }
 
-export const command: Command = {
+export const command = {
   summary: 'evaluate a rule set over history held in Kafka (own group per run id, resumable)',
-  async run(argv) {
-    const { values } = parseArgs({
-      args: argv,
+  async run(argv: string[]): Promise<number> {
+    const args = commandArgs(argv, {
+      usage: USAGE,
       options: {
         rules: { type: 'string' },
         from: { type: 'string' },
@@ -240,17 +239,11 @@ export const command: Command = {
         'min-level': { type: 'string' },
         config: { type: 'string' },
         brokers: { type: 'string' },
-        help: { type: 'boolean' },
       },
+      required: ['rules', 'from'],
     });
-    if (values.help) {
-      process.stdout.write(USAGE);
-      return 0;
-    }
-    if (values.rules === undefined || values.from === undefined) {
-      process.stderr.write(USAGE);
-      return 2;
-    }
+    if (typeof args === 'number') return args;
+    const { values } = args;
     const level = values['min-level'];
     if (level !== undefined && !isLevel(level)) {
       process.stderr.write(`edr replay: --min-level must be one of ${LEVEL_ORDER.join(', ')}\n`);

@@ -4,11 +4,9 @@
  * `list` publish to and read the fleet's compacted rules topic.
  */
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
-import { load as loadYaml } from 'js-yaml';
 import { stringify as stringifyYaml } from 'yaml';
-import type { Command } from '../infra/cli.js';
-import { loadConfig } from '../infra/config.js';
+import { commandArgs } from '../infra/command-args.js';
+import { loadConfig, parseYaml } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
 import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import type { KafkaTransport } from '../infra/kafka/transport.js';
@@ -44,7 +42,7 @@ const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
 export function readPlaceholders(path: string): Placeholders {
   let data: unknown;
   try {
-    data = loadYaml(readFileSync(path, 'utf8'));
+    data = parseYaml(readFileSync(path, 'utf8'));
   } catch (err) {
     throw new EdrError(
       'EDR_SIGMA_PLACEHOLDERS',
@@ -66,24 +64,14 @@ export function readPlaceholders(path: string): Placeholders {
 }
 
 async function check(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      quiet: { type: 'boolean', short: 'q' },
-      placeholders: { type: 'string' },
-      help: { type: 'boolean' },
-    },
+  const args = commandArgs(argv, {
+    usage: USAGE,
+    options: { quiet: { type: 'boolean', short: 'q' }, placeholders: { type: 'string' } },
+    positionals: 1,
   });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const [dir] = positionals;
-  if (dir === undefined || positionals.length > 1) {
-    process.stderr.write(USAGE);
-    return 2;
-  }
+  if (typeof args === 'number') return args;
+  const { values } = args;
+  const dir = args.positionals[0]!;
   const placeholders = values.placeholders === undefined ? {} : readPlaceholders(values.placeholders);
   const set = loadRules(dir, { placeholders });
   const out: string[] = [];
@@ -111,7 +99,6 @@ const kafkaOptions = {
   config: { type: 'string' },
   brokers: { type: 'string' },
   topic: { type: 'string' },
-  help: { type: 'boolean' },
 } as const;
 
 /**
@@ -143,20 +130,14 @@ async function rulesTopic(values: { config?: string; brokers?: string; topic?: s
 }
 
 async function push(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
+  const args = commandArgs(argv, {
+    usage: USAGE,
     options: { ...kafkaOptions, delete: { type: 'string', multiple: true }, prune: { type: 'boolean' } },
+    positionals: 1,
   });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const [dir] = positionals;
-  if (dir === undefined || positionals.length > 1) {
-    process.stderr.write(USAGE);
-    return 2;
-  }
+  if (typeof args === 'number') return args;
+  const { values } = args;
+  const dir = args.positionals[0]!;
   const set = loadRules(dir);
   const out: string[] = [];
   for (const p of set.problems) {
@@ -213,11 +194,9 @@ async function push(argv: string[]): Promise<number> {
 }
 
 async function list(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: kafkaOptions });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const args = commandArgs(argv, { usage: USAGE, options: kafkaOptions });
+  if (typeof args === 'number') return args;
+  const { values } = args;
   const { transport, topic } = await rulesTopic(values);
   let current: Map<string, string>;
   try {
@@ -241,9 +220,9 @@ async function list(argv: string[]): Promise<number> {
   return 0;
 }
 
-export const command: Command = {
+export const command = {
   summary: 'rule-set tooling: check, push, list',
-  async run(argv) {
+  async run(argv: string[]): Promise<number> {
     const [sub, ...rest] = argv;
     switch (sub) {
       case 'check':

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { it } from 'node:test';
 import { inspect } from 'node:util';
 import { z } from 'zod';
-import { loadConfig, parseConfig, Secret, secret } from './config.js';
+import { loadConfig, parseConfig, parseYaml, Secret, secret } from './config.js';
 import { EdrError } from './errors.js';
 
 const schema = z.strictObject({
@@ -66,4 +66,38 @@ it('loads YAML files and reports unreadable or malformed ones clearly', () => {
     () => loadConfig(schema, path.join(dir, 'none.yaml')),
     (err: unknown) => err instanceof EdrError && err.code === 'EDR_CONFIG_UNREADABLE',
   );
+});
+
+it('resolves YAML 1.1 merge keys, as js-yaml did, with the merging map winning', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'edr-config-'));
+  const file = path.join(dir, 'merge.yaml');
+  writeFileSync(
+    file,
+    [
+      'defaults: &defaults',
+      '  brokers: [a:9092]',
+      '  timeoutMs: 500',
+      'config:',
+      '  <<: *defaults',
+      '  timeoutMs: 2000',
+      '',
+    ].join('\n'),
+  );
+  const merged = z.strictObject({ defaults: z.unknown(), config: schema });
+  assert.deepEqual(loadConfig(merged, file).config, { brokers: ['a:9092'], timeoutMs: 2000 });
+});
+
+it('reads YAML as js-yaml did: 1.2 booleans, grouped integers; refuses duplicate keys and unknown tags', () => {
+  assert.deepEqual(parseYaml('a: yes\nb: on\nc: true\nd: 30_000\ne: "30_000"\nf: 010\n'), {
+    a: 'yes',
+    b: 'on',
+    c: true,
+    d: 30000,
+    e: '30_000',
+    f: 10,
+  });
+  assert.equal(parseYaml(''), null);
+  assert.throws(() => parseYaml('a: 1\na: 2\n'), /unique/);
+  assert.throws(() => parseYaml('a: !secret x\n'), /Unresolved tag/);
+  assert.throws(() => parseYaml('a: 1\n---\na: 2\n'), /multiple documents/);
 });

@@ -4,8 +4,7 @@
  * secrets come from the environment or files and never print.
  */
 import { readFileSync } from 'node:fs';
-import path from 'node:path';
-import yaml from 'js-yaml';
+import { parseDocument, type ScalarTag } from 'yaml';
 import { z } from 'zod';
 import { EdrError } from './errors.js';
 
@@ -77,6 +76,29 @@ export function parseConfig<S extends z.ZodType>(schema: S, value: unknown, sour
   );
 }
 
+/**
+ * Decimal integers with digit-group underscores (`timeoutMs: 30_000`): YAML 1.2's core schema reads them as
+ * strings, js-yaml (which loaded configs before) read them as numbers, and so do we.
+ */
+const groupedInt: ScalarTag = {
+  tag: 'tag:yaml.org,2002:int',
+  default: true,
+  test: /^[-+]?[0-9]+(?:_[0-9]+)+$/,
+  resolve: (text) => Number(text.replace(/_/g, '')),
+};
+
+/**
+ * One YAML document as a config file holds it: YAML 1.2 (`yes`, `on` are strings), with 1.1 merge keys
+ * (`<<: *base`) resolved as js-yaml did; duplicate keys, unknown tags and a second document are refused, the
+ * first problem thrown.
+ */
+export function parseYaml(text: string): unknown {
+  const doc = parseDocument(text, { merge: true, customTags: [groupedInt] });
+  const problem = doc.errors[0] ?? doc.warnings[0];
+  if (problem !== undefined) throw problem;
+  return doc.toJS();
+}
+
 /** Reads and checks a YAML config file. */
 export function loadConfig<S extends z.ZodType>(schema: S, file: string): z.output<S> {
   let text: string;
@@ -89,7 +111,7 @@ export function loadConfig<S extends z.ZodType>(schema: S, file: string): z.outp
   }
   let value: unknown;
   try {
-    value = yaml.load(text, { filename: path.basename(file) });
+    value = parseYaml(text);
   } catch (err) {
     throw new EdrError('EDR_CONFIG_INVALID', `${file}: not valid YAML: ${(err as Error).message}`, {
       cause: err,

@@ -22,4 +22,4 @@ fi
 npm run build
 npm run build:native
 # The Kafka jars, from Maven Central, once (re-fetched when infra/kafka/pom.xml changes).
-node dist/infra/cli.js broker fetch
+node dist/cli/edr.js broker fetch

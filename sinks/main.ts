@@ -2,8 +2,7 @@
  * `edr sinks --config FILE`: the alert router. Starts every configured sink instance (or those named with
  * --sink), each in its own consumer group, and runs until SIGTERM/SIGINT, when each finishes the batch in hand.
  */
-import { parseArgs } from 'node:util';
-import type { Command } from '../infra/cli.js';
+import { commandArgs } from '../infra/command-args.js';
 import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger, type Logger } from '../infra/log.js';
 import type { Transport } from '../infra/transport.js';
@@ -69,26 +68,20 @@ export async function runSinks(
   return { sinks, done, stop };
 }
 
-export const command: Command = {
+export const command = {
   summary: 'route alerts to email, Slack and files',
-  async run(argv) {
-    const { values } = parseArgs({
-      args: argv,
+  async run(argv: string[]): Promise<number> {
+    const args = commandArgs(argv, {
+      usage: USAGE,
       options: {
         config: { type: 'string' },
         sink: { type: 'string', multiple: true },
         check: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
       },
+      required: ['config'],
     });
-    if (values.help) {
-      process.stdout.write(USAGE);
-      return 0;
-    }
-    if (values.config === undefined) {
-      process.stderr.write(USAGE);
-      return 2;
-    }
+    if (typeof args === 'number') return args;
+    const { values } = args;
     const config = loadSinksConfig(values.config);
     const unknown = (values.sink ?? []).filter((n) => !(n in config.sinks));
     if (unknown.length > 0) {

@@ -224,7 +224,7 @@ async function main(): Promise<void> {
     process.stdout.write(
       `detector bench: ${fmt(N)} events over ${PARTITIONS} partitions; rules ${rulesDir === corpus ? 'SigmaHQ linux/process_creation' : rulesDir}\n`,
     );
-    const cli = path.join(repoRoot, 'dist', 'infra', 'cli.js');
+    const cli = path.join(repoRoot, 'dist', 'cli', 'edr.js');
     const counts = (process.env['EDR_BENCH_DETECTOR_WORKERS'] ?? '1,2').split(',').map(Number);
     const rounds = Number(process.env['EDR_BENCH_DETECTOR_ROUNDS'] ?? 2);
     let run = 0;

@@ -95,7 +95,7 @@ describe('edr collector (eBPF source → Kafka)', { skip: !isRoot }, () => {
     );
     child = spawn(
       process.execPath,
-      [path.join(repoRoot, 'dist', 'infra', 'cli.js'), 'collector', '--config', config],
+      [path.join(repoRoot, 'dist', 'cli', 'edr.js'), 'collector', '--config', config],
       {
         stdio: ['ignore', 'ignore', 'pipe'],
         env: { ...process.env, EDR_LOG_LEVEL: 'info' },

@@ -67,7 +67,7 @@ export function tempDir(prefix: string): string {
   return mkdtempSync(path.join(tmpdir(), `${prefix}-`));
 }
 
-/** A detector worker as a child process: `node dist/infra/cli.js detector --config FILE`. */
+/** A detector worker as a child process: `node dist/cli/edr.js detector --config FILE`. */
 export class WorkerProcess {
   child: ChildProcess | undefined;
   log = '';
@@ -75,7 +75,7 @@ export class WorkerProcess {
   constructor(readonly configFile: string) {}
 
   start(): this {
-    const cli = path.join(repoRoot, 'dist', 'infra', 'cli.js');
+    const cli = path.join(repoRoot, 'dist', 'cli', 'edr.js');
     this.child = spawn(process.execPath, [cli, 'detector', '--config', this.configFile], {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, EDR_LOG_LEVEL: process.env['EDR_WORKER_LOG_LEVEL'] ?? 'info' },

@@ -29,7 +29,7 @@ const RULE = containsRule(RULE_ID, 'replay-marker', 'Replayed rule');
 const CORRELATION_ID = '5d3c0e0a-0000-4000-8000-00000000e2c1';
 
 function cli(args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'infra', 'cli.js'), ...args], {
+  const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'cli', 'edr.js'), ...args], {
     encoding: 'utf8',
     env: { ...process.env, EDR_LOG_LEVEL: 'error' },
   });
@@ -199,7 +199,7 @@ test('a replay killed midway and started again with the same run id: every match
   writeFileSync(path.join(rulesDir, 'r.yml'), RULE);
   const runId = unique('run');
   const args = [
-    path.join(repoRoot, 'dist', 'infra', 'cli.js'),
+    path.join(repoRoot, 'dist', 'cli', 'edr.js'),
     'replay',
     '--rules',
     rulesDir,

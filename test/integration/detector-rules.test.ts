@@ -62,7 +62,7 @@ after(async () => {
 });
 
 function cli(args: string[]): { code: number; out: string } {
-  const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'infra', 'cli.js'), ...args], {
+  const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'cli', 'edr.js'), ...args], {
     encoding: 'utf8',
     env: { ...process.env, EDR_LOG_LEVEL: 'error' },
   });

@@ -13,7 +13,7 @@ import { stopOwnBroker, testTransport } from '../harness/broker.js';
 import { unique, waitFor } from '../harness/names.js';
 import { alertN, publishAlerts, sinksConfig, sinkTopics, tempDir, writeYaml } from './sinks-harness.js';
 
-const cli = path.join(repoRoot, 'dist', 'infra', 'cli.js');
+const cli = path.join(repoRoot, 'dist', 'cli', 'edr.js');
 
 interface Proc {
   child: ChildProcess;

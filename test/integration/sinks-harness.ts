@@ -2,7 +2,7 @@
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import yaml from 'js-yaml';
+import { stringify } from 'yaml';
 import type { InRecord, Transport } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import type { Alert } from '../../schemas/types.js';
@@ -83,7 +83,7 @@ export async function sinksConfig(
 
 export async function writeYaml(dir: string, value: unknown): Promise<string> {
   const file = path.join(dir, 'sinks.yaml');
-  await writeFile(file, yaml.dump(value));
+  await writeFile(file, stringify(value));
   return file;
 }
 

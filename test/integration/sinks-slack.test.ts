@@ -248,7 +248,7 @@ describe('sinks: slack', () => {
     const start = () => {
       const child = spawn(
         process.execPath,
-        [path.join(repoRoot, 'dist', 'infra', 'cli.js'), 'sinks', '--config', file],
+        [path.join(repoRoot, 'dist', 'cli', 'edr.js'), 'sinks', '--config', file],
         {
           stdio: ['ignore', 'ignore', 'inherit'],
           env: { ...process.env, EDR_LOG_LEVEL: 'error' },

@@ -4,17 +4,17 @@
  * root and the native addon), a detector worker on the project's rules (or --rules DIR), and an alert router
  * writing alerts to a file. A stage that cannot run says why in its line; none is pretended.
  */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { startBackgroundCollector } from '../collector/background.js';
+import { commandArgs } from '../infra/command-args.js';
+import { runningBroker, startBroker, stopRunningBroker } from '../infra/kafka/broker.js';
+import { kafkaConfigSchema } from '../infra/kafka/config.js';
+import { KafkaTransport } from '../infra/kafka/transport.js';
+import { createLogger } from '../infra/log.js';
+import { repoRoot } from '../infra/paths.js';
 import { allTopics } from '../schemas/topics.js';
-import { type BackgroundService, startBackground, stopBackground, yamlList } from './background.js';
-import type { Command } from './cli.js';
-import { runningBroker, startBroker, stopRunningBroker } from './kafka/broker.js';
-import { kafkaConfigSchema } from './kafka/config.js';
-import { KafkaTransport } from './kafka/transport.js';
-import { createLogger } from './log.js';
-import { repoRoot } from './paths.js';
+import { type BackgroundService, startBackground, stopBackground } from './background.js';
+import type { Command } from './command.js';
 
 const help = `usage: edr up [--brokers HOST:PORT,...] [--port N] [--rules DIR]
        edr down
@@ -28,23 +28,55 @@ const help = `usage: edr up [--brokers HOST:PORT,...] [--port N] [--rules DIR]
 
 const stateDir = path.join(repoRoot, '.edr');
 const brokerDir = path.join(stateDir, 'kafka');
+const alertsDir = (state: string): string => path.join(state, 'alerts');
+
+/** The configs `edr up` writes for the services it starts, as each process's config schema reads them. */
+export function localConfigs(o: { stateDir: string; brokers: string[]; rulesDir: string }) {
+  const kafka = (clientId: string) => ({ brokers: o.brokers, clientId });
+  return {
+    collector: {
+      kafka: kafka('edr-collector'),
+      source: { type: 'ebpf' },
+      spool: { dir: path.join(o.stateDir, 'collector-spool') },
+    },
+    detector: { kafka: kafka('edr-detector'), rules: { dir: path.resolve(o.rulesDir) } },
+    sinks: {
+      kafka: kafka('edr-sinks'),
+      stateDir: path.join(o.stateDir, 'sinks-state'),
+      sinks: { 'alerts-file': { type: 'file', directory: alertsDir(o.stateDir), file: 'alerts.jsonl' } },
+      routes: [{ to: ['alerts-file'] }],
+    },
+  };
+}
+
+const addonFile = (): string =>
+  process.env['EDR_NATIVE_ADDON'] ?? path.join(repoRoot, 'native', 'build', 'Release', 'edr_capture.node');
+
+/**
+ * Why the collector cannot run on this host, or undefined when it can. It runs only where it can capture for
+ * real (root, the native addon built); otherwise `edr up` says why and starts nothing.
+ */
+function collectorUnavailable(): string | undefined {
+  if (process.getuid?.() !== 0) return 'not started: the eBPF capture needs root (run edr up as root)';
+  if (!existsSync(addonFile())) {
+    return `not started: native addon not built (${addonFile()}); run native/setup.sh then npm run build:native`;
+  }
+  return undefined;
+}
 
 export const command: Command = {
   summary: 'start the pipeline on this host',
   async run(argv) {
-    const { values } = parseArgs({
-      args: argv,
+    const args = commandArgs(argv, {
+      usage: help,
       options: {
         brokers: { type: 'string' },
         port: { type: 'string', default: '9092' },
         rules: { type: 'string', default: path.join(repoRoot, 'detector', 'rules') },
-        help: { type: 'boolean', short: 'h', default: false },
       },
     });
-    if (values.help) {
-      process.stdout.write(help);
-      return 0;
-    }
+    if (typeof args === 'number') return args;
+    const { values } = args;
     let brokers: string[];
     if (values.brokers) {
       brokers = values.brokers.split(',');
@@ -80,52 +112,40 @@ export const command: Command = {
         `topic      ready     ${t.name} (${t.partitions} partitions, ${t.cleanupPolicy})\n`,
       );
     }
-    const kafka = (clientId: string) => [
-      'kafka:',
-      `  brokers: ${yamlList(brokers)}`,
-      `  clientId: ${clientId}`,
-    ];
     const show = (name: string, s: BackgroundService) =>
       process.stdout.write(`${name.padEnd(10)} ${s.state.padEnd(9)} ${s.detail}\n`);
-    show('collector', await startBackgroundCollector(stateDir, brokers));
+    const configs = localConfigs({ stateDir, brokers, rulesDir: values.rules });
+    const unavailable = collectorUnavailable();
+    show(
+      'collector',
+      unavailable !== undefined
+        ? { state: 'unavailable', detail: unavailable }
+        : await startBackground(stateDir, {
+            name: 'collector',
+            command: 'collector',
+            ready: '"msg":"connected to the broker"',
+            config: configs.collector,
+          }),
+    );
     show(
       'detector',
       await startBackground(stateDir, {
         name: 'detector',
         command: 'detector',
         ready: '"msg":"detector started"',
-        config: [
-          '# written by edr up: the local pipeline',
-          ...kafka('edr-detector'),
-          'rules:',
-          `  dir: ${JSON.stringify(path.resolve(values.rules))}`,
-          '',
-        ].join('\n'),
+        config: configs.detector,
       }),
     );
-    const alertsDir = path.join(stateDir, 'alerts');
     show(
       'sinks',
       await startBackground(stateDir, {
         name: 'sinks',
         command: 'sinks',
         ready: '"msg":"sink started"',
-        config: [
-          '# written by edr up: the local pipeline',
-          ...kafka('edr-sinks'),
-          `stateDir: ${JSON.stringify(path.join(stateDir, 'sinks-state'))}`,
-          'sinks:',
-          '  alerts-file:',
-          '    type: file',
-          `    directory: ${JSON.stringify(alertsDir)}`,
-          '    file: alerts.jsonl',
-          'routes:',
-          '  - { to: [alerts-file] }',
-          '',
-        ].join('\n'),
+        config: configs.sinks,
       }),
     );
-    process.stdout.write(`\nalerts are written to ${path.join(alertsDir, 'alerts.jsonl')}\n`);
+    process.stdout.write(`\nalerts are written to ${path.join(alertsDir(stateDir), 'alerts.jsonl')}\n`);
     process.stdout.write('\nstop it with: npx edr down\n');
     return 0;
   },
@@ -133,7 +153,10 @@ export const command: Command = {
 
 export const down: Command = {
   summary: 'stop the local pipeline',
-  async run() {
+  async run(argv) {
+    // Parsed only for --help: `edr down --help` must not stop the pipeline.
+    const args = commandArgs(argv, { usage: help, options: {} });
+    if (typeof args === 'number') return args;
     for (const name of ['collector', 'detector', 'sinks']) {
       const stopped = await stopBackground(stateDir, name);
       process.stdout.write(`${name.padEnd(10)} ${stopped ? 'stopped' : 'was not running'}\n`);

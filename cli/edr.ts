@@ -1,18 +1,14 @@
 #!/usr/bin/env node
 /**
- * `edr`: the one command-line entry point. Each subcommand lives with the component it drives and is loaded
- * only when called, so `edr rules check` does not pay for the Kafka client or the native addon.
+ * `edr`: the one command-line entry point. A process's subcommand lives with the process it drives (the pipeline's
+ * own, up, down and broker, live here) and is loaded only when called, so `edr rules check` does not pay for the
+ * Kafka client or the native addon.
  */
-import { EdrError } from './errors.js';
-
-export interface Command {
-  summary: string;
-  /** Returns the process exit code. */
-  run(argv: string[]): Promise<number>;
-}
+import { EdrError } from '../infra/errors.js';
+import type { Command } from './command.js';
 
 const commands: Record<string, () => Promise<{ command: Command }>> = {
-  broker: () => import('./kafka/broker-cli.js'),
+  broker: () => import('./broker.js'),
   collector: () => import('../collector/main.js'),
   down: () => import('./down.js'),
   up: () => import('./up.js'),

@@ -1,9 +1,15 @@
 /** `edr broker start|stop|status`: the development broker, kept in .edr/kafka unless --dir says otherwise. */
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import type { Command } from '../cli.js';
-import { repoRoot } from '../paths.js';
-import { answersApiVersions, fetchKafka, runningBroker, startBroker, stopRunningBroker } from './broker.js';
+import { commandArgs } from '../infra/command-args.js';
+import {
+  answersApiVersions,
+  fetchKafka,
+  runningBroker,
+  startBroker,
+  stopRunningBroker,
+} from '../infra/kafka/broker.js';
+import { repoRoot } from '../infra/paths.js';
+import type { Command } from './command.js';
 
 const help = `usage: edr broker <start|stop|status|fetch> [--dir DIR] [--port N] [--fresh]
 
@@ -16,20 +22,21 @@ const help = `usage: edr broker <start|stop|status|fetch> [--dir DIR] [--port N]
 export const command: Command = {
   summary: 'run a local Apache Kafka broker for development and tests',
   async run(argv) {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      allowPositionals: true,
+    const args = commandArgs(argv, {
+      usage: help,
       options: {
         dir: { type: 'string', default: path.join(repoRoot, '.edr', 'kafka') },
         port: { type: 'string', default: '9092' },
         fresh: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
       },
+      allowPositionals: true,
     });
-    const action = positionals[0];
-    if (values.help || action === undefined) {
+    if (typeof args === 'number') return args;
+    const { values } = args;
+    const action = args.positionals[0];
+    if (action === undefined) {
       process.stdout.write(help);
-      return values.help ? 0 : 2;
+      return 2;
     }
     const dir = values.dir;
     switch (action) {

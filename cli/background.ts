@@ -7,7 +7,8 @@ import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { repoRoot } from './paths.js';
+import { stringify } from 'yaml';
+import { repoRoot } from '../infra/paths.js';
 
 export interface BackgroundService {
   state: 'started' | 'running' | 'unavailable' | 'failed';
@@ -20,12 +21,16 @@ export interface BackgroundSpec {
   name: string;
   /** The `edr` subcommand, given `--config FILE`. */
   command: string;
-  /** Config file content (YAML). */
-  config: string;
+  /** The service's config, written as YAML under a line saying who wrote it. */
+  config: Record<string, unknown>;
   /** A log line fragment that says the service is up. */
   ready: string;
   timeoutMs?: number;
 }
+
+/** A service's config file as `edr up` writes it. */
+export const configText = (config: Record<string, unknown>): string =>
+  `# written by edr up: the local pipeline\n${stringify(config)}`;
 
 function alive(pid: number): boolean {
   try {
@@ -51,13 +56,13 @@ export async function startBackground(stateDir: string, spec: BackgroundSpec): P
   if (running !== undefined) return { state: 'running', detail: `pid ${running}, log ${logFile}` };
   await mkdir(stateDir, { recursive: true });
   const config = path.join(stateDir, `${spec.name}.yaml`);
-  await writeFile(config, spec.config);
+  await writeFile(config, configText(spec.config));
   // Only this run's lines count: the log is appended to across runs.
   const logStart = existsSync(logFile) ? statSync(logFile).size : 0;
   const out = openSync(logFile, 'a');
   const child = spawn(
     process.execPath,
-    [path.join(repoRoot, 'dist', 'infra', 'cli.js'), spec.command, '--config', config],
+    [path.join(repoRoot, 'dist', 'cli', 'edr.js'), spec.command, '--config', config],
     { detached: true, stdio: ['ignore', out, out] },
   );
   closeSync(out);
@@ -98,7 +103,3 @@ export async function stopBackground(stateDir: string, name: string): Promise<bo
   await rm(path.join(stateDir, `${name}.pid`), { force: true });
   return true;
 }
-
-/** A YAML flow list of strings. */
-export const yamlList = (items: readonly string[]): string =>
-  `[${items.map((i) => JSON.stringify(i)).join(', ')}]`;
