@@ -62,7 +62,7 @@ export const collectorConfigSchema = z.strictObject({
       batchMaxEvents: z.number().int().positive().default(1000),
       /** A publish not acknowledged within this is treated as an outage: its records go to the spool. */
       timeoutMs: z.number().int().positive().default(10000),
-      /** Pause between attempts to reach the broker while it is down. */
+      /** Pause between attempts to reach the broker while it is down (jittered down to half of it). */
       retryIntervalMs: z.number().int().positive().default(1000),
       /** Events held in memory while a publish is in flight; beyond, the source waits. */
       maxPendingEvents: z.number().int().positive().default(50000),

@@ -16,7 +16,7 @@
  */
 import { EdrError } from '../infra/errors.js';
 import type { Logger } from '../infra/log.js';
-import { abortableDelay } from '../infra/retry.js';
+import { abortableDelay, backoffMs } from '../infra/retry.js';
 import type { OutRecord, Producer, Transport } from '../infra/transport.js';
 import type { Spool } from './spool.js';
 
@@ -213,7 +213,12 @@ export class Publisher {
         if (this.#stopping && timeLeft <= 0) return;
         await this.#abandoned;
         if (await this.#connect()) this.#mode = 'draining';
-        else await abortableDelay(Math.min(this.options.retryIntervalMs, Math.max(0, timeLeft)));
+        else {
+          // Jittered (half the interval to all of it), so a fleet's collectors do not reconnect in step.
+          const interval = this.options.retryIntervalMs;
+          const pause = backoffMs(1, { initialMs: interval, maxMs: interval });
+          await abortableDelay(Math.min(pause, Math.max(0, timeLeft)));
+        }
       } else {
         if (this.#stopping && timeLeft <= 0) return;
         const read = this.spool.read(this.options.batchMaxEvents);

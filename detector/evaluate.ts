@@ -16,6 +16,8 @@ export interface EvalSet {
   rules: readonly CompiledRule[];
   version: string;
   detectorId: string;
+  /** The replay run the alerts belong to (live detection: absent). */
+  runId?: string;
 }
 
 /**
@@ -67,11 +69,16 @@ const EMPTY = Buffer.alloc(0);
 
 /**
  * Decodes and evaluates the records of `values`, in order. Stops at the first record on which a rule throws,
- * naming each rule that throws on it alone. Lifecycle records (not an ExecveEvent) are skipped.
+ * naming each rule that throws on it alone. Lifecycle records (not an ExecveEvent) are skipped, and so are events
+ * `accept` (given record i's event) refuses.
  */
-export function evaluateRecords(set: EvalSet, values: RecordValues): Evaluation {
+export function evaluateRecords(
+  set: EvalSet,
+  values: RecordValues,
+  accept?: (event: ExecveEvent, index: number) => boolean,
+): Evaluation {
   const codec = projectCodec();
-  const ctx = { ruleSetVersion: set.version, detectorId: set.detectorId, runId: null };
+  const ctx = { ruleSetVersion: set.version, detectorId: set.detectorId, runId: set.runId ?? null };
   // Told apart once, not per record.
   const packed = 'bounds' in values ? values : undefined;
   const records = 'bounds' in values ? undefined : values;
@@ -101,6 +108,7 @@ export function evaluateRecords(set: EvalSet, values: RecordValues): Evaluation 
     }
     if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue; // lifecycle records on the audit topic
     const e = decoded.value;
+    if (accept !== undefined && !accept(e, i)) continue;
     let matches: ReturnType<typeof evaluateExecve>;
     try {
       matches = evaluateExecve(set.engine, e);

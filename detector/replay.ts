@@ -12,15 +12,14 @@ import { EdrError } from '../infra/errors.js';
 import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
-import { settled } from '../infra/retry.js';
+import { abortableDelay, settled } from '../infra/retry.js';
 import type { Batch, Consumption, OutRecord, Transport } from '../infra/transport.js';
-import { projectCodec } from '../schemas/codec.js';
 import { isLevel, LEVEL_ORDER, type Level } from '../schemas/levels.js';
 import { topics as table } from '../schemas/topics.js';
-import { encodedAlertRecord, encodeMatchAlert, ruleInfo } from './alerts.js';
+import { encodedAlertRecord } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
+import { type EvalSet, evaluateRecords } from './evaluate.js';
 import { docId, RuleStore } from './rule-store.js';
-import { evaluateExecve } from './sigma/engine.js';
 
 const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config FILE | --brokers LIST) [options]
 
@@ -115,7 +114,6 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   const remaining = () => [...pos].reduce((a, [p, at]) => a + Math.max(0, (stopAt.get(p) ?? 0) - at), 0);
   const total = remaining();
   const hosts = o.hosts === undefined ? undefined : new Set(o.hosts);
-  const codec = projectCodec();
   const matchesByRule = new Map<string, number>();
   let events = 0;
   const started = Date.now();
@@ -137,38 +135,48 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
         const committed = new Map((lag ?? []).map((l) => [l.partition, l.committed]));
         const behind = [...pos].some(([p, at]) => at > (base.get(p) ?? 0) && (committed.get(p) ?? -1) < at);
         if (lag !== undefined && !behind) return finish();
-        await new Promise((r) => setTimeout(r, 100));
+        await abortableDelay(100);
       }
     })();
   };
   check();
+  const set: EvalSet = {
+    engine: snap.engine,
+    rules: snap.rules,
+    version: snap.version,
+    detectorId: `replay-${o.runId}`,
+    runId: o.runId,
+  };
   const transform = async (batch: Batch): Promise<OutRecord[]> => {
     const out: OutRecord[] = [];
     const stop = stopAt.get(batch.partition) ?? 0;
     const counted = pos.get(batch.partition) ?? 0;
-    for (const r of batch.records) {
-      if (r.offset >= stop) break;
-      let decoded: ReturnType<typeof codec.decode>;
-      try {
-        decoded = codec.view(r.value ?? Buffer.alloc(0));
-      } catch {
-        continue; // undecodable history: the live detector dead-lettered it already
-      }
-      if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue;
-      const view = decoded.value;
-      if (hosts !== undefined && !hosts.has(view.hostId) && !hosts.has(view.hostname)) continue;
+    let n = 0;
+    while (n < batch.records.length && batch.records[n]!.offset < stop) n++;
+    const records = n === batch.records.length ? batch.records : batch.records.slice(0, n);
+    // Undecodable history is skipped: the live detector dead-lettered it already.
+    const res = evaluateRecords(set, records, (e, i) => {
+      if (hosts !== undefined && !hosts.has(e.hostId) && !hosts.has(e.hostname)) return false;
       // A batch evaluated again (its transaction failed) is counted once in the summary.
-      const fresh = r.offset >= counted;
-      if (fresh) events++;
-      const matches = evaluateExecve(snap.engine, view);
-      if (matches.length === 0) continue;
-      const ctx = { ruleSetVersion: snap.version, detectorId: `replay-${o.runId}`, runId: o.runId };
-      for (const m of matches) {
-        if (snap.belowLevel.has(m.rule.id)) continue; // evaluated only as a correlation's input
-        const value = encodeMatchAlert(codec, r.value!, view, ruleInfo(m.rule), m.fields, ctx);
-        out.push(encodedAlertRecord(o.alertsTopic, view.hostId, value, r, { ...ctx, replayRunId: o.runId }));
-        if (fresh) matchesByRule.set(m.rule.id, (matchesByRule.get(m.rule.id) ?? 0) + 1);
-      }
+      if (records[i]!.offset >= counted) events++;
+      return true;
+    });
+    if (res.culprits.length > 0) {
+      const r = records[res.next]!;
+      throw new EdrError(
+        'EDR_DETECTOR_RULE_THREW',
+        `rules threw on ${r.topic}/${r.partition}@${r.offset}: ` +
+          res.culprits.map((c) => `${c.ruleId} (${c.message})`).join(', '),
+        { details: { topic: r.topic, partition: r.partition, offset: r.offset } },
+      );
+    }
+    const ctx = { ruleSetVersion: snap.version, replayRunId: o.runId };
+    for (let k = 0; k < res.matches.length; k++) {
+      const m = res.matches[k]!;
+      if (snap.belowLevel.has(m.ruleId)) continue; // evaluated only as a correlation's input
+      const r = records[m.index]!;
+      out.push(encodedAlertRecord(o.alertsTopic, m.hostId, res.alerts[k]!, r, ctx));
+      if (r.offset >= counted) matchesByRule.set(m.ruleId, (matchesByRule.get(m.ruleId) ?? 0) + 1);
     }
     const last = batch.records[batch.records.length - 1]!;
     pos.set(batch.partition, Math.max(pos.get(batch.partition) ?? 0, last.offset + 1));
