@@ -68,7 +68,7 @@ it('loads YAML files and reports unreadable or malformed ones clearly', () => {
   );
 });
 
-it('resolves YAML 1.1 merge keys, as js-yaml did, with the merging map winning', () => {
+it('resolves YAML 1.1 merge keys, the merging map winning', () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'edr-config-'));
   const file = path.join(dir, 'merge.yaml');
   writeFileSync(
@@ -87,7 +87,7 @@ it('resolves YAML 1.1 merge keys, as js-yaml did, with the merging map winning',
   assert.deepEqual(loadConfig(merged, file).config, { brokers: ['a:9092'], timeoutMs: 2000 });
 });
 
-it('reads YAML as js-yaml did: 1.2 booleans, grouped integers; refuses duplicate keys and unknown tags', () => {
+it('reads YAML 1.2 booleans, grouped integers; refuses duplicate keys and unknown tags', () => {
   assert.deepEqual(parseYaml('a: yes\nb: on\nc: true\nd: 30_000\ne: "30_000"\nf: 010\n'), {
     a: 'yes',
     b: 'on',

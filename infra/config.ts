@@ -78,7 +78,7 @@ export function parseConfig<S extends z.ZodType>(schema: S, value: unknown, sour
 
 /**
  * Decimal integers with digit-group underscores (`timeoutMs: 30_000`): YAML 1.2's core schema reads them as
- * strings, js-yaml (which loaded configs before) read them as numbers, and so do we.
+ * strings, YAML 1.1 and most loaders as numbers, and so do we (a timeout must not become a string).
  */
 const groupedInt: ScalarTag = {
   tag: 'tag:yaml.org,2002:int',
@@ -89,7 +89,7 @@ const groupedInt: ScalarTag = {
 
 /**
  * One YAML document as a config file holds it: YAML 1.2 (`yes`, `on` are strings), with 1.1 merge keys
- * (`<<: *base`) resolved as js-yaml did; duplicate keys, unknown tags and a second document are refused, the
+ * (`<<: *base`, the merging map's own keys winning); duplicate keys, unknown tags and a second document are refused, the
  * first problem thrown.
  */
 export function parseYaml(text: string): unknown {

@@ -4,7 +4,7 @@
  * run id resumes from what was committed (nothing left: nothing repeated).
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
@@ -28,12 +28,26 @@ const RULE_ID = '5d3c0e0a-0000-4000-8000-00000000e201';
 const RULE = containsRule(RULE_ID, 'replay-marker', 'Replayed rule');
 const CORRELATION_ID = '5d3c0e0a-0000-4000-8000-00000000e2c1';
 
-function cli(args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'cli', 'edr.js'), ...args], {
-    encoding: 'utf8',
+/**
+ * Runs `edr ARGS` to its end. Asynchronously: a synchronous spawn would stop this process's alert consumer from
+ * heartbeating for the whole run, and a run longer than its session timeout then costs it a rebalance.
+ */
+function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const child = spawn(process.execPath, [path.join(repoRoot, 'dist', 'cli', 'edr.js'), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, EDR_LOG_LEVEL: 'error' },
   });
-  return { code: r.status ?? 1, out: r.stdout, err: r.stderr };
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    err += d;
+  });
+  return new Promise((resolve) => {
+    child.once('close', (code) => resolve({ code: code ?? 1, out, err }));
+  });
 }
 
 test('replay over a time window: the right matches, marked with the run id; live alerts untouched; resumable', async () => {
@@ -104,7 +118,7 @@ test('replay over a time window: the right matches, marked with the run id; live
   const to = new Date(windows[1]! + 60_000).toISOString();
   const runId = unique('run');
   const args = ['replay', '--rules', rulesDir, '--from', from, '--to', to, '--topic', topics.audit];
-  const r1 = cli([...args, '--run-id', runId, '--alerts-topic', topics.alerts, '--brokers', brokers]);
+  const r1 = await cli([...args, '--run-id', runId, '--alerts-topic', topics.alerts, '--brokers', brokers]);
   assert.equal(r1.code, 0, r1.out + r1.err);
   assert.match(r1.out, /complete; 300 events evaluated/);
   assert.match(r1.out, new RegExp(`\\s+30\\s+${RULE_ID}`));
@@ -115,7 +129,7 @@ test('replay over a time window: the right matches, marked with the run id; live
   );
 
   const hostRun = unique('run-h3');
-  const r2 = cli([
+  const r2 = await cli([
     ...args,
     '--run-id',
     hostRun,
@@ -129,7 +143,7 @@ test('replay over a time window: the right matches, marked with the run id; live
   assert.equal(r2.code, 0, r2.out + r2.err);
 
   // Same run id again: everything was committed, so nothing is evaluated and nothing repeated.
-  const r3 = cli([...args, '--run-id', runId, '--alerts-topic', topics.alerts, '--brokers', brokers]);
+  const r3 = await cli([...args, '--run-id', runId, '--alerts-topic', topics.alerts, '--brokers', brokers]);
   assert.equal(r3.code, 0, r3.out + r3.err);
   assert.match(r3.out, /complete; 0 events evaluated/);
 
@@ -227,7 +241,7 @@ test('a replay killed midway and started again with the same run id: every match
   await exited;
   const before = alerts.length;
   assert.ok(before < expected.size, `killed before the end (${before}/${expected.size})`);
-  const r = cli(args.slice(1));
+  const r = await cli(args.slice(1));
   assert.equal(r.code, 0, r.out + r.err);
   assert.match(r.out, /complete/);
   await waitFor('every match', () => alerts.length >= expected.size, 60_000);
