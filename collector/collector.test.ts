@@ -22,7 +22,7 @@ function config(name: string, over: Record<string, unknown> = {}) {
   return parseConfig(collectorConfigSchema, {
     kafka: {
       brokers: ['127.0.0.1:1'],
-      sasl: { mechanism: 'plain', username: 'u', password: { env: 'EDR_TEST_COLLECTOR_PASSWORD' } },
+      sasl: { mechanism: 'scram-sha-512', username: 'u', password: { env: 'EDR_TEST_COLLECTOR_PASSWORD' } },
     },
     topics: { raw: `${name}.raw`, audit: `${name}.audit`, schemas: `${name}.schemas` },
     spool: { dir: path.join(dir, name) },
