@@ -17,6 +17,7 @@ const commands: Record<string, () => Promise<{ command: Command }>> = {
   replay: () => import('../detector/replay.js'),
   rules: () => import('../detector/rules-cli.js'),
   sinks: () => import('../sinks/main.js'),
+  topics: () => import('./topics.js'),
 };
 
 async function usage(): Promise<string> {

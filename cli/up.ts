@@ -6,33 +6,49 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { z } from 'zod';
 import { commandArgs } from '../infra/command-args.js';
+import { loadConfig, parseConfig } from '../infra/config.js';
 import { runningBroker, startBroker, stopRunningBroker } from '../infra/kafka/broker.js';
-import { kafkaConfigSchema } from '../infra/kafka/config.js';
+import { kafkaConfigSchema, kafkaSectionFromEnv, kafkaUsage } from '../infra/kafka/config.js';
 import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
 import { repoRoot } from '../infra/paths.js';
-import { allTopics } from '../schemas/topics.js';
 import { type BackgroundService, startBackground, stopBackground } from './background.js';
 import type { Command } from './command.js';
+import { createTableTopics } from './topics.js';
 
-const help = `usage: edr up [--brokers HOST:PORT,...] [--port N] [--rules DIR]
+const help = `usage: edr up [--config FILE] [--brokers HOST:PORT,...] [--port N] [--rules DIR]
        edr down
 
-  up    start a local Kafka broker in .edr/kafka (port 9092) unless --brokers is given, create the topics,
-        and start in the background: the collector (when it can capture: root, native addon built), a
-        detector worker on --rules DIR (default: the project's rules, detector/rules), and an alert router
-        writing every alert to .edr/alerts/alerts.jsonl
+  up    start a local Kafka broker in .edr/kafka (port 9092) unless brokers are given (--brokers, the
+        config's or EDR_KAFKA_BROKERS), create the topics, and start in the background: the collector (when
+        it can capture: root, native addon built), a detector worker on --rules DIR (default: the project's
+        rules, detector/rules), and an alert router writing every alert to .edr/alerts/alerts.jsonl.
+        The services connect with the same Kafka settings (one principal for all: for a fleet, give each
+        service its own config and principal, see infra/deploy).
+${kafkaUsage("any service's config: its kafka section is used (secrets as { env } or { file } references)")}
   down  stop them all and the local broker
 `;
+
+/**
+ * The `kafka:` section up and its services use, as written in YAML (secrets stay references): --config's, else
+ * the environment's. Checked here, so a mistake fails before anything starts.
+ */
+function kafkaSection(configFile: string | undefined): Record<string, unknown> {
+  if (configFile === undefined) return kafkaSectionFromEnv();
+  const file = loadConfig(z.looseObject({ kafka: z.record(z.string(), z.unknown()) }), configFile);
+  parseConfig(kafkaConfigSchema, file.kafka, `${configFile}: kafka`);
+  return file.kafka;
+}
 
 const stateDir = path.join(repoRoot, '.edr');
 const brokerDir = path.join(stateDir, 'kafka');
 const alertsDir = (state: string): string => path.join(state, 'alerts');
 
 /** The configs `edr up` writes for the services it starts, as each process's config schema reads them. */
-export function localConfigs(o: { stateDir: string; brokers: string[]; rulesDir: string }) {
-  const kafka = (clientId: string) => ({ brokers: o.brokers, clientId });
+export function localConfigs(o: { stateDir: string; kafka: Record<string, unknown>; rulesDir: string }) {
+  const kafka = (clientId: string) => ({ ...o.kafka, clientId });
   return {
     collector: {
       kafka: kafka('edr-collector'),
@@ -70,6 +86,7 @@ export const command: Command = {
     const args = commandArgs(argv, {
       usage: help,
       options: {
+        config: { type: 'string' },
         brokers: { type: 'string' },
         port: { type: 'string', default: '9092' },
         rules: { type: 'string', default: path.join(repoRoot, 'detector', 'rules') },
@@ -77,10 +94,9 @@ export const command: Command = {
     });
     if (typeof args === 'number') return args;
     const { values } = args;
-    let brokers: string[];
-    if (values.brokers) {
-      brokers = values.brokers.split(',');
-    } else {
+    const section = kafkaSection(values.config);
+    let brokers = values.brokers?.split(',') ?? (section['brokers'] as string[] | undefined);
+    if (brokers === undefined) {
       const running = await runningBroker(brokerDir);
       if (running) {
         brokers = [`127.0.0.1:${running.port}`];
@@ -91,30 +107,20 @@ export const command: Command = {
         process.stdout.write(`kafka      started   ${brokers[0]} (pid ${b.pid}, log ${b.logFile})\n`);
       }
     }
-    const transport = new KafkaTransport(
-      kafkaConfigSchema.parse({ brokers, clientId: 'edr-up' }),
-      createLogger({ component: 'up' }),
-    );
+    const kafka = { ...section, brokers };
+    const upConfig = parseConfig(kafkaConfigSchema, { ...kafka, clientId: 'edr-up' }, 'kafka settings');
+    const transport = new KafkaTransport(upConfig, createLogger({ component: 'up' }));
     try {
-      await transport.createTopics(
-        allTopics.map((t) => ({
-          name: t.name,
-          partitions: t.partitions,
-          cleanupPolicy: t.cleanupPolicy,
-          retentionMs: t.retentionMs,
-        })),
-      );
+      for (const t of await createTableTopics(transport, { replication: upConfig.replicationFactor })) {
+        const note = t.differences.length > 0 ? ` (differs: ${t.differences.join(', ')})` : '';
+        process.stdout.write(`topic      ${t.state.padEnd(9)} ${t.name}${note}\n`);
+      }
     } finally {
       await transport.close();
     }
-    for (const t of allTopics) {
-      process.stdout.write(
-        `topic      ready     ${t.name} (${t.partitions} partitions, ${t.cleanupPolicy})\n`,
-      );
-    }
     const show = (name: string, s: BackgroundService) =>
       process.stdout.write(`${name.padEnd(10)} ${s.state.padEnd(9)} ${s.detail}\n`);
-    const configs = localConfigs({ stateDir, brokers, rulesDir: values.rules });
+    const configs = localConfigs({ stateDir, kafka, rulesDir: values.rules });
     const unavailable = collectorUnavailable();
     show(
       'collector',

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, it } from 'node:test';
 import { parseConfig } from '../infra/config.js';
-import { createLogger } from '../infra/log.js';
+import { createLogger, type Logger } from '../infra/log.js';
 import { projectCodec } from '../schemas/codec.js';
 import type { CollectorRecord, ExecveEvent } from '../schemas/types.js';
 import { FlakyTransport, readAll } from '../test/harness/flaky-transport.js';
@@ -24,7 +24,7 @@ function config(name: string, over: Record<string, unknown> = {}) {
       brokers: ['127.0.0.1:1'],
       sasl: { mechanism: 'scram-sha-512', username: 'u', password: { env: 'EDR_TEST_COLLECTOR_PASSWORD' } },
     },
-    topics: { raw: `${name}.raw`, audit: `${name}.audit`, schemas: `${name}.schemas` },
+    topics: { raw: `${name}.raw`, audit: `${name}.audit`, schemas: `${name}.schemas`, create: true },
     spool: { dir: path.join(dir, name) },
     host: { id: 'host-a', hostname: 'web-1' },
     publish: { lossCheckIntervalMs: 60_000 },
@@ -223,4 +223,41 @@ it('reports spool drops in a LOSS record once the broker is back', async () => {
   assert.equal(loss?.losses?.spoolDropped, BigInt(dropped));
   assert.equal(published.length + dropped, 201);
   await transport.close();
+});
+
+it('without its topics, says once to run edr topics create, spools, and delivers once the operator made them', async () => {
+  const file = path.join(dir, 'no-topics.jsonl');
+  writeFileSync(
+    file,
+    `${JSON.stringify({ pid: 20, ppid: 1, image: '/usr/bin/id', argv: ['id'], uid: 0, cwd: '/' })}\n`,
+  );
+  const transport = new FlakyTransport();
+  const warnings: string[] = [];
+  const capture: Logger = {
+    debug: () => {},
+    info: () => {},
+    warn: (msg, fields) => warnings.push(`${msg}: ${(fields?.['err'] as Error | undefined)?.message}`),
+    error: () => {},
+    child: () => capture,
+  };
+  const c = parseConfig(collectorConfigSchema, {
+    ...config('no-topics'),
+    kafka: { brokers: ['127.0.0.1:1'] },
+    source: { type: 'replay', path: file },
+    topics: { raw: 'no-topics.raw', audit: 'no-topics.audit', schemas: 'no-topics.schemas' },
+    publish: { lossCheckIntervalMs: 60_000, retryIntervalMs: 50 },
+  });
+  assert.equal(c.topics.create, false, 'services do not create topics by default');
+  const collector = new Collector({ config: c, transport, log: capture });
+  const running = collector.run();
+  const missing = () => warnings.filter((w) => w.includes('edr topics create'));
+  while (missing().length === 0) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 300)); // several retries: still one warning
+  assert.equal(missing().length, 1, warnings.join('\n'));
+  assert.match(missing()[0]!, /no-topics\.raw, no-topics\.audit, no-topics\.schemas missing/);
+  await transport.createTopics(
+    ['raw', 'audit', 'schemas'].map((t) => ({ name: `no-topics.${t}`, partitions: 1 })),
+  );
+  await running;
+  assert.equal((await readAll(transport, 'no-topics.raw', 1)).length, 1);
 });

@@ -6,7 +6,7 @@
 
 import { EdrError } from '../infra/errors.js';
 import { createLogger, type Logger } from '../infra/log.js';
-import type { Producer, Transport } from '../infra/transport.js';
+import { type Producer, requireTopics, type Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
 import { topics as topicTable } from '../schemas/topics.js';
 import type { CollectorRecord, CollectorRecordKind, ExecveEvent, LossCounters } from '../schemas/types.js';
@@ -255,12 +255,16 @@ export class Collector {
   /** On each connection: create the topics (once per run) and publish the writer schemas (compacted topic). */
   async #prepare(producer: Producer): Promise<void> {
     const t = this.#config.topics;
-    if (t.create && !this.#topicsReady) {
-      await this.options.transport.createTopics([
-        { ...spec(topicTable.raw), name: t.raw },
-        { ...spec(topicTable.audit), name: t.audit },
-        { ...spec(topicTable.schemas), name: t.schemas },
-      ]);
+    if (!this.#topicsReady) {
+      if (t.create) {
+        await this.options.transport.createTopics([
+          { ...spec(topicTable.raw), name: t.raw },
+          { ...spec(topicTable.audit), name: t.audit },
+          { ...spec(topicTable.schemas), name: t.schemas },
+        ]);
+      } else {
+        await requireTopics(this.options.transport, [t.raw, t.audit, t.schemas], 'collector');
+      }
       this.#topicsReady = true;
     }
     await producer.publish(

@@ -33,8 +33,11 @@ export const collectorConfigSchema = z.strictObject({
       raw: z.string().min(1).default(topics.raw.name),
       audit: z.string().min(1).default(topics.audit.name),
       schemas: z.string().min(1).default(topics.schemas.name),
-      /** Create the topics (from the topics table's partitions and retention) when the broker is first reached. */
-      create: z.boolean().default(true),
+      /**
+       * Create the topics (from the topics table's partitions and retention) when the broker is first reached. Off
+       * by default: `edr topics create` does it as the operator; a collector's principal may only write.
+       */
+      create: z.boolean().default(false),
     })
     .prefault({}),
   spool: z

@@ -95,6 +95,8 @@ export class Publisher {
   #pending: Outgoing[] = [];
   #producer: Producer | undefined;
   #abandoned: Promise<unknown> = Promise.resolve();
+  /** The last reason a reachable broker could not be used, so it is logged once. */
+  #connectProblem: string | undefined;
   /** The last publish handed to the producer, settled or not (a timed-out one may still be retried by it). */
   #inflight: Promise<unknown> = Promise.resolve();
   /** Whether the last failed #publish got as far as sending (so its records may have landed). */
@@ -296,7 +298,14 @@ export class Publisher {
       this.log.info('connected to the broker', { component: 'publish' });
       return true;
     } catch (err) {
-      this.log.debug('broker still unreachable', { component: 'publish', err });
+      // Reachable but not usable (its topics missing, say) is the operator's to fix: said once, not every retry.
+      const problem = err instanceof EdrError && err.code === 'EDR_TOPICS_MISSING' ? err.message : undefined;
+      if (problem !== undefined && problem !== this.#connectProblem) {
+        this.log.warn('cannot publish yet; spooling to disk', { component: 'publish', err });
+      } else {
+        this.log.debug('broker still unreachable', { component: 'publish', err });
+      }
+      this.#connectProblem = problem;
       return false;
     }
   }

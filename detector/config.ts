@@ -76,8 +76,11 @@ export const detectorConfigSchema = z.strictObject({
       host: z.string().default('127.0.0.1'),
     })
     .optional(),
-  /** Create the topics the detector uses when missing (with the table's partitions and retention). */
-  createTopics: z.boolean().default(true),
+  /**
+   * Create the topics the detector uses when missing (with the table's partitions and retention). Off by default:
+   * `edr topics create` does it as the operator, and a detector's principal has no right to create topics.
+   */
+  createTopics: z.boolean().default(false),
 });
 
 export type DetectorConfig = z.output<typeof detectorConfigSchema>;

@@ -7,7 +7,7 @@ import { loadConfig } from '../infra/config.js';
 import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
 import { settled } from '../infra/retry.js';
-import type { Consumption, TopicConfig, Transport } from '../infra/transport.js';
+import { type Consumption, requireTopics, type TopicConfig, type Transport } from '../infra/transport.js';
 import { topics as table } from '../schemas/topics.js';
 import { type DetectorConfig, detectorConfigSchema } from './config.js';
 import { RuleStore } from './rule-store.js';
@@ -61,6 +61,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
   let worker: DetectorWorker | undefined;
   let lagTimer: NodeJS.Timeout | undefined;
   try {
+    if (!config.createTopics) await requireTopics(transport, Object.values(config.topics), 'detector');
     const changelogPartitions = config.createTopics
       ? await ensureTopics(transport, config)
       : (await settled(() => transport.endOffsets(config.topics.changelog))).length;

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { commandArgs } from '../infra/command-args.js';
 import { loadConfig } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
-import { kafkaConfigSchema } from '../infra/kafka/config.js';
+import { commandKafkaConfig, kafkaUsage } from '../infra/kafka/config.js';
 import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
 import { abortableDelay, settled } from '../infra/retry.js';
@@ -21,7 +21,7 @@ import { detectorConfigSchema } from './config.js';
 import { type EvalSet, evaluateRecords } from './evaluate.js';
 import { docId, RuleStore } from './rule-store.js';
 
-const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config FILE | --brokers LIST) [options]
+const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] [--config FILE] [--brokers LIST] [options]
 
   --rules DIR         the rule set to evaluate
   --from TIME         start: ISO 8601 time (2026-11-26T10:00:00Z) or epoch milliseconds
@@ -33,7 +33,7 @@ const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config F
   --parallel N        consumers in this process sharing the partitions (default 2)
   --min-level L       the least level that alerts: informational, low, medium, high, critical (default: the
                       config's rules.minLevel, else low); rules below it are not replayed
-  --config FILE       a detector config for kafka and topic names; or --brokers HOST:PORT,...
+${kafkaUsage('a detector config: its kafka section, topic names and rules.minLevel are used')}
 `;
 
 export function parseTime(s: string): number {
@@ -258,26 +258,15 @@ export const command = {
       return 2;
     }
     let minLevel = level ?? 'low';
-    let transport: KafkaTransport;
-    let names: Record<'audit' | 'raw' | 'alerts', string> = {
-      audit: table.audit.name,
-      raw: table.raw.name,
-      alerts: table.alerts.name,
-    };
-    if (values.config !== undefined) {
-      const c = loadConfig(detectorConfigSchema, values.config);
-      transport = new KafkaTransport(c.kafka, createLogger({ component: 'kafka' }));
-      names = { audit: c.topics.audit, raw: c.topics.input, alerts: c.topics.alerts };
-      if (level === undefined) minLevel = c.rules.minLevel;
-    } else if (values.brokers !== undefined) {
-      transport = new KafkaTransport(
-        kafkaConfigSchema.parse({ brokers: values.brokers.split(','), clientId: 'edr-replay' }),
-        createLogger({ component: 'kafka' }),
-      );
-    } else {
-      process.stderr.write(USAGE);
-      return 2;
-    }
+    const file = values.config === undefined ? undefined : loadConfig(detectorConfigSchema, values.config);
+    const transport = new KafkaTransport(
+      commandKafkaConfig({ fromFile: file?.kafka, brokers: values.brokers, clientId: 'edr-replay' }),
+      createLogger({ component: 'kafka' }),
+    );
+    const names: Record<'audit' | 'raw' | 'alerts', string> = file
+      ? { audit: file.topics.audit, raw: file.topics.input, alerts: file.topics.alerts }
+      : { audit: table.audit.name, raw: table.raw.name, alerts: table.alerts.name };
+    if (level === undefined && file) minLevel = file.rules.minLevel;
     const t = values.topic ?? 'audit';
     const topic = t === 'audit' ? names.audit : t === 'raw' ? names.raw : t;
     const runId =

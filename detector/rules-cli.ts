@@ -8,7 +8,7 @@ import { stringify as stringifyYaml } from 'yaml';
 import { commandArgs } from '../infra/command-args.js';
 import { loadConfig, parseYaml } from '../infra/config.js';
 import { EdrError } from '../infra/errors.js';
-import { kafkaConfigSchema } from '../infra/kafka/config.js';
+import { commandKafkaConfig, kafkaUsage } from '../infra/kafka/config.js';
 import type { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger } from '../infra/log.js';
 import type { OutRecord } from '../infra/transport.js';
@@ -21,8 +21,8 @@ import type { Placeholders } from './sigma/modifiers.js';
 import { parseRuleText } from './sigma/parse.js';
 
 const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
-       edr rules push DIR (--config FILE | --brokers HOST:PORT,...) [--topic T] [--delete ID]... [--prune]
-       edr rules list (--config FILE | --brokers HOST:PORT,...) [--topic T]
+       edr rules push DIR [--config FILE] [--brokers HOST:PORT,...] [--topic T] [--delete ID]... [--prune]
+       edr rules list [--config FILE] [--brokers HOST:PORT,...] [--topic T]
 
   check DIR             compile every .yml/.yaml rule under DIR; print a verdict per rule and a summary
     --quiet, -q         print only failures, warnings and the summary
@@ -34,8 +34,8 @@ const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
     --prune             delete every rule on the topic that DIR does not have
   list                  what the fleet runs: every rule on the rules topic, and the rule-set version a worker
                         without a rules directory computes from it
-    --config FILE       a detector config: its kafka section and topics.rules are used
-    --brokers LIST      or the brokers directly (with --topic, default the topics table's)
+    --topic T           the rules topic (default: the config's topics.rules, else the topics table's)
+${kafkaUsage('a detector config: its kafka section and topics.rules are used')}
 `;
 
 /** Reads a YAML map `name: [values]` for `|expand` placeholders. */
@@ -110,22 +110,11 @@ async function rulesTopic(values: { config?: string; brokers?: string; topic?: s
   topic: string;
 }> {
   const { KafkaTransport } = await import('../infra/kafka/transport.js');
-  if (values.config !== undefined) {
-    const c = loadConfig(detectorConfigSchema, values.config);
-    return {
-      transport: new KafkaTransport(c.kafka, createLogger({ component: 'rules' })),
-      topic: values.topic ?? c.topics.rules,
-    };
-  }
-  if (values.brokers === undefined) {
-    throw new EdrError('EDR_DETECTOR_USAGE', 'give --config FILE or --brokers HOST:PORT,...');
-  }
+  const file = values.config === undefined ? undefined : loadConfig(detectorConfigSchema, values.config);
+  const kafka = commandKafkaConfig({ fromFile: file?.kafka, brokers: values.brokers, clientId: 'edr-rules' });
   return {
-    transport: new KafkaTransport(
-      kafkaConfigSchema.parse({ brokers: values.brokers.split(','), clientId: 'edr-rules' }),
-      createLogger({ component: 'rules' }),
-    ),
-    topic: values.topic ?? topics.rules.name,
+    transport: new KafkaTransport(kafka, createLogger({ component: 'rules' })),
+    topic: values.topic ?? file?.topics.rules ?? topics.rules.name,
   };
 }
 

@@ -61,6 +61,10 @@ export class MemoryTransport implements Transport {
     }
   }
 
+  async missingTopics(names: string[]): Promise<string[]> {
+    return names.filter((n) => !this.topics.has(n));
+  }
+
   async producer(): Promise<Producer> {
     return {
       publish: async (records) => {

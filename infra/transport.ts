@@ -145,6 +145,8 @@ export interface TransactionalProducer {
 export interface Transport {
   /** Creates the topics that do not exist yet; existing ones are left as they are. */
   createTopics(topics: TopicConfig[]): Promise<void>;
+  /** Which of `names` do not exist (or this client may not see). */
+  missingTopics(names: string[]): Promise<string[]>;
   producer(): Promise<Producer>;
   transactionalProducer(transactionalId: string): Promise<TransactionalProducer>;
   consume(opts: HandlerOptions): Promise<Consumption>;
@@ -182,4 +184,20 @@ export function deadLetterRecord(topic: string, record: InRecord, err: unknown):
       [deadLetterHeaders.offset]: String(record.offset),
     },
   };
+}
+
+/**
+ * Services do not create topics (their principals may not): one that starts before `edr topics create` ran says
+ * so at once, instead of a client retrying "does not host this topic-partition" for half a minute. Retryable: a
+ * collector keeps spooling and tries again, the operator may be creating them now.
+ */
+export async function requireTopics(transport: Transport, names: string[], who: string): Promise<void> {
+  const missing = await transport.missingTopics([...new Set(names)]);
+  if (missing.length === 0) return;
+  throw new EdrError(
+    'EDR_TOPICS_MISSING',
+    `${who}: topic${missing.length > 1 ? 's' : ''} ${missing.join(', ')} missing: create ` +
+      'them with `edr topics create` (as the operator principal), or set the service to create its topics',
+    { retryable: true },
+  );
 }

@@ -121,6 +121,11 @@ export const sinksConfigSchema = z
         deadLetter: z.string().min(1).default(topics.deadLetter.name),
       })
       .prefault({}),
+    /**
+     * Create the topics the router writes (undeliverable, dead letters) when missing. Off by default: `edr topics
+     * create` does it as the operator; a sink's principal may not create topics.
+     */
+    createTopics: z.boolean().default(false),
     /** Where each instance remembers what it delivered (dedup across restarts). */
     stateDir: z.string().min(1),
     sinks: z.record(

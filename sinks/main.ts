@@ -5,7 +5,7 @@
 import { commandArgs } from '../infra/command-args.js';
 import { KafkaTransport } from '../infra/kafka/transport.js';
 import { createLogger, type Logger } from '../infra/log.js';
-import type { Transport } from '../infra/transport.js';
+import { requireTopics, type Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
 import { topics as topicTable } from '../schemas/topics.js';
 import { loadSinksConfig, type SinksConfig } from './config.js';
@@ -34,11 +34,14 @@ export async function runSinks(
   const log = opts.log ?? createLogger({ component: 'sinks' });
   const names = Object.keys(config.sinks).filter((n) => !opts.only?.length || opts.only.includes(n));
   const { undeliverable, deadLetter } = topicTable;
-  // The topics this process writes to; existing ones are left as they are.
-  await transport.createTopics([
-    { ...undeliverable, name: config.topics.undeliverable },
-    { ...deadLetter, name: config.topics.deadLetter },
-  ]);
+  if (config.createTopics) {
+    // The topics this process writes to; existing ones are left as they are.
+    await transport.createTopics([
+      { ...undeliverable, name: config.topics.undeliverable },
+      { ...deadLetter, name: config.topics.deadLetter },
+    ]);
+  }
+  await requireTopics(transport, Object.values(config.topics), 'sinks');
   const producer = await transport.producer();
   const sinks: RunningSink[] = [];
   const stop = async () => {

@@ -3,12 +3,17 @@
  * config files import this schema) does not load kafkajs.
  */
 import { z } from 'zod';
-import { secret } from '../config.js';
+import { parseConfig, secret } from '../config.js';
+import { EdrError } from '../errors.js';
+
+const brokersSchema = z
+  .array(z.string().regex(/^[^\s:]+:\d+$/, 'expected host:port'))
+  .min(1, 'at least one broker');
 
 /** Connection settings, as they appear under `kafka:` in every service's config. */
 export const kafkaConfigSchema = z
   .strictObject({
-    brokers: z.array(z.string().regex(/^[^\s:]+:\d+$/, 'expected host:port')).min(1, 'at least one broker'),
+    brokers: brokersSchema,
     clientId: z.string().min(1).default('edr'),
     tls: z
       .union([
@@ -57,3 +62,106 @@ export const kafkaConfigSchema = z
   });
 export type KafkaConfigInput = z.input<typeof kafkaConfigSchema>;
 export type KafkaTransportConfig = z.output<typeof kafkaConfigSchema>;
+
+/**
+ * The settings of a command run without a service config (`edr replay`, `edr rules`, `edr topics`, `edr up`): the
+ * `EDR_KAFKA_*` environment, read into the same schema as the config files, so the same checks apply (SASL PLAIN
+ * without TLS refused, secrets never printed). The password is only ever referenced (`{ env }` or `{ file }`), so
+ * the config `edr up` writes for its services carries no secret.
+ */
+export const kafkaEnvironment = {
+  EDR_KAFKA_BROKERS: 'host:port,... (brokers)',
+  EDR_KAFKA_CLIENT_ID: 'client id (clientId)',
+  EDR_KAFKA_TLS: 'true to connect with TLS and the system CAs (tls)',
+  EDR_KAFKA_TLS_CA_FILE: 'PEM file of the CA that signed the brokers (tls.caFile)',
+  EDR_KAFKA_TLS_CERT_FILE: 'client certificate, PEM (tls.certFile)',
+  EDR_KAFKA_TLS_KEY_FILE: 'client key, PEM (tls.keyFile)',
+  EDR_KAFKA_SASL_MECHANISM: 'scram-sha-512, scram-sha-256 or plain (sasl.mechanism)',
+  EDR_KAFKA_SASL_USERNAME: 'the principal (sasl.username)',
+  EDR_KAFKA_SASL_PASSWORD: 'its password (sasl.password), or',
+  EDR_KAFKA_SASL_PASSWORD_FILE: 'a file holding it',
+  EDR_KAFKA_SASL_ALLOW_PLAIN_WITHOUT_TLS: 'true to allow PLAIN without TLS (sasl.allowPlainWithoutTls)',
+} as const;
+
+/** The lines a command's --help gives about where its Kafka settings come from. */
+export function kafkaUsage(configWhat: string): string {
+  const env = Object.entries(kafkaEnvironment).map(([k, v]) => `      ${k.padEnd(40)}${v}`);
+  return [
+    `    --config FILE       ${configWhat}`,
+    '    --brokers LIST      host:port,... (replaces the brokers of the config or the environment)',
+    '    without --config, the Kafka settings come from the environment:',
+    ...env,
+  ].join('\n');
+}
+
+/** The `kafka:` section the environment describes, before validation; undefined keys are left out. */
+export function kafkaSectionFromEnv(env: NodeJS.ProcessEnv = process.env): Record<string, unknown> {
+  const get = (name: keyof typeof kafkaEnvironment) => {
+    const v = env[name];
+    return v === undefined || v === '' ? undefined : v;
+  };
+  const flag = (name: keyof typeof kafkaEnvironment) => {
+    const v = get(name);
+    return v === undefined
+      ? undefined
+      : v === 'true' || v === '1'
+        ? true
+        : v === 'false' || v === '0'
+          ? false
+          : v;
+  };
+  const section: Record<string, unknown> = {};
+  const brokers = get('EDR_KAFKA_BROKERS');
+  if (brokers !== undefined) section['brokers'] = brokers.split(',').map((b) => b.trim());
+  const clientId = get('EDR_KAFKA_CLIENT_ID');
+  if (clientId !== undefined) section['clientId'] = clientId;
+  const files = {
+    caFile: get('EDR_KAFKA_TLS_CA_FILE'),
+    certFile: get('EDR_KAFKA_TLS_CERT_FILE'),
+    keyFile: get('EDR_KAFKA_TLS_KEY_FILE'),
+  };
+  const tls = flag('EDR_KAFKA_TLS');
+  if (Object.values(files).some((f) => f !== undefined)) {
+    section['tls'] = Object.fromEntries(Object.entries(files).filter(([, v]) => v !== undefined));
+  } else if (tls !== undefined) section['tls'] = tls;
+  const mechanism = get('EDR_KAFKA_SASL_MECHANISM');
+  if (mechanism !== undefined) {
+    const file = get('EDR_KAFKA_SASL_PASSWORD_FILE');
+    section['sasl'] = {
+      mechanism,
+      username: get('EDR_KAFKA_SASL_USERNAME'),
+      // A reference, never the value: the config `edr up` writes from this stays free of secrets.
+      password: file !== undefined ? { file } : { env: 'EDR_KAFKA_SASL_PASSWORD' },
+      ...(flag('EDR_KAFKA_SASL_ALLOW_PLAIN_WITHOUT_TLS') !== undefined
+        ? { allowPlainWithoutTls: flag('EDR_KAFKA_SASL_ALLOW_PLAIN_WITHOUT_TLS') }
+        : {}),
+    };
+  }
+  return section;
+}
+
+/**
+ * The Kafka settings of a command: a config file's `kafka:` section when `--config` gave one, else the
+ * `EDR_KAFKA_*` environment; `--brokers` replaces the brokers of either.
+ */
+export function commandKafkaConfig(o: {
+  fromFile?: KafkaTransportConfig;
+  brokers?: string;
+  clientId: string;
+  env?: NodeJS.ProcessEnv;
+}): KafkaTransportConfig {
+  const brokers = o.brokers?.split(',').map((b) => b.trim());
+  if (o.fromFile !== undefined) {
+    return brokers === undefined
+      ? o.fromFile
+      : { ...o.fromFile, brokers: parseConfig(brokersSchema, brokers, '--brokers') };
+  }
+  const section = { clientId: o.clientId, ...kafkaSectionFromEnv(o.env), ...(brokers ? { brokers } : {}) };
+  if (section['brokers'] === undefined) {
+    throw new EdrError(
+      'EDR_KAFKA_NO_BROKERS',
+      'give --config FILE, --brokers HOST:PORT,... or EDR_KAFKA_BROKERS',
+    );
+  }
+  return parseConfig(kafkaConfigSchema, section, 'the EDR_KAFKA_* environment');
+}

@@ -8,7 +8,7 @@
  * is derived from that partition, so a new owner of the partition fences a zombie of the old one.
  */
 import { readFileSync } from 'node:fs';
-import { type Admin, Kafka, type KafkaConfig, logLevel } from 'kafkajs';
+import kafkajs, { type Admin, Kafka, type KafkaConfig, logLevel } from 'kafkajs';
 import { handleBatch, transformBatch } from '../batch-runner.js';
 import { EdrError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
@@ -38,6 +38,15 @@ function kafkaLog(log: Logger) {
       if (level <= logLevel.WARN) log.warn(message, { component: 'kafkajs', ...fields });
       else log.debug(message, { component: 'kafkajs', ...fields });
     };
+}
+
+/** A topic as the cluster has it (`edr topics create` compares it with the topics table). */
+export interface TopicDescription {
+  name: string;
+  partitions: number;
+  replicationFactor: number;
+  cleanupPolicy: string;
+  retentionMs: number;
 }
 
 export class KafkaTransport implements Transport {
@@ -101,6 +110,45 @@ export class KafkaTransport implements Transport {
       const errors = (err as { errors?: Array<{ type?: string }> }).errors;
       if (!errors?.every((e) => e.type === 'TOPIC_ALREADY_EXISTS')) throw toEdrError(err, 'creating topics');
     }
+  }
+
+  async missingTopics(names: string[]): Promise<string[]> {
+    const admin = await this.admin();
+    const existing = new Set(await kafkaCall('listing topics', () => admin.listTopics()));
+    return names.filter((n) => !existing.has(n));
+  }
+
+  /** How the named topics exist on the cluster; a missing topic is absent from the map. */
+  async describeTopics(names: string[]): Promise<Map<string, TopicDescription>> {
+    const admin = await this.admin();
+    const existing = new Set(await kafkaCall('listing topics', () => admin.listTopics()));
+    const present = names.filter((n) => existing.has(n));
+    const out = new Map<string, TopicDescription>();
+    if (present.length === 0) return out;
+    const meta = await kafkaCall('describing topics', () => admin.fetchTopicMetadata({ topics: present }));
+    const configs = await kafkaCall('describing topic configs', () =>
+      admin.describeConfigs({
+        includeSynonyms: false,
+        resources: present.map((name) => ({
+          // kafkajs is CommonJS: this enum is only reachable through its default export.
+          type: kafkajs.ConfigResourceTypes.TOPIC,
+          name,
+          configNames: ['cleanup.policy', 'retention.ms'],
+        })),
+      }),
+    );
+    for (const t of meta.topics) {
+      const entries = configs.resources.find((r) => r.resourceName === t.name)?.configEntries ?? [];
+      const value = (n: string) => entries.find((e) => e.configName === n)?.configValue;
+      out.set(t.name, {
+        name: t.name,
+        partitions: t.partitions.length,
+        replicationFactor: Math.min(...t.partitions.map((p) => p.replicas.length)),
+        cleanupPolicy: value('cleanup.policy') ?? 'delete',
+        retentionMs: Number(value('retention.ms') ?? Number.NaN),
+      });
+    }
+    return out;
   }
 
   async producer(): Promise<Producer> {

@@ -93,6 +93,9 @@ describe('edr collector (eBPF source → Kafka)', { skip: !isRoot }, () => {
         '',
       ].join('\n'),
     );
+    transport = await testTransport('edr-e2e-collector-reader');
+    // As in a deployment: the operator creates the topics; the collector only writes them.
+    await transport.createTopics([raw, audit, schemas].map((name) => ({ name, partitions: 1 })));
     child = spawn(
       process.execPath,
       [path.join(repoRoot, 'dist', 'cli', 'edr.js'), 'collector', '--config', config],
@@ -106,8 +109,6 @@ describe('edr collector (eBPF source → Kafka)', { skip: !isRoot }, () => {
     });
     exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
 
-    transport = await testTransport('edr-e2e-collector-reader');
-    // The collector creates its topics once it reaches the broker.
     await waitFor(
       `the collector to start (log:\n${childLog})`,
       () => childLog.includes('connected to the broker'),

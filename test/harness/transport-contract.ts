@@ -97,6 +97,8 @@ export function transportContract(name: string, make: () => Promise<Transport>, 
       const t = await topic(2);
       await transport.createTopics([{ name: t, partitions: 2 }]);
       assert.equal((await transport.endOffsets(t)).length, 2);
+      const absent = unique('absent');
+      assert.deepEqual(await transport.missingTopics([t, absent]), [absent]);
     });
 
     it('keeps the order of records with one key', async () => {

@@ -61,6 +61,7 @@ describe('collector through a broker outage', { skip: !isRoot }, () => {
         raw: unique('edr.outage.raw'),
         audit: unique('edr.outage.audit'),
         schemas: unique('edr.outage.schemas'),
+        create: true,
       },
       spool: { dir: path.join(dir, 'spool'), fsync: 'interval' },
       publish: { timeoutMs: 3000, retryIntervalMs: 500, shutdownTimeoutMs: 30_000 },
