@@ -222,7 +222,13 @@ async function push(argv: string[]): Promise<number> {
     await transport.createTopics([{ name: topic, partitions: 1, cleanupPolicy: 'compact', retentionMs: -1 }]);
     // The topic as a detector trusting these keys (and this signer's) sees it.
     const gate = new RuleGate(topic, trustedKeys([...keys, signer]));
-    gate.admit(await readRulesTopic(transport, topic));
+    const { refused } = gate.admit(await readRulesTopic(transport, topic));
+    const unknown = refused.filter((f) => f.reason === 'unknown-key').length;
+    if (unknown > 0)
+      out.push(
+        `note      ${unknown} records on the topic are signed by keys this push was not given ` +
+          '(--public-key FILE or --config): their rules count as absent here',
+      );
     const state = new Map(gate.state);
     const records: OutRecord[] = [];
     const sign = (key: string, op: RuleOp, value: Buffer): void => {
