@@ -241,6 +241,28 @@ describe('key files', () => {
     assert.equal(readFileSync(path.join(out, 'rules-signing.key'), 'utf8'), pem);
   });
 
+  it('`edr rules push` refuses to run without a usable signing key, and `list` without a public key', () => {
+    const cli = path.join(repoRoot, 'dist', 'cli', 'edr.js');
+    const run = (args: string[]) =>
+      spawnSync(process.execPath, [cli, 'rules', ...args], { encoding: 'utf8' });
+    // Nothing listens on port 1: each refusal comes before any connection.
+    const target = ['--brokers', '127.0.0.1:1', '--topic', 'nowhere'];
+    const unsigned = run(['push', dir, ...target]);
+    assert.equal(unsigned.status, 2);
+    assert.match(unsigned.stderr, /--signing-key FILE is required: detectors accept only signed rules/);
+    const notKey = path.join(dir, 'plain.txt');
+    writeFileSync(notKey, 'not a key');
+    const bad = run(['push', dir, ...target, '--signing-key', notKey]);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, new RegExp(`${notKey} is not a PEM private key .*\\[EDR_RULES_KEY\\]`));
+    const pub = generateKeyFiles(path.join(dir, 'push-pub')).publicKey;
+    const wrongHalf = run(['push', dir, ...target, '--signing-key', pub]);
+    assert.equal(wrongHalf.status, 1, 'a public key cannot sign');
+    const list = run(['list', ...target]);
+    assert.equal(list.status, 1);
+    assert.match(list.stderr, /no public key to check the topic with/);
+  });
+
   it('key errors name the file, never its content', () => {
     const secretish = path.join(dir, 'not-a-key');
     writeFileSync(secretish, 'hunter2-very-secret-content');
