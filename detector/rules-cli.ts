@@ -314,6 +314,14 @@ async function list(argv: string[]): Promise<number> {
     ...snap.rules.map((r) => ({ id: r.id, title: r.title, level: r.level, kind: 'rule' })),
     ...snap.correlations.map((c) => ({ id: c.id, title: c.title, level: c.level, kind: c.type })),
   ].sort((a, b) => (a.id < b.id ? -1 : 1));
+  // Filters switch rules off: what runs includes them, with who signed them.
+  const broken = new Set(snap.problems.map((p) => `${p.file}:${p.line}`));
+  const filters = snap.docs.filter((d) => d.kind === 'filter' && !broken.has(`${d.file}:${d.line}`));
+  ok.push(
+    ...filters
+      .map((d) => ({ id: docId(d), title: d.title, level: '-', kind: 'filter' }))
+      .sort((a, b) => (a.id < b.id ? -1 : 1)),
+  );
   for (const r of ok)
     out.push(`${r.id}  ${r.level.padEnd(13)} ${r.kind.padEnd(12)} ${r.title}${signed(r.id)}`);
   for (const p of snap.problems)
@@ -323,7 +331,8 @@ async function list(argv: string[]): Promise<number> {
     out.push(`REFUSED   rules-topic:${key}@${f.record.offset}  ${f.reason}: ${f.detail}`);
   }
   out.push(
-    `${ok.length} rules on ${topic}; rule-set version ${snap.version}; ${refused.length} records refused ` +
+    `${ok.length - filters.length} rules on ${topic}, ${filters.length} filters; rule-set version ${snap.version}; ` +
+      `${refused.length} records refused ` +
       `(trusted keys: ${keys.map((k) => k.id).join(', ')})`,
   );
   process.stdout.write(`${out.join('\n')}\n`);

@@ -254,7 +254,7 @@ test('a detector runs only rules signed by a trusted key, at a rising version, a
     assert.match(listed.out, new RegExp(`${R1} .*\\[key ${oldKey.keyId}, version \\d+\\]`));
     for (const h of hostile)
       assert.match(listed.out, new RegExp(`REFUSED\\s+rules-topic:${h.record.key}@\\d+\\s+${h.reason}`));
-    assert.match(listed.out, /1 rules on .*; 6 records refused/);
+    assert.match(listed.out, /1 rules on .*, 0 filters; .*; 6 records refused/);
 
     // Rotation: the new key's pushes apply beside the old key's rules.
     setRules({
@@ -275,6 +275,10 @@ test('a detector runs only rules signed by a trusted key, at a rising version, a
     const filtered = push(newKey.privateKey, '--delete', R2);
     assert.equal(filtered.code, 0, filtered.out);
     assert.match(filtered.out, new RegExp(`deleted\\s+${R2}`));
+    assert.match(
+      list().out,
+      new RegExp(`filter\\s+switch R1 off\\s+\\[key ${newKey.keyId}, version \\d+\\]`),
+    );
     const v3 = topicVersion();
     await waitFor('the filter and the deletion loaded', () => loaded(v3));
     assert.equal((await alertsFor('sig-one sig-two', 0)).length, 0, 'R1 filtered, R2 deleted');
