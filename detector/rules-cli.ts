@@ -25,7 +25,7 @@ import {
   trustedKeys,
 } from './rule-signing.js';
 import { docHash, docId, RuleStore } from './rule-store.js';
-import { RuleGate, readRulesTopic } from './rules-topic.js';
+import { RuleGate, readRulesTopic, reportedId } from './rules-topic.js';
 import { loadRules } from './sigma/engine.js';
 import type { Placeholders } from './sigma/modifiers.js';
 import { parseRuleText } from './sigma/parse.js';
@@ -282,6 +282,16 @@ async function push(argv: string[]): Promise<number> {
   return set.problems.length > 0 ? 1 : 0;
 }
 
+/** `s` with C0 and C1 control characters (terminal escapes among them) written as `\\xNN`. */
+function printable(s: string): string {
+  let out = '';
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    out += c < 0x20 || (c >= 0x7f && c <= 0x9f) ? `\\x${c.toString(16).padStart(2, '0')}` : ch;
+  }
+  return out;
+}
+
 async function list(argv: string[]): Promise<number> {
   const args = commandArgs(argv, { usage: USAGE, options: kafkaOptions });
   if (typeof args === 'number') return args;
@@ -327,7 +337,8 @@ async function list(argv: string[]): Promise<number> {
   for (const p of snap.problems)
     out.push(`REJECTED  ${p.file}:${p.line}  ${p.id ?? '-'}: ${p.message} [${p.code}]`);
   for (const f of refused) {
-    const key = f.record.key?.toString('utf8').slice(0, 256) ?? '(no key)';
+    // Anyone may have written this key: its control characters are shown escaped, never sent to the terminal.
+    const key = printable(reportedId(f.record) ?? '(no key)');
     out.push(`REFUSED   rules-topic:${key}@${f.record.offset}  ${f.reason}: ${f.detail}`);
   }
   out.push(

@@ -88,7 +88,10 @@ export class RuleGate {
   }
 }
 
-const MAX_ID_CHARS = 256;
+/** A record's key as a rule id for reports and logs, cut to 256 characters (a hostile key may be megabytes). */
+export function reportedId(r: InRecord): string | null {
+  return r.key === null ? null : r.key.toString('utf8').slice(0, 256);
+}
 
 /** The audit record of a refusal: what and why, and a hash of the refused value (never the bytes). */
 export function refusalReport(
@@ -106,7 +109,7 @@ export function refusalReport(
       topic: r.topic,
       partition: r.partition,
       offset: BigInt(r.offset),
-      ruleId: r.key === null ? null : r.key.toString('utf8').slice(0, MAX_ID_CHARS),
+      ruleId: reportedId(r),
       reason: f.reason,
       detail: f.detail,
       keyId: f.keyId ?? null,
@@ -215,7 +218,7 @@ export async function followTrustedRules(
           topic: f.record.topic,
           partition: f.record.partition,
           offset: f.record.offset,
-          ruleId: f.record.key?.toString('utf8').slice(0, MAX_ID_CHARS) ?? null,
+          ruleId: reportedId(f.record),
           reason: f.reason,
           detail: f.detail,
           ...(f.keyId !== undefined ? { keyId: f.keyId } : {}),

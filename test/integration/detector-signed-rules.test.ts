@@ -218,7 +218,11 @@ test('a detector runs only rules signed by a trusted key, at a rising version, a
         },
       },
       { reason: 'bare-tombstone', record: { topic: topics.rules, key: R1, value: null } },
-      { reason: 'unsigned', record: { topic: topics.rules, key: 'filter-r1', value: Buffer.from(FILTER) } },
+      // Its key also carries a terminal escape sequence, which `edr rules list` must not pass to the terminal.
+      {
+        reason: 'unsigned',
+        record: { topic: topics.rules, key: 'filter-r1\x1b[2J', value: Buffer.from(FILTER) },
+      },
     ];
     const end = (await t.endOffsets(topics.rules))[0]!.offset;
     const p = await t.producer();
@@ -252,8 +256,10 @@ test('a detector runs only rules signed by a trusted key, at a rising version, a
     const listed = list();
     assert.equal(listed.code, 0, listed.out);
     assert.match(listed.out, new RegExp(`${R1} .*\\[key ${oldKey.keyId}, version \\d+\\]`));
-    for (const h of hostile)
+    for (const h of hostile.slice(0, -1))
       assert.match(listed.out, new RegExp(`REFUSED\\s+rules-topic:${h.record.key}@\\d+\\s+${h.reason}`));
+    assert.ok(listed.out.includes('REFUSED   rules-topic:filter-r1\\x1b[2J@'), listed.out);
+    assert.ok(!listed.out.includes('\x1b'), 'no escape sequence reaches the terminal');
     assert.match(listed.out, /1 rules on .*, 0 filters; .*; 6 records refused/);
 
     // Rotation: the new key's pushes apply beside the old key's rules.
