@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, it } from 'node:test';
@@ -9,7 +9,7 @@ import { loadConfig } from '../infra/config.js';
 import { kafkaSectionFromEnv } from '../infra/kafka/config.js';
 import { loadSinksConfig } from '../sinks/config.js';
 import { configText } from './background.js';
-import { localConfigs } from './up.js';
+import { localConfigs, localRulesKey } from './up.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'edr-up-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -25,10 +25,13 @@ function write(name: string, config: Record<string, unknown>): string {
 it('writes configs each service loads, whatever characters the paths hold', () => {
   // Characters that need quoting in YAML: a colon and space, a hash, quotes.
   const stateDir = path.join(dir, 'state: #1 \'q"');
+  const key = localRulesKey(stateDir);
+  assert.equal(key.made, true);
   const configs = localConfigs({
     stateDir,
     kafka: { brokers: ['127.0.0.1:9092', 'b:9093'] },
     rulesDir: 'rules dir',
+    rulesPublicKey: key.publicKey,
   });
   const collector = loadConfig(collectorConfigSchema, write('collector', configs.collector));
   assert.deepEqual(collector.kafka.brokers, ['127.0.0.1:9092', 'b:9093']);
@@ -38,6 +41,12 @@ it('writes configs each service loads, whatever characters the paths hold', () =
   const detector = loadConfig(detectorConfigSchema, write('detector', configs.detector));
   assert.equal(detector.kafka.clientId, 'edr-detector');
   assert.equal(detector.rules.dir, path.resolve('rules dir'));
+  // The detector follows the rules topic trusting the key pair made in the state dir.
+  assert.equal(detector.rules.topic, true);
+  assert.deepEqual(
+    detector.rules.publicKeys.map((k) => k.id),
+    [key.keyId],
+  );
   const sinks = loadSinksConfig(write('sinks', configs.sinks));
   assert.equal(sinks.kafka.clientId, 'edr-sinks');
   assert.equal(sinks.stateDir, path.join(stateDir, 'sinks-state'));
@@ -63,7 +72,12 @@ it('gives every service the Kafka security settings of the environment, with the
   };
   Object.assign(process.env, env);
   try {
-    const configs = localConfigs({ stateDir: dir, kafka: kafkaSectionFromEnv(env), rulesDir: 'rules' });
+    const configs = localConfigs({
+      stateDir: dir,
+      kafka: kafkaSectionFromEnv(env),
+      rulesDir: 'rules',
+      rulesPublicKey: localRulesKey(path.join(dir, 'env')).publicKey,
+    });
     for (const [name, config] of Object.entries(configs)) {
       const file = write(`env-${name}`, config);
       assert.doesNotMatch(readFileSync(file, 'utf8'), /env-password-not-in-files/);
@@ -78,4 +92,14 @@ it('gives every service the Kafka security settings of the environment, with the
   } finally {
     for (const k of Object.keys(env)) delete process.env[k];
   }
+});
+
+it('makes the rules signing key pair once and keeps it', () => {
+  const stateDir = path.join(dir, 'once');
+  const first = localRulesKey(stateDir);
+  const again = localRulesKey(stateDir);
+  assert.equal(first.made, true);
+  assert.equal(again.made, false);
+  assert.equal(again.keyId, first.keyId);
+  assert.equal(statSync(first.privateKey).mode & 0o777, 0o600);
 });

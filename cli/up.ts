@@ -7,6 +7,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
+import { generateKeyFiles, readPublicKey } from '../detector/rule-signing.js';
 import { commandArgs } from '../infra/command-args.js';
 import { loadConfig, parseConfig } from '../infra/config.js';
 import { runningBroker, startBroker, stopRunningBroker } from '../infra/kafka/broker.js';
@@ -24,7 +25,8 @@ const help = `usage: edr up [--config FILE] [--brokers HOST:PORT,...] [--port N]
   up    start a local Kafka broker in .edr/kafka (port 9092) unless brokers are given (--brokers, the
         config's or EDR_KAFKA_BROKERS), create the topics, and start in the background: the collector (when
         it can capture: root, native addon built), a detector worker on --rules DIR (default: the project's
-        rules, detector/rules), and an alert router writing every alert to .edr/alerts/alerts.jsonl.
+        rules, detector/rules) that also follows the rules topic, trusting the key pair made once in
+        .edr/rules-signing.{key,pub}, and an alert router writing every alert to .edr/alerts/alerts.jsonl.
         The services connect with the same Kafka settings (one principal for all: for a fleet, give each
         service its own config and principal, see infra/deploy).
 ${kafkaUsage("any service's config: its kafka section is used (secrets as { env } or { file } references)")}
@@ -47,7 +49,14 @@ const brokerDir = path.join(stateDir, 'kafka');
 const alertsDir = (state: string): string => path.join(state, 'alerts');
 
 /** The configs `edr up` writes for the services it starts, as each process's config schema reads them. */
-export function localConfigs(o: { stateDir: string; kafka: Record<string, unknown>; rulesDir: string }) {
+export function localConfigs(o: {
+  stateDir: string;
+  /** The `kafka:` section as written in YAML (secrets as references); each service gets its own client id. */
+  kafka: Record<string, unknown>;
+  rulesDir: string;
+  /** The public key the detector trusts rules-topic records with. */
+  rulesPublicKey: string;
+}) {
   const kafka = (clientId: string) => ({ ...o.kafka, clientId });
   return {
     collector: {
@@ -55,7 +64,10 @@ export function localConfigs(o: { stateDir: string; kafka: Record<string, unknow
       source: { type: 'ebpf' },
       spool: { dir: path.join(o.stateDir, 'collector-spool') },
     },
-    detector: { kafka: kafka('edr-detector'), rules: { dir: path.resolve(o.rulesDir) } },
+    detector: {
+      kafka: kafka('edr-detector'),
+      rules: { dir: path.resolve(o.rulesDir), publicKeys: [path.resolve(o.rulesPublicKey)] },
+    },
     sinks: {
       kafka: kafka('edr-sinks'),
       stateDir: path.join(o.stateDir, 'sinks-state'),
@@ -63,6 +75,23 @@ export function localConfigs(o: { stateDir: string; kafka: Record<string, unknow
       routes: [{ to: ['alerts-file'] }],
     },
   };
+}
+
+/**
+ * The local pipeline's rules signing key pair in the state dir, made on the first `edr up` and kept: the detector
+ * follows the rules topic and accepts only records signed with it (`edr rules push --signing-key` the .key file).
+ */
+export function localRulesKey(state: string): {
+  privateKey: string;
+  publicKey: string;
+  keyId: string;
+  made: boolean;
+} {
+  const privateKey = path.join(state, 'rules-signing.key');
+  const publicKey = path.join(state, 'rules-signing.pub');
+  if (existsSync(publicKey) && existsSync(privateKey))
+    return { privateKey, publicKey, keyId: readPublicKey(publicKey).id, made: false };
+  return { ...generateKeyFiles(state, 'rules-signing'), made: true };
 }
 
 const addonFile = (): string =>
@@ -120,7 +149,12 @@ export const command: Command = {
     }
     const show = (name: string, s: BackgroundService) =>
       process.stdout.write(`${name.padEnd(10)} ${s.state.padEnd(9)} ${s.detail}\n`);
-    const configs = localConfigs({ stateDir, kafka, rulesDir: values.rules });
+    const key = localRulesKey(stateDir);
+    process.stdout.write(
+      `rules key  ${(key.made ? 'made' : 'ready').padEnd(9)} ${key.publicKey} (key id ${key.keyId}; ` +
+        `sign pushes with: npx edr rules push DIR --brokers ${brokers.join(',')} --signing-key ${key.privateKey})\n`,
+    );
+    const configs = localConfigs({ stateDir, kafka, rulesDir: values.rules, rulesPublicKey: key.publicKey });
     const unavailable = collectorUnavailable();
     show(
       'collector',

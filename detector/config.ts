@@ -7,6 +7,20 @@ import { z } from 'zod';
 import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import { LEVEL_ORDER } from '../schemas/levels.js';
 import { topics } from '../schemas/topics.js';
+import { readPublicKey, type SigningKey } from './rule-signing.js';
+
+/** A trusted public key: a file path or PEM text, read and checked at load (errors name the file). */
+const publicKey = z
+  .string()
+  .min(1)
+  .transform((source, ctx): SigningKey => {
+    try {
+      return readPublicKey(source);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
 
 export const detectorConfigSchema = z.strictObject({
   kafka: kafkaConfigSchema,
@@ -35,13 +49,31 @@ export const detectorConfigSchema = z.strictObject({
       /** Whether to follow the rules topic. */
       topic: z.boolean().default(true),
       /**
+       * The Ed25519 public keys whose signatures the rules topic is trusted with (files or PEM text; several
+       * during a key rotation). Required when following the topic: without one a detector would either run
+       * anyone's rules or silently miss the fleet's pushes (a deletion or a filter included), so it does not
+       * start.
+       */
+      publicKeys: z.array(publicKey).default([]),
+      /**
        * The least Sigma level that raises alerts. Rules below it are loaded and checked but not evaluated, unless
        * a correlation names them (then they feed it silently). The default leaves out `informational`, which
        * Sigma defines as enrichment: "no case or alerting should be triggered by such rules".
        */
       minLevel: z.enum(LEVEL_ORDER).default('low'),
     })
-    .prefault({}),
+    .prefault({})
+    .superRefine((r, ctx) => {
+      if (r.topic && r.publicKeys.length === 0)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['publicKeys'],
+          message:
+            'the detector follows the rules topic (rules.topic: true) and needs at least one trusted public key ' +
+            'to verify its records: make a key pair with `edr rules keygen --out DIR` and list DIR/rules-signing.pub ' +
+            'here, or set rules.topic: false to run directory rules only',
+        });
+    }),
   /**
    * Records per transaction at most: larger batches amortise each transaction's broker work (see the bench).
    * Under light load batches are what has arrived, so this bounds latency only when a backlog is drained.

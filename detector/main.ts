@@ -10,8 +10,9 @@ import { settled } from '../infra/retry.js';
 import { type Consumption, requireTopics, type TopicConfig, type Transport } from '../infra/transport.js';
 import { topics as table } from '../schemas/topics.js';
 import { type DetectorConfig, detectorConfigSchema } from './config.js';
+import { trustedKeys } from './rule-signing.js';
 import { RuleStore } from './rule-store.js';
-import { followRulesTopic } from './rules-topic.js';
+import { followTrustedRules } from './rules-topic.js';
 import { detectorMetrics, startTelemetry } from './telemetry.js';
 import { DetectorWorker } from './worker.js';
 
@@ -67,13 +68,22 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       : (await settled(() => transport.endOffsets(config.topics.changelog))).length;
     if (config.rules.dir !== undefined) store.watch(config.rules.pollMs);
     if (config.rules.topic) {
-      const f = await followRulesTopic(
+      const f = await followTrustedRules({
         transport,
-        config.topics.rules,
-        `${config.groupId}-rules-${config.detectorId}`,
-        (records) => store.applyTopic(records),
-      );
+        topic: config.topics.rules,
+        groupPrefix: `${config.groupId}-rules-${config.detectorId}`,
+        trusted: trustedKeys(config.rules.publicKeys),
+        store,
+        detectorId: config.detectorId,
+        auditTopic: config.topics.audit,
+        metrics,
+        log,
+      });
       rules = f.consumption;
+      log.info('following the rules topic', {
+        topic: config.topics.rules,
+        trustedKeys: config.rules.publicKeys.map((k) => k.id),
+      });
       await f.ready;
     }
     log.info('rules ready', {

@@ -14,6 +14,8 @@ export interface DetectorMetrics {
   evaluationMs(ms: number): void;
   deadLetters(n: number): void;
   correlationEvictions(n: number, correlationId: string): void;
+  /** A rules-topic record refused (unsigned, bad signature, unknown key, stale version, ...). */
+  ruleRefused(reason: string): void;
   /** Latest lag per partition, read by the gauge when scraped. */
   setLag(topic: string, partition: number, lag: number): void;
   setRuleSetVersion(version: string): void;
@@ -31,6 +33,9 @@ export function detectorMetrics(name = 'edr-detector'): DetectorMetrics {
   const dead = meter.createCounter('edr_detector_dead_letters', { description: 'records dead-lettered' });
   const evictions = meter.createCounter('edr_detector_correlation_evictions', {
     description: 'correlation groups evicted to bound memory',
+  });
+  const refused = meter.createCounter('edr_detector_rules_refused', {
+    description: 'rules-topic records refused, by reason',
   });
   const lags = new Map<string, { topic: string; partition: number; lag: number }>();
   meter
@@ -55,6 +60,7 @@ export function detectorMetrics(name = 'edr-detector'): DetectorMetrics {
     evaluationMs: (ms) => evalTime.record(ms),
     deadLetters: (n) => dead.add(n),
     correlationEvictions: (n, correlationId) => evictions.add(n, { correlationId }),
+    ruleRefused: (reason) => refused.add(1, { reason }),
     setLag: (topic, partition, lag) => lags.set(`${topic}/${partition}`, { topic, partition, lag }),
     setRuleSetVersion: (v) => {
       version = v;

@@ -10,7 +10,7 @@ import avro from 'avsc';
 import { EdrError, errorMessage } from '../infra/errors.js';
 import { repoRoot } from '../infra/paths.js';
 import { ExecveLayout, ExecveView } from './execve-view.js';
-import type { Alert, CollectorRecord, ExecveEvent } from './types.js';
+import type { Alert, CollectorRecord, ExecveEvent, RuleRefused } from './types.js';
 
 const MAGIC0 = 0xc3;
 const MAGIC1 = 0x01;
@@ -72,6 +72,7 @@ export interface RecordTypes {
   'dev.edr.v1.ExecveEvent': ExecveEvent;
   'dev.edr.v1.Alert': Alert;
   'dev.edr.v1.CollectorRecord': CollectorRecord;
+  'dev.edr.v1.RuleRefused': RuleRefused;
 }
 export type RecordName = keyof RecordTypes;
 
@@ -354,7 +355,7 @@ function header(fp: bigint): Buffer {
 /** The project's schemas, read from schemas/*.avsc, in dependency order (ExecveEvent before Alert). */
 export function projectSchemas(): Schema[] {
   const dir = path.join(repoRoot, 'schemas');
-  const order = ['execve-event.avsc', 'collector-record.avsc', 'alert.avsc'];
+  const order = ['execve-event.avsc', 'collector-record.avsc', 'alert.avsc', 'rule-refused.avsc'];
   const files = readdirSync(dir).filter((f) => f.endsWith('.avsc'));
   files.sort((a, b) => order.indexOf(a) - order.indexOf(b));
   return files.map((f) => JSON.parse(readFileSync(path.join(dir, f), 'utf8')) as Schema);

@@ -37,11 +37,11 @@ export const topics = {
   audit: {
     name: 'edr.execve.audit.v1',
     key: 'host id',
-    values: ['dev.edr.v1.ExecveEvent', 'dev.edr.v1.CollectorRecord'],
+    values: ['dev.edr.v1.ExecveEvent', 'dev.edr.v1.CollectorRecord', 'dev.edr.v1.RuleRefused'],
     partitions: 6,
     cleanupPolicy: 'delete',
     retentionMs: 90 * day,
-    doc: 'The durable record: events plus the collector lifecycle and loss records; replayed with new rules.',
+    doc: 'The durable record: events plus the collector lifecycle and loss records, and the rules-topic records detectors refused; replayed with new rules.',
   },
   alerts: {
     name: 'edr.alerts.v1',
@@ -59,7 +59,7 @@ export const topics = {
     partitions: 1,
     cleanupPolicy: 'compact',
     retentionMs: -1,
-    doc: "The fleet's rule set: one record per rule (its YAML), a tombstone deletes. One partition keeps one order.",
+    doc: "The fleet's rule set: one record per rule (its YAML, or empty for a deletion), signed in headers (edr-rule-*). One partition keeps one order.",
   },
   deadLetter: {
     name: 'edr.deadletter.v1',

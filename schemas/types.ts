@@ -80,3 +80,19 @@ export interface CollectorRecord {
   lastSeq: bigint;
   message: string | null;
 }
+
+export interface RuleRefused {
+  detectorId: string;
+  timeNs: bigint;
+  topic: string;
+  partition: number;
+  offset: bigint;
+  ruleId: string | null;
+  reason: string;
+  detail: string;
+  keyId: string | null;
+  version: bigint | null;
+  acceptedVersion: bigint | null;
+  valueSha256: string | null;
+  valueBytes: bigint;
+}

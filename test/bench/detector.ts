@@ -39,7 +39,10 @@ const OVERRIDES = {
   partitionConcurrency: 'EDR_BENCH_DETECTOR_CONCURRENCY',
   evaluationThreads: 'EDR_BENCH_DETECTOR_THREADS',
 } as const;
-const DEFAULTS = detectorConfigSchema.parse({ kafka: { brokers: ['localhost:9092'] } });
+const DEFAULTS = detectorConfigSchema.parse({
+  kafka: { brokers: ['localhost:9092'] },
+  rules: { topic: false },
+});
 
 /** A detector setting: its default, or the bench's environment override for experiments. */
 function setting<K extends keyof typeof OVERRIDES>(key: K): (typeof DEFAULTS)[K] {

@@ -96,7 +96,7 @@ test('two workers, SIGKILL twice: every expected alert exactly once; bad records
       detectorId: name,
       groupId: group,
       topics,
-      rules: { dir: rulesDir, pollMs: 500 },
+      rules: { dir: rulesDir, pollMs: 500, topic: false },
       maxBatchRecords: 1000,
       createTopics: false,
     });

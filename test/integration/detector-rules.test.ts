@@ -1,20 +1,18 @@
 /**
  * Fleet-wide hot rules: two worker processes follow the rules topic. A rule pushed with `edr rules push` during
  * the run produces alerts on both workers (with the version `edr rules list` shows); a malformed rule in the
- * same push is rejected and reported while the good one applies; a malformed record put on the topic directly
- * is rejected by the workers; a tombstone (`push --delete`) stops the rule.
+ * same push is rejected and reported while the good one applies; a signed but malformed record put on the topic
+ * directly is rejected by the workers (an unsigned one is refused); a signed deletion (`push --delete`) stops the
+ * rule.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
+import { readSigningKey, signRecord } from '../../detector/rule-signing.js';
 import { freePort } from '../../infra/kafka/broker.js';
 import type { KafkaTransport } from '../../infra/kafka/transport.js';
-import { repoRoot } from '../../infra/paths.js';
-import type { OutRecord, Transport } from '../../infra/transport.js';
-import { projectCodec } from '../../schemas/codec.js';
-import { sampleEvent } from '../fixtures/events.js';
+import type { Transport } from '../../infra/transport.js';
 import { testBrokers, testTransport } from '../harness/broker.js';
 import {
   collectAlerts,
@@ -24,6 +22,7 @@ import {
   WorkerProcess,
   writeConfig,
 } from '../harness/detector.js';
+import { edr, produceMarked } from '../harness/edr-cli.js';
 import { unique, waitFor } from '../harness/names.js';
 
 // Closed even when a test fails, or the open clients would keep the test process alive.
@@ -61,14 +60,6 @@ after(async () => {
   await Promise.all(workers.map((w) => w.kill()));
 });
 
-function cli(args: string[]): { code: number; out: string } {
-  const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'cli', 'edr.js'), ...args], {
-    encoding: 'utf8',
-    env: { ...process.env, EDR_LOG_LEVEL: 'error' },
-  });
-  return { code: r.status ?? 1, out: `${r.stdout}${r.stderr}` };
-}
-
 function loaded(w: WorkerProcess, version: string): boolean {
   return w.log
     .split('\n')
@@ -80,32 +71,10 @@ function traceparent(n: number): string {
   return `00-${n.toString(16).padStart(32, '0')}-${'ab'.repeat(8)}-01`;
 }
 
-let seq = 0;
-async function produce(t: Transport, topic: string, n: number, marker: string): Promise<void> {
-  const codec = projectCodec();
-  const p = await t.producer();
-  const records: OutRecord[] = [];
-  for (let i = 0; i < n; i++) {
-    const host = `host-${i % 32}`;
-    const e = sampleEvent({
-      hostId: host,
-      hostname: host,
-      seq: BigInt(++seq),
-      timeNs: 1_795_000_000_000_000_000n + BigInt(seq) * 1_000_000n,
-      argv: ['sh', '-c', `echo ${marker} ${seq}`],
-    });
-    records.push({
-      topic,
-      key: host,
-      value: codec.encode('dev.edr.v1.ExecveEvent', e),
-      headers: { traceparent: traceparent(seq) },
-    });
-  }
-  await p.publish(records);
-  await p.close();
-}
+const produce = (t: Transport, topic: string, n: number, marker: string) =>
+  produceMarked(t, topic, n, marker, { headers: (seq) => ({ traceparent: traceparent(seq) }) });
 
-test('rules pushed during a run apply on every worker; malformed ones are rejected; tombstones stop them', async () => {
+test('rules pushed during a run apply on every worker; malformed ones are rejected; signed deletions stop them', async () => {
   const t = await testTransport('detector-rules');
   opened.push(t);
   const topics = testTopics(unique('drl'));
@@ -116,6 +85,11 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
   const group = unique('edr-detector');
   const brokers = await testBrokers();
   const metricsPort = await freePort();
+  const keys = path.join(dir, 'keys');
+  const keygen = edr(['rules', 'keygen', '--out', keys]);
+  assert.equal(keygen.code, 0, keygen.out);
+  const signingKey = path.join(keys, 'rules-signing.key');
+  const publicKey = path.join(keys, 'rules-signing.pub');
   const cfg = (name: string) =>
     writeConfig(dir, name, {
       kafka: { brokers, clientId: name, sessionTimeoutMs: 6000 },
@@ -124,7 +98,7 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
       topics,
       createTopics: false,
       // Each worker also watches a directory (the same content on every host).
-      rules: { dir: watched, pollMs: 500 },
+      rules: { dir: watched, pollMs: 500, publicKeys: [publicKey] },
       ...(name === 'worker-a' ? { metrics: { port: metricsPort } } : {}),
     });
   const a = new WorkerProcess(cfg('worker-a')).start();
@@ -143,30 +117,68 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
     );
     assert.equal(alerts.length, 0);
 
-    // A malformed record straight on the topic: rejected by the workers, the rest applies.
+    // A malformed record straight on the topic, signed: rejected by the workers, the rest applies. Unsigned, it
+    // is refused before it is even parsed.
     const p = await t.producer();
-    await p.publish([{ topic: topics.rules, key: 'broken-direct', value: Buffer.from('title: [unclosed') }]);
+    const broken = Buffer.from('title: [unclosed');
+    const headers = signRecord(readSigningKey(signingKey), {
+      topic: topics.rules,
+      key: Buffer.from('broken-direct'),
+      version: 1n,
+      op: 'put',
+      value: broken,
+    });
+    await p.publish([
+      { topic: topics.rules, key: 'broken-direct', value: broken, headers },
+      { topic: topics.rules, key: 'unsigned-direct', value: Buffer.from(GOOD) },
+    ]);
     await p.close();
 
+    const list = () =>
+      edr([
+        'rules',
+        'list',
+        '--brokers',
+        brokers.join(','),
+        '--topic',
+        topics.rules,
+        '--public-key',
+        publicKey,
+      ]);
+    const push = (from: string, ...more: string[]) =>
+      edr([
+        'rules',
+        'push',
+        from,
+        '--brokers',
+        brokers.join(','),
+        '--topic',
+        topics.rules,
+        '--signing-key',
+        signingKey,
+        ...more,
+      ]);
     const rulesDir = path.join(dir, 'rules');
     mkdirSync(rulesDir);
     writeFileSync(path.join(rulesDir, 'good.yml'), GOOD);
     writeFileSync(path.join(rulesDir, 'broken.yml'), MALFORMED);
-    const pushed = cli(['rules', 'push', rulesDir, '--brokers', brokers.join(','), '--topic', topics.rules]);
+    const pushed = push(rulesDir);
     assert.equal(pushed.code, 1, pushed.out);
     assert.match(pushed.out, /REJECTED\s+broken\.yml:\d+/);
     assert.match(pushed.out, new RegExp(`added\\s+good\\.yml:\\d+\\s+${RULE_ID}`));
     assert.match(pushed.out, /1 published, 0 unchanged, 0 deleted, 1 rejected/);
 
-    const listed = cli(['rules', 'list', '--brokers', brokers.join(','), '--topic', topics.rules]);
+    const listed = list();
     assert.equal(listed.code, 0, listed.out);
     assert.match(listed.out, new RegExp(RULE_ID));
     assert.match(listed.out, /REJECTED\s+rules-topic:broken-direct/);
+    assert.match(listed.out, /REFUSED\s+rules-topic:unsigned-direct@\d+\s+unsigned/);
     const version = /rule-set version ([0-9a-f]+)/.exec(listed.out)?.[1];
     assert.ok(version, listed.out);
 
     await waitFor('both workers to load the pushed rule', () => [a, b].every((w) => loaded(w, version)));
     assert.ok(a.logged('rule rejected') >= 1 && b.logged('rule rejected') >= 1);
+    assert.ok(a.logged('rule record refused') >= 1 && b.logged('rule record refused') >= 1);
     await produce(t, topics.input, 64, 'hot-marker');
     await waitFor('64 alerts', () => alerts.length >= 64);
     const by = new Set(alerts.map((x) => x.alert.detectorId));
@@ -193,23 +205,13 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
     }
     assert.match(text, new RegExp(`edr_detector_rule_matches_total\\{ruleId="${RULE_ID}"[^}]*\\} \\d+`));
 
-    // Pushing again changes nothing; a tombstone stops the rule everywhere.
-    const again = cli(['rules', 'push', rulesDir, '--brokers', brokers.join(','), '--topic', topics.rules]);
+    // Pushing again changes nothing; a signed deletion stops the rule everywhere.
+    const again = push(rulesDir);
     assert.match(again.out, /0 published, 1 unchanged/);
     mkdirSync(path.join(dir, 'nothing'));
-    const del = cli([
-      'rules',
-      'push',
-      path.join(dir, 'nothing'),
-      '--brokers',
-      brokers.join(','),
-      '--topic',
-      topics.rules,
-      '--delete',
-      RULE_ID,
-    ]);
+    const del = push(path.join(dir, 'nothing'), '--delete', RULE_ID);
     assert.match(del.out, new RegExp(`deleted\\s+${RULE_ID}`), del.out);
-    const emptied = cli(['rules', 'list', '--brokers', brokers.join(','), '--topic', topics.rules]);
+    const emptied = list();
     const v2 = /rule-set version ([0-9a-f]+)/.exec(emptied.out)?.[1];
     assert.ok(v2 && v2 !== version, emptied.out);
     await waitFor('both workers to drop the rule', () => [a, b].every((w) => loaded(w, v2)));
