@@ -16,6 +16,7 @@ import type { InRecord } from '../infra/transport.js';
 import type { EvalSet, Evaluation } from './evaluate.js';
 import type { RuleSnapshot } from './rule-store.js';
 import { compileDocs, createEngine } from './sigma/engine.js';
+import type { RuleLimits } from './sigma/limits.js';
 import type { SigmaDoc } from './sigma/parse.js';
 
 /** A document without its (function-valued, so not cloneable) source locator. */
@@ -31,6 +32,8 @@ export interface RulesMessage {
   disabled: string[];
   /** Rules below the alert level that no correlation needs: not evaluated. */
   unevaluated: string[];
+  /** The limits the store compiled within: the thread must reject what the store rejected. */
+  limits: RuleLimits;
 }
 
 export interface BatchMessage {
@@ -61,7 +64,7 @@ function unpacked(r: EvalResult): Evaluation {
 export function engineOf(m: RulesMessage): EvalSet {
   const docs: SigmaDoc[] = m.docs.map((d) => ({ ...d, at: () => d.line }));
   const disabled = new Set([...m.disabled, ...m.unevaluated]);
-  const rules = compileDocs(docs).rules.filter((r) => !disabled.has(r.id));
+  const rules = compileDocs(docs, { limits: m.limits }).rules.filter((r) => !disabled.has(r.id));
   return { engine: createEngine(rules), rules, version: m.version, detectorId: m.detectorId };
 }
 
@@ -173,6 +176,7 @@ export class EvalPool {
         docs: snap.docs.map(({ at: _, ...d }) => d),
         disabled: [...snap.disabled.keys()],
         unevaluated: unevaluated(snap),
+        limits: { ...snap.limits },
       };
       t.worker.postMessage(m);
       t.version = snap.version;

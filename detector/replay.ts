@@ -20,6 +20,7 @@ import { encodedAlertRecord } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
 import { type EvalSet, evaluateRecords } from './evaluate.js';
 import { docId, RuleStore } from './rule-store.js';
+import type { RuleLimits } from './sigma/limits.js';
 
 const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config FILE | --brokers LIST) [options]
 
@@ -55,6 +56,8 @@ export interface ReplayOptions {
   parallel: number;
   /** The least level that alerts (default informational: every rule); rules below it are not evaluated. */
   minLevel?: Level;
+  /** What one rule may cost to load (default DEFAULT_RULE_LIMITS; a detector config's rules.limits). */
+  limits?: RuleLimits | undefined;
   /** Progress line sink (stderr in the CLI). */
   progress?: (line: string) => void;
   signal?: AbortSignal;
@@ -73,7 +76,12 @@ export interface ReplayResult {
 
 export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   const log = createLogger({ component: 'replay', runId: o.runId });
-  const store = new RuleStore({ dir: o.rulesDir, log, ...(o.minLevel ? { minLevel: o.minLevel } : {}) });
+  const store = new RuleStore({
+    dir: o.rulesDir,
+    log,
+    limits: o.limits,
+    ...(o.minLevel ? { minLevel: o.minLevel } : {}),
+  });
   store.refreshDir();
   const snap = store.current;
   const below = snap.docs.filter((d) => snap.belowLevel.has(docId(d))).map((d) => `${docId(d)} (${d.title})`);
@@ -258,6 +266,7 @@ export const command = {
       return 2;
     }
     let minLevel = level ?? 'low';
+    let limits: RuleLimits | undefined;
     let transport: KafkaTransport;
     let names: Record<'audit' | 'raw' | 'alerts', string> = {
       audit: table.audit.name,
@@ -269,6 +278,7 @@ export const command = {
       transport = new KafkaTransport(c.kafka, createLogger({ component: 'kafka' }));
       names = { audit: c.topics.audit, raw: c.topics.input, alerts: c.topics.alerts };
       if (level === undefined) minLevel = c.rules.minLevel;
+      limits = c.rules.limits;
     } else if (values.brokers !== undefined) {
       transport = new KafkaTransport(
         kafkaConfigSchema.parse({ brokers: values.brokers.split(','), clientId: 'edr-replay' }),
@@ -298,6 +308,7 @@ export const command = {
         runId,
         parallel: Math.max(1, Number(values.parallel ?? 2)),
         minLevel,
+        limits,
         progress: (line) => process.stderr.write(tty ? `\r${line}\x1b[K` : `${line}\n`),
         signal: ac.signal,
       });

@@ -8,7 +8,7 @@
  * the same directory and topic compute the same version.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { relative } from 'node:path';
 import type { Logger } from '../infra/log.js';
 import { belowLevel, type Level } from '../schemas/levels.js';
@@ -20,7 +20,8 @@ import {
   type Engine,
   type RuleProblem,
 } from './sigma/engine.js';
-import { parseRuleText, ruleFiles, type SigmaDoc } from './sigma/parse.js';
+import { DEFAULT_RULE_LIMITS, type RuleLimits } from './sigma/limits.js';
+import { parseRuleFile, parseRuleText, ruleFiles, type SigmaDoc } from './sigma/parse.js';
 
 export interface RuleSnapshot {
   readonly version: string;
@@ -40,6 +41,8 @@ export interface RuleSnapshot {
   readonly belowLevel: ReadonlySet<string>;
   /** The least level that raises alerts (correlations below it update their state and raise none). */
   readonly minLevel: Level;
+  /** The limits the rules were loaded within (an evaluation thread compiles with the same). */
+  readonly limits: Readonly<RuleLimits>;
 }
 
 export interface RuleStoreOptions {
@@ -50,6 +53,8 @@ export interface RuleStoreOptions {
    * for enrichment: "no case or alerting should be triggered by such rules".
    */
   minLevel?: Level;
+  /** What one rule may cost to load (default DEFAULT_RULE_LIMITS): a rule over a limit is rejected. */
+  limits?: Readonly<RuleLimits> | undefined;
   /** Called after every swap. */
   onChange?: (snap: RuleSnapshot, previous: RuleSnapshot) => void;
 }
@@ -63,6 +68,15 @@ export function docId(doc: SigmaDoc): string {
   return doc.id ?? doc.title;
 }
 
+function gone(file: string): boolean {
+  try {
+    statSync(file);
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 export class RuleStore {
   #current: RuleSnapshot;
   private dirDocs: SigmaDoc[] = [];
@@ -72,7 +86,10 @@ export class RuleStore {
   private readonly disabled = new Map<string, string>();
   private timer: NodeJS.Timeout | undefined;
 
+  private readonly limits: Readonly<RuleLimits>;
+
   constructor(private readonly opts: RuleStoreOptions) {
+    this.limits = opts.limits ?? DEFAULT_RULE_LIMITS;
     this.#current = this.build();
   }
 
@@ -106,13 +123,9 @@ export class RuleStore {
     const docs: SigmaDoc[] = [];
     const problems: RuleProblem[] = [];
     for (const f of files) {
-      let text: string;
-      try {
-        text = readFileSync(f, 'utf8');
-      } catch {
-        continue; // removed between listing and reading: the next poll sees it gone
-      }
-      const r = parseRuleText(text, relative(dir, f) || f);
+      const r = parseRuleFile(f, relative(dir, f) || f, this.limits);
+      // Removed between listing and reading: the next poll sees it gone.
+      if (r.problems[0]?.code === 'EDR_SIGMA_READ' && gone(f)) continue;
       docs.push(...r.docs);
       problems.push(...r.problems);
     }
@@ -140,7 +153,7 @@ export class RuleStore {
         this.topicEntries.delete(key);
         continue;
       }
-      const r = parseRuleText(value, `rules-topic:${key}`);
+      const r = parseRuleText(value, `rules-topic:${key}`, this.limits);
       this.topicEntries.set(key, r);
     }
     if (records.length > 0) this.swap();
@@ -191,7 +204,7 @@ export class RuleStore {
     }
     const topicIds = new Set(fromTopic.map(docId));
     const docs = [...this.dirDocs.filter((d) => !topicIds.has(docId(d))), ...fromTopic];
-    const set = compileDocs(docs);
+    const set = compileDocs(docs, { limits: this.limits });
     problems.push(...set.problems);
     const min = this.opts.minLevel ?? 'informational';
     const below = new Set(set.rules.filter((r) => belowLevel(r.level, min)).map((r) => r.id));
@@ -215,6 +228,7 @@ export class RuleStore {
       problems,
       belowLevel: below,
       minLevel: min,
+      limits: this.limits,
     };
   }
 }

@@ -74,9 +74,9 @@ export function compileDocs(docs: readonly SigmaDoc[], opts: CompileOptions = {}
   return set;
 }
 
-/** Loads and compiles every rule under dir (a file works too). */
+/** Loads and compiles every rule under dir (a file works too), within `opts.limits` (default DEFAULT_RULE_LIMITS). */
 export function loadRules(dir: string, opts: CompileOptions = {}): RuleSet {
-  const { docs, problems } = parseRuleDir(dir);
+  const { docs, problems } = parseRuleDir(dir, dir, opts.limits);
   const set = compileDocs(docs, opts);
   set.problems.unshift(...problems);
   set.problems.sort((a, b) => (a.file === b.file ? a.line - b.line : a.file < b.file ? -1 : 1));
