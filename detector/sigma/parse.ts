@@ -2,6 +2,7 @@
  * YAML → Sigma documents (detection rules, filters, correlations), keeping every node's line so that a rule
  * author gets `file:line: reason` for any problem, and one bad document never stops the others from loading.
  */
+import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import {
@@ -71,6 +72,29 @@ export interface CorrelationDoc extends DocBase {
 }
 
 export type SigmaDoc = RuleDoc | FilterDoc | CorrelationDoc;
+
+const hashes = new WeakMap<SigmaDoc, string>();
+
+/** The content hash of a document (its parsed form, so formatting and comments do not count); computed once. */
+export function docHash(doc: SigmaDoc): string {
+  let h = hashes.get(doc);
+  if (h === undefined) {
+    h = createHash('sha256').update(JSON.stringify(doc.raw)).digest('hex');
+    hashes.set(doc, h);
+  }
+  return h;
+}
+
+/** A document's identity for caches: kind, file, line and content hash (the same four compile the same). */
+export function docKey(doc: SigmaDoc): string {
+  let k = keys.get(doc);
+  if (k === undefined) {
+    k = `${doc.kind}\0${doc.file}\0${doc.line}\0${docHash(doc)}`;
+    keys.set(doc, k);
+  }
+  return k;
+}
+const keys = new WeakMap<SigmaDoc, string>();
 
 /** A document that could not be turned into a rule, with where and why. */
 export interface RuleProblem {
