@@ -17,16 +17,18 @@ import { detectorConfigSchema } from './config.js';
 import { docHash, docId, RuleStore } from './rule-store.js';
 import { readRulesTopic } from './rules-topic.js';
 import { loadRules } from './sigma/engine.js';
+import type { RuleLimits } from './sigma/limits.js';
 import type { Placeholders } from './sigma/modifiers.js';
 import { parseRuleText } from './sigma/parse.js';
 
-const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
+const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE] [--config FILE]
        edr rules push DIR (--config FILE | --brokers HOST:PORT,...) [--topic T] [--delete ID]... [--prune]
        edr rules list (--config FILE | --brokers HOST:PORT,...) [--topic T]
 
   check DIR             compile every .yml/.yaml rule under DIR; print a verdict per rule and a summary
     --quiet, -q         print only failures, warnings and the summary
     --placeholders FILE YAML map of placeholder name to values, for rules using the 'expand' modifier
+    --config FILE       a detector config: its rules.limits apply (default: the built-in limits)
   push DIR              validate the rules under DIR and publish the new and changed ones to the rules topic
                         (key rule id, value its YAML); rejected rules are reported and not published, the
                         others are; exit code 1 if any was rejected
@@ -34,9 +36,14 @@ const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
     --prune             delete every rule on the topic that DIR does not have
   list                  what the fleet runs: every rule on the rules topic, and the rule-set version a worker
                         without a rules directory computes from it
-    --config FILE       a detector config: its kafka section and topics.rules are used
+    --config FILE       a detector config: its kafka section, topics.rules and rules.limits are used
     --brokers LIST      or the brokers directly (with --topic, default the topics table's)
 `;
+
+/** The rule limits of a detector config, for commands that check rules as its detectors will. */
+export function configLimits(file: string | undefined): RuleLimits | undefined {
+  return file === undefined ? undefined : loadConfig(detectorConfigSchema, file).rules.limits;
+}
 
 /** Reads a YAML map `name: [values]` for `|expand` placeholders. */
 export function readPlaceholders(path: string): Placeholders {
@@ -66,14 +73,18 @@ export function readPlaceholders(path: string): Placeholders {
 async function check(argv: string[]): Promise<number> {
   const args = commandArgs(argv, {
     usage: USAGE,
-    options: { quiet: { type: 'boolean', short: 'q' }, placeholders: { type: 'string' } },
+    options: {
+      quiet: { type: 'boolean', short: 'q' },
+      placeholders: { type: 'string' },
+      config: { type: 'string' },
+    },
     positionals: 1,
   });
   if (typeof args === 'number') return args;
   const { values } = args;
   const dir = args.positionals[0]!;
   const placeholders = values.placeholders === undefined ? {} : readPlaceholders(values.placeholders);
-  const set = loadRules(dir, { placeholders });
+  const set = loadRules(dir, { placeholders, limits: configLimits(values.config) });
   const out: string[] = [];
   if (!values.quiet) {
     const ok = [...set.rules, ...set.filters, ...set.correlations].map((r) => ({
@@ -138,7 +149,7 @@ async function push(argv: string[]): Promise<number> {
   if (typeof args === 'number') return args;
   const { values } = args;
   const dir = args.positionals[0]!;
-  const set = loadRules(dir);
+  const set = loadRules(dir, { limits: configLimits(values.config) });
   const out: string[] = [];
   for (const p of set.problems) {
     out.push(`REJECTED  ${p.file}:${p.line}  ${p.id ?? '-'}  ${p.title ?? ''}: ${p.message} [${p.code}]`);
@@ -204,7 +215,10 @@ async function list(argv: string[]): Promise<number> {
   } finally {
     await transport.close();
   }
-  const store = new RuleStore({ log: createLogger({ component: 'rules' }, 'error') });
+  const store = new RuleStore({
+    log: createLogger({ component: 'rules' }, 'error'),
+    limits: configLimits(values.config),
+  });
   store.applyTopic([...current].map(([key, value]) => ({ key, value })));
   const snap = store.current;
   const out: string[] = [];
