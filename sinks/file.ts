@@ -237,14 +237,21 @@ const APPEND = constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW;
  * existing file keeps the mode its operator gave it.
  */
 async function openAppend(file: string): Promise<FileHandle> {
-  try {
-    const handle = await open(file, APPEND | constants.O_CREAT | constants.O_EXCL, 0o600);
-    await handle.chmod(0o600);
-    return handle;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const handle = await open(file, APPEND | constants.O_CREAT | constants.O_EXCL, 0o600);
+      await handle.chmod(0o600);
+      return handle;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    try {
+      return await open(file, APPEND);
+    } catch (err) {
+      // Removed between the two opens (rotation by hand, say): create it after all, once.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) throw err;
+    }
   }
-  return open(file, APPEND);
 }
 
 function ignoreMissing(err: unknown): void {
