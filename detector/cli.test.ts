@@ -69,6 +69,16 @@ describe('edr rules check', () => {
     assert.equal(edr(['rules', 'frobnicate']).code, 2);
     assert.equal(edr(['rules']).code, 2);
   });
+  it("applies a detector config's rules.limits with --config, the built-in ones without", () => {
+    const two = GOOD.replace('Image|endswith: /whoami', 'Image|endswith: [/whoami, /id]');
+    const dir = ruleDir({ 'two.yml': two });
+    const config = join(ruleDir({}), 'detector.yaml'); // beside the rules, not among them
+    writeFileSync(config, 'kafka: { brokers: [127.0.0.1:9092] }\nrules: { limits: { maxValues: 1 } }\n');
+    assert.equal(edr(['rules', 'check', dir]).code, 0);
+    const r = edr(['rules', 'check', dir, '--config', config]);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, /^FAIL {2}two\.yml:8 .*more than 1 values .*\[EDR_SIGMA_LIMIT\]$/m);
+  });
   it('exits 0 on the SigmaHQ rules/ tree', () => {
     const r = edr(['rules', 'check', '-q', resolve(repoRoot, '..', 'shared', 'sigma', 'rules')]);
     assert.equal(r.code, 0, r.stdout.slice(-2000));

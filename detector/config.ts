@@ -8,6 +8,7 @@ import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import { LEVEL_ORDER } from '../schemas/levels.js';
 import { topics } from '../schemas/topics.js';
 import { readPublicKey, type SigningKey } from './rule-signing.js';
+import { DEFAULT_RULE_LIMITS } from './sigma/limits.js';
 
 /** A trusted public key: a file path or PEM text, read and checked at load (errors name the file). */
 const publicKey = z
@@ -21,6 +22,22 @@ const publicKey = z
       return z.NEVER;
     }
   });
+
+const count = (d: number) => z.number().int().positive().default(d);
+
+/** What one rule may cost to load (see sigma/limits.ts); a rule over a limit is rejected, the others load. */
+export const ruleLimitsSchema = z
+  .strictObject({
+    /** Bytes of one rule file or rules-topic record. */
+    maxFileBytes: count(DEFAULT_RULE_LIMITS.maxFileBytes),
+    /** Values in one rule's detection, YAML aliases expanded. */
+    maxValues: count(DEFAULT_RULE_LIMITS.maxValues),
+    /** Characters of one `|re` regular expression. */
+    maxRegexLength: count(DEFAULT_RULE_LIMITS.maxRegexLength),
+    /** YAML alias expansion budget, against alias bombs (0 refuses every alias). */
+    maxAliasCount: z.number().int().min(0).default(DEFAULT_RULE_LIMITS.maxAliasCount),
+  })
+  .prefault({});
 
 export const detectorConfigSchema = z.strictObject({
   kafka: kafkaConfigSchema,
@@ -61,6 +78,7 @@ export const detectorConfigSchema = z.strictObject({
        * Sigma defines as enrichment: "no case or alerting should be triggered by such rules".
        */
       minLevel: z.enum(LEVEL_ORDER).default('low'),
+      limits: ruleLimitsSchema,
     })
     .prefault({})
     .superRefine((r, ctx) => {

@@ -5,9 +5,10 @@
  * rule, fields and the encoded alert) or did not decode, the alerts in one transferred buffer. A thread runs the
  * same function as the inline path (`evaluateRecords`), so there is one evaluation whatever runs the rules.
  *
- * A thread holds the compiled rule set of one snapshot version at a time: the pool sends a snapshot's documents
- * before the first batch that needs it, and a thread handles its messages in order, so a batch is never evaluated
- * against another version than the one it was sent with.
+ * A thread holds the compiled rule set of one snapshot version at a time: the pool sends a snapshot (the order of
+ * its documents, and those the thread does not hold yet) before the first batch that needs it, and a thread
+ * handles its messages in order, so a batch is never evaluated against another version than the one it was sent
+ * with. A thread keeps what it compiled, so a one-rule change compiles that rule there too.
  */
 import { Worker } from 'node:worker_threads';
 import { EdrError, errorMessage } from '../infra/errors.js';
@@ -15,22 +16,31 @@ import type { Logger } from '../infra/log.js';
 import type { InRecord } from '../infra/transport.js';
 import type { EvalSet, Evaluation } from './evaluate.js';
 import type { RuleSnapshot } from './rule-store.js';
-import { compileDocs, createEngine } from './sigma/engine.js';
-import type { SigmaDoc } from './sigma/parse.js';
+import { CompileCache, compileDocs, createEngine } from './sigma/engine.js';
+import type { RuleLimits } from './sigma/limits.js';
+import { docKey, type SigmaDoc } from './sigma/parse.js';
 
 /** A document without its (function-valued, so not cloneable) source locator. */
 type PortableDoc = SigmaDoc extends infer D ? (D extends SigmaDoc ? Omit<D, 'at'> : never) : never;
 
-/** A rule set as it crosses to a thread. */
+/**
+ * A rule set as it crosses to a thread: the documents in order, by key, and only those the thread has not been
+ * sent before (a one-rule change sends one document, not the whole set).
+ */
 export interface RulesMessage {
   type: 'rules';
   version: string;
   /** Who the alerts say detected them. */
   detectorId: string;
-  docs: PortableDoc[];
+  /** The set's documents in the store's order, by `docKey`. */
+  order: string[];
+  /** The documents of `order` not sent to this thread before. */
+  docs: Array<{ key: string; doc: PortableDoc }>;
   disabled: string[];
   /** Rules below the alert level that no correlation needs: not evaluated. */
   unevaluated: string[];
+  /** The limits the store compiled within: the thread must reject what the store rejected. */
+  limits: RuleLimits;
 }
 
 export interface BatchMessage {
@@ -57,18 +67,80 @@ function unpacked(r: EvalResult): Evaluation {
   return { next: r.next, matches: r.matches, alerts, undecodable: r.undecodable, culprits: r.culprits };
 }
 
-/** Compiles the rule set a RulesMessage describes, exactly as the store did (same documents, same order). */
-export function engineOf(m: RulesMessage): EvalSet {
-  const docs: SigmaDoc[] = m.docs.map((d) => ({ ...d, at: () => d.line }));
-  const disabled = new Set([...m.disabled, ...m.unevaluated]);
-  const rules = compileDocs(docs).rules.filter((r) => !disabled.has(r.id));
-  return { engine: createEngine(rules), rules, version: m.version, detectorId: m.detectorId };
+/**
+ * An evaluation thread's rule set: compiles what a RulesMessage describes exactly as the store did (same documents,
+ * same order, same limits), keeping the documents and compiled rules of the previous set, so a one-rule change
+ * compiles one rule here too, and the engine keeps the candidate index of every unchanged log source.
+ */
+export class ThreadRules {
+  private docs = new Map<string, SigmaDoc>();
+  private cache = new CompileCache();
+  private limits = '';
+  private last: EvalSet | undefined;
+
+  /** Documents the last `apply` compiled (the others it reused). */
+  get compiled(): number {
+    return this.cache.compiled;
+  }
+
+  apply(m: RulesMessage): EvalSet {
+    const limits = JSON.stringify(m.limits);
+    if (limits !== this.limits) {
+      // Compiled under other limits: nothing of it can be reused.
+      this.cache = new CompileCache();
+      this.limits = limits;
+    }
+    for (const { key, doc } of m.docs) this.docs.set(key, { ...doc, at: () => doc.line });
+    const docs = m.order.map((key) => {
+      const doc = this.docs.get(key);
+      if (doc === undefined) throw new Error(`rule set ${m.version}: document ${key} was never sent`);
+      return doc;
+    });
+    this.docs = new Map(m.order.map((key, i) => [key, docs[i]!]));
+    const disabled = new Set([...m.disabled, ...m.unevaluated]);
+    const rules = compileDocs(docs, { limits: m.limits }, this.cache).rules.filter(
+      (r) => !disabled.has(r.id),
+    );
+    this.last = {
+      engine: createEngine(rules, {}, this.last?.engine),
+      rules,
+      version: m.version,
+      detectorId: m.detectorId,
+    };
+    return this.last;
+  }
 }
 
 /** The rules of `snap` below its alert level that it does not evaluate. */
 export function unevaluated(snap: RuleSnapshot): string[] {
   const evaluated = new Set(snap.rules.map((r) => r.id));
   return [...snap.belowLevel].filter((id) => !evaluated.has(id));
+}
+
+/** The message that brings a thread holding the documents `holds` to `snap`. */
+export function rulesMessage(
+  snap: RuleSnapshot,
+  detectorId: string,
+  holds: ReadonlySet<string>,
+): RulesMessage {
+  const order = snap.docs.map(docKey);
+  const docs: RulesMessage['docs'] = [];
+  snap.docs.forEach((d, i) => {
+    const key = order[i]!;
+    if (holds.has(key)) return;
+    const { at: _, ...doc } = d;
+    docs.push({ key, doc });
+  });
+  return {
+    type: 'rules',
+    version: snap.version,
+    detectorId,
+    order,
+    docs,
+    disabled: [...snap.disabled.keys()],
+    unevaluated: unevaluated(snap),
+    limits: { ...snap.limits },
+  };
 }
 
 /** Values packed into one buffer: value i is data[bounds[2i]..bounds[2i+1]). */
@@ -140,6 +212,8 @@ function packWith(n: number, at: (i: number) => Uint8Array | null): Packed {
 interface Thread {
   worker: Worker;
   version: string | undefined;
+  /** Keys of the documents the thread holds (those of the last set sent to it). */
+  holds: Set<string>;
   pending: Map<number, { resolve: (r: Evaluation) => void; reject: (err: unknown) => void }>;
 }
 
@@ -166,16 +240,9 @@ export class EvalPool {
     }
     const t = this.thread(best);
     if (t.version !== snap.version) {
-      const m: RulesMessage = {
-        type: 'rules',
-        version: snap.version,
-        detectorId: this.detectorId,
-        docs: snap.docs.map(({ at: _, ...d }) => d),
-        disabled: [...snap.disabled.keys()],
-        unevaluated: unevaluated(snap),
-      };
-      t.worker.postMessage(m);
+      t.worker.postMessage(rulesMessage(snap, this.detectorId, t.holds));
       t.version = snap.version;
+      t.holds = new Set(snap.docs.map(docKey));
     }
     const id = this.nextId++;
     const { data, bounds } = pack(records);
@@ -197,7 +264,7 @@ export class EvalPool {
     if (existing !== undefined) return existing;
     const worker = new Worker(new URL('./eval-thread.js', import.meta.url));
     worker.unref();
-    const t: Thread = { worker, version: undefined, pending: new Map() };
+    const t: Thread = { worker, version: undefined, holds: new Set(), pending: new Map() };
     worker.on('message', (msg: { id: number; result?: EvalResult; error?: string }) => {
       const p = t.pending.get(msg.id);
       if (p === undefined) return;

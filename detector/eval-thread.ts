@@ -1,16 +1,24 @@
 /** An evaluation thread of `EvalPool`: rule sets and packed batches in, results out, in message order. */
 import { parentPort } from 'node:worker_threads';
 import { errorMessage } from '../infra/errors.js';
-import { type BatchMessage, type EvalResult, engineOf, packBuffers, type RulesMessage } from './eval-pool.js';
-import { evaluateRecords } from './evaluate.js';
+import {
+  type BatchMessage,
+  type EvalResult,
+  packBuffers,
+  type RulesMessage,
+  ThreadRules,
+} from './eval-pool.js';
+import { type EvalSet, evaluateRecords } from './evaluate.js';
 
-let set: ReturnType<typeof engineOf> | undefined;
+// Kept across rule sets: a change compiles only the documents it changed, here as in the store.
+const rules = new ThreadRules();
+let set: EvalSet | undefined;
 let setError: string | undefined;
 
 parentPort?.on('message', (m: RulesMessage | BatchMessage) => {
   if (m.type === 'rules') {
     try {
-      set = engineOf(m);
+      set = rules.apply(m);
       setError = undefined;
     } catch (err) {
       set = undefined;

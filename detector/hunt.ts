@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline';
 import { commandArgs } from '../infra/command-args.js';
 import { EdrError } from '../infra/errors.js';
 import { evaluableExecve, execveFromJson } from '../schemas/execve-json.js';
-import { readPlaceholders } from './rules-cli.js';
+import { configLimits, readPlaceholders } from './rules-cli.js';
 import {
   createEngine,
   evaluate,
@@ -28,6 +28,7 @@ const USAGE = `usage: edr hunt --rules DIR --events FILE [options]
                         product=linux,category=process_creation
   --execve              events are our ExecveEvent records: evaluated as process_creation and auditd
   --placeholders FILE   values for 'expand' placeholders (YAML map)
+  --config FILE         a detector config: its rules.limits apply (default: the built-in limits)
   --no-routing          evaluate every rule on every event, whatever its log source
 `;
 
@@ -75,6 +76,7 @@ export const command = {
         logsource: { type: 'string' },
         execve: { type: 'boolean' },
         placeholders: { type: 'string' },
+        config: { type: 'string' },
         'no-routing': { type: 'boolean' },
       },
       required: ['rules', 'events'],
@@ -83,7 +85,7 @@ export const command = {
     const { values } = args;
     const flagSource = values.logsource === undefined ? undefined : parseLogsource(values.logsource);
     const placeholders = values.placeholders === undefined ? {} : readPlaceholders(values.placeholders);
-    const set = loadRules(values.rules, { placeholders });
+    const set = loadRules(values.rules, { placeholders, limits: configLimits(values.config) });
     for (const p of set.problems)
       process.stderr.write(`hunt: rule ${p.file}:${p.line}: ${p.message} [${p.code}]\n`);
     const engine = createEngine(set.rules, { routing: !values['no-routing'] });

@@ -54,6 +54,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
   const store = new RuleStore({
     dir: config.rules.dir,
     minLevel: config.rules.minLevel,
+    limits: config.rules.limits,
     log,
     onChange: (snap) => metrics.setRuleSetVersion(snap.version),
   });

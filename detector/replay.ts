@@ -20,6 +20,7 @@ import { encodedAlertRecord } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
 import { type EvalSet, evaluateRecords } from './evaluate.js';
 import { docId, RuleStore } from './rule-store.js';
+import type { RuleLimits } from './sigma/limits.js';
 
 const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] [--config FILE] [--brokers LIST] [options]
 
@@ -55,6 +56,8 @@ export interface ReplayOptions {
   parallel: number;
   /** The least level that alerts (default informational: every rule); rules below it are not evaluated. */
   minLevel?: Level;
+  /** What one rule may cost to load (default DEFAULT_RULE_LIMITS; a detector config's rules.limits). */
+  limits?: RuleLimits | undefined;
   /** Progress line sink (stderr in the CLI). */
   progress?: (line: string) => void;
   signal?: AbortSignal;
@@ -73,7 +76,12 @@ export interface ReplayResult {
 
 export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   const log = createLogger({ component: 'replay', runId: o.runId });
-  const store = new RuleStore({ dir: o.rulesDir, log, ...(o.minLevel ? { minLevel: o.minLevel } : {}) });
+  const store = new RuleStore({
+    dir: o.rulesDir,
+    log,
+    limits: o.limits,
+    ...(o.minLevel ? { minLevel: o.minLevel } : {}),
+  });
   store.refreshDir();
   const snap = store.current;
   const below = snap.docs.filter((d) => snap.belowLevel.has(docId(d))).map((d) => `${docId(d)} (${d.title})`);
@@ -267,6 +275,7 @@ export const command = {
       ? { audit: file.topics.audit, raw: file.topics.input, alerts: file.topics.alerts }
       : { audit: table.audit.name, raw: table.raw.name, alerts: table.alerts.name };
     if (level === undefined && file) minLevel = file.rules.minLevel;
+    const limits: RuleLimits | undefined = file?.rules.limits;
     const t = values.topic ?? 'audit';
     const topic = t === 'audit' ? names.audit : t === 'raw' ? names.raw : t;
     const runId =
@@ -287,6 +296,7 @@ export const command = {
         runId,
         parallel: Math.max(1, Number(values.parallel ?? 2)),
         minLevel,
+        limits,
         progress: (line) => process.stderr.write(tty ? `\r${line}\x1b[K` : `${line}\n`),
         signal: ac.signal,
       });

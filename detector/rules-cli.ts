@@ -27,10 +27,11 @@ import {
 import { docHash, docId, RuleStore } from './rule-store.js';
 import { RuleGate, readRulesTopic, reportedId } from './rules-topic.js';
 import { loadRules } from './sigma/engine.js';
+import type { RuleLimits } from './sigma/limits.js';
 import type { Placeholders } from './sigma/modifiers.js';
 import { parseRuleText } from './sigma/parse.js';
 
-const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
+const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE] [--config FILE]
        edr rules keygen --out DIR [--name NAME]
        edr rules push DIR --signing-key FILE [--config FILE] [--brokers HOST:PORT,...] [--topic T]
                       [--delete ID]... [--prune]
@@ -39,6 +40,7 @@ const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
   check DIR             compile every .yml/.yaml rule under DIR; print a verdict per rule and a summary
     --quiet, -q         print only failures, warnings and the summary
     --placeholders FILE YAML map of placeholder name to values, for rules using the 'expand' modifier
+    --config FILE       a detector config: its rules.limits apply (default: the built-in limits)
   keygen                make an Ed25519 key pair for signing rules: DIR/NAME.key (private, mode 0600) and
                         DIR/NAME.pub (public, for the detectors' rules.publicKeys); never overwrites a file
     --out DIR           where to write them (created 0700 if missing)
@@ -55,8 +57,14 @@ const USAGE = `usage: edr rules check DIR [--quiet] [--placeholders FILE]
                         version a worker without a rules directory computes from it
     --public-key FILE   a trusted public key (PEM); repeatable; added to the config's rules.publicKeys
     --topic T           the rules topic (default: the config's topics.rules, else the topics table's)
-${kafkaUsage('a detector config: its kafka section, topics.rules and rules.publicKeys are used')}
+${kafkaUsage('a detector config: its kafka section, topics.rules, rules.publicKeys and rules.limits are used')}
 `;
+
+/** The rule limits of a detector config, for commands that check rules as its detectors will. */
+export function configLimits(file: string | undefined): RuleLimits | undefined {
+  return file === undefined ? undefined : loadConfig(detectorConfigSchema, file).rules.limits;
+}
+
 /** Reads a YAML map `name: [values]` for `|expand` placeholders. */
 export function readPlaceholders(path: string): Placeholders {
   let data: unknown;
@@ -85,14 +93,18 @@ export function readPlaceholders(path: string): Placeholders {
 async function check(argv: string[]): Promise<number> {
   const args = commandArgs(argv, {
     usage: USAGE,
-    options: { quiet: { type: 'boolean', short: 'q' }, placeholders: { type: 'string' } },
+    options: {
+      quiet: { type: 'boolean', short: 'q' },
+      placeholders: { type: 'string' },
+      config: { type: 'string' },
+    },
     positionals: 1,
   });
   if (typeof args === 'number') return args;
   const { values } = args;
   const dir = args.positionals[0]!;
   const placeholders = values.placeholders === undefined ? {} : readPlaceholders(values.placeholders);
-  const set = loadRules(dir, { placeholders });
+  const set = loadRules(dir, { placeholders, limits: configLimits(values.config) });
   const out: string[] = [];
   if (!values.quiet) {
     const ok = [...set.rules, ...set.filters, ...set.correlations].map((r) => ({
@@ -195,7 +207,7 @@ async function push(argv: string[]): Promise<number> {
   if (readableByOthers(keyFile))
     process.stderr.write(`edr rules push: warning: ${keyFile} is readable by other users (chmod 600 it)\n`);
   const dir = args.positionals[0]!;
-  const set = loadRules(dir);
+  const set = loadRules(dir, { limits: configLimits(values.config) });
   const out: string[] = [];
   for (const p of set.problems) {
     out.push(`REJECTED  ${p.file}:${p.line}  ${p.id ?? '-'}  ${p.title ?? ''}: ${p.message} [${p.code}]`);
@@ -300,7 +312,10 @@ async function list(argv: string[]): Promise<number> {
   // The gate and store a detector trusting these keys runs: what it would accept, refuse and run.
   const gate = new RuleGate(topic, trustedKeys(keys));
   const { accepted, refused } = gate.admit(records);
-  const store = new RuleStore({ log: createLogger({ component: 'rules' }, 'error') });
+  const store = new RuleStore({
+    log: createLogger({ component: 'rules' }, 'error'),
+    limits: configLimits(values.config),
+  });
   store.applyTopic(accepted);
   const snap = store.current;
   const out: string[] = [];

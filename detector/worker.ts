@@ -231,10 +231,14 @@ export class DetectorWorker {
     this.threads = threads === 'auto' ? 1 : threads;
     if (threads === 'auto') {
       const registry = new HostPeers();
-      if (!registry.register())
-        o.log.warn('cannot register in the detector process directory; counting the others only', {
+      try {
+        registry.register();
+      } catch (err) {
+        o.log.warn('cannot register in the detector process directory; counting this process only', {
           dir: registry.dir,
+          err,
         });
+      }
       let decided = false;
       const revise = () => {
         const cores = availableParallelism();

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -131,5 +131,44 @@ describe('file sink', () => {
       await sink.close();
     }
     assert.deepEqual(await readdir(outside), []);
+  });
+
+  it('does not follow a symlink planted at the file: neither writing nor cutting a torn line touches its target', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'edr-file-sink-'));
+    const outside = await mkdtemp(path.join(tmpdir(), 'edr-file-outside-'));
+    const target = path.join(outside, 'precious');
+    // No final newline: a sink that followed the link would cut it as a torn line at start.
+    await writeFile(target, 'first line\nsecond line');
+    await symlink(target, path.join(dir, 'alerts.jsonl'));
+    const sink = create(config(dir), { name: 'f', log, timeoutMs: 1000 });
+    const refused = (err: unknown) =>
+      err instanceof EdrError &&
+      err.code === 'EDR_SINK_FILE_PATH' &&
+      !err.retryable &&
+      err.message.includes('symlink');
+    await assert.rejects(sink.delivered!(), refused);
+    await assert.rejects(sink.send(msg('a'), new AbortController().signal), refused);
+    await sink.close();
+    assert.equal(await readFile(target, 'utf8'), 'first line\nsecond line');
+  });
+
+  it('creates its files 0600 whatever the umask, rotated ones included', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'edr-file-sink-'));
+    const one = fileLines(msg('x').folds[0]!.alerts).length;
+    const old = process.umask(0);
+    try {
+      const sink = create(config(dir, { rotate: { maxBytes: one, keep: 2 } }), {
+        name: 'f',
+        log,
+        timeoutMs: 1000,
+      });
+      for (const id of ['a', 'b', 'c']) await sink.send(msg(id), new AbortController().signal);
+      await sink.close();
+    } finally {
+      process.umask(old);
+    }
+    const files = (await readdir(dir)).sort();
+    assert.deepEqual(files, ['alerts.jsonl', 'alerts.jsonl.1', 'alerts.jsonl.2']);
+    for (const f of files) assert.equal((await stat(path.join(dir, f))).mode & 0o777, 0o600, f);
   });
 });

@@ -2,19 +2,11 @@
  * File sink: JSON lines, one alert per line, the full event (no redaction), appended to one file in the
  * configured directory, fsynced per policy, rotated by size and age (`alerts.jsonl` → `alerts.jsonl.1` → …) with
  * a retention count. Paths are confined to the directory: checked in config, and again at open time against
- * symlinks.
+ * symlinks. Every open refuses a symlink as the file itself (O_NOFOLLOW, no window between a check and the open),
+ * and a file the sink creates is 0600: alerts carry full command lines.
  */
-import {
-  type FileHandle,
-  lstat,
-  mkdir,
-  open,
-  readFile,
-  realpath,
-  rename,
-  rm,
-  truncate,
-} from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { type FileHandle, mkdir, open, realpath, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { EdrError } from '../infra/errors.js';
@@ -142,17 +134,28 @@ class FileSink implements Sink {
   async delivered(): Promise<Iterable<string>> {
     const ids: string[] = [];
     let text: string;
+    let end: number;
+    let handle: FileHandle;
     try {
-      text = await readFile(this.target, 'utf8');
-    } catch {
-      return ids;
+      // Through a handle opened without following a symlink: cutting a torn line must never cut another file.
+      handle = await open(this.target, constants.O_RDWR | constants.O_NOFOLLOW);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return ids;
+      throw fileError(err, this.target);
     }
-    let end = text.length;
-    if (!text.endsWith('\n') && text.length > 0) {
-      // A line torn by a kill mid-write: cut it, its alert was not recorded and comes again.
-      end = text.lastIndexOf('\n') + 1;
-      await truncate(this.target, Buffer.byteLength(text.slice(0, end)));
-      this.ctx.log.warn('cut a torn last line', { file: this.target });
+    try {
+      text = await handle.readFile('utf8');
+      end = text.length;
+      if (!text.endsWith('\n') && text.length > 0) {
+        // A line torn by a kill mid-write: cut it, its alert was not recorded and comes again.
+        end = text.lastIndexOf('\n') + 1;
+        await handle.truncate(Buffer.byteLength(text.slice(0, end)));
+        this.ctx.log.warn('cut a torn last line', { file: this.target });
+      }
+    } catch (err) {
+      throw fileError(err, this.target);
+    } finally {
+      await handle.close();
     }
     const prefix = '{"alertId":"';
     for (const line of text.slice(0, end).split('\n')) {
@@ -193,12 +196,16 @@ class FileSink implements Sink {
     const dir = await realpath(this.config.directory);
     await mkdir(path.dirname(this.target), { recursive: true });
     const parent = await realpath(path.dirname(this.target));
-    const st = await lstat(this.target).catch(() => undefined);
-    if (st?.isSymbolicLink() || (parent !== dir && !insideDir(dir, path.relative(dir, parent)))) {
+    if (parent !== dir && !insideDir(dir, path.relative(dir, parent))) {
       throw new EdrError('EDR_SINK_FILE_PATH', `${this.target} leads outside ${this.config.directory}`);
     }
-    this.handle = await open(this.target, 'a');
+    this.handle = await openAppend(this.target);
     const stat = await this.handle.stat();
+    if (!stat.isFile()) {
+      await this.handle.close();
+      this.handle = undefined;
+      throw new EdrError('EDR_SINK_FILE_PATH', `${this.target} is not a regular file`);
+    }
     this.size = stat.size;
     this.openedAtMs = stat.size === 0 ? Date.now() : stat.birthtimeMs || stat.mtimeMs;
   }
@@ -222,6 +229,31 @@ class FileSink implements Sink {
   }
 }
 
+const APPEND = constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW;
+
+/**
+ * Opens `file` for appending, never through a symlink. A new file is created exclusively and set to 0600 on its
+ * handle (the umask only narrows a mode, and a racing creator makes O_EXCL fail rather than hand us its file); an
+ * existing file keeps the mode its operator gave it.
+ */
+async function openAppend(file: string): Promise<FileHandle> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const handle = await open(file, APPEND | constants.O_CREAT | constants.O_EXCL, 0o600);
+      await handle.chmod(0o600);
+      return handle;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    try {
+      return await open(file, APPEND);
+    } catch (err) {
+      // Removed between the two opens (rotation by hand, say): create it after all, once.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) throw err;
+    }
+  }
+}
+
 function ignoreMissing(err: unknown): void {
   if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
 }
@@ -230,6 +262,11 @@ function ignoreMissing(err: unknown): void {
 function fileError(err: unknown, file: string): EdrError {
   if (err instanceof EdrError) return err;
   const code = (err as NodeJS.ErrnoException).code;
+  // O_NOFOLLOW met a symlink: a path problem, permanent, the link's target untouched.
+  if (code === 'ELOOP')
+    return new EdrError('EDR_SINK_FILE_PATH', `${file} is a symlink; the file sink does not follow it`, {
+      cause: err,
+    });
   const retryable = code === 'ENOSPC' || code === 'EAGAIN' || code === 'EIO' || code === 'EMFILE';
   return new EdrError('EDR_SINK_FILE_WRITE', `cannot write ${file}: ${(err as Error).message}`, {
     retryable,

@@ -93,8 +93,44 @@ export function escapeMrkdwn(s: string): string {
   return s.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;');
 }
 
-function truncate(s: string, max: number): string {
-  return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
+/**
+ * Slack's documented limits, in characters (counted here as UTF-16 units, never fewer than Slack counts). The
+ * message text's hard limit is 40,000; Slack truncates past 4,000 and recommends staying under it.
+ */
+export const SLACK_LIMITS = {
+  messageText: 4000,
+  sectionText: 3000,
+  fieldText: 2000,
+  headerText: 150,
+  contextText: 3000,
+  blocks: 50,
+  fieldsPerSection: 10,
+} as const;
+
+const ELLIPSIS = '…';
+
+/**
+ * `s` cut to at most `max` characters with an ellipsis, never inside an escape (`&amp;`, `&lt;`, `&gt;`: in escaped
+ * text every `&` starts one) nor between the halves of a surrogate pair.
+ */
+export function clip(s: string, max: number): string {
+  if (s.length <= max) return s;
+  let end = Math.max(0, max - ELLIPSIS.length);
+  const amp = s.lastIndexOf('&', end - 1);
+  if (amp >= 0 && end - amp < 5 && !s.slice(amp, end).includes(';')) end = amp;
+  const last = s.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return s.slice(0, end) + ELLIPSIS;
+}
+
+/** Alert data as mrkdwn: escaped, then clipped to `max` (the escapes count). */
+function mrkdwnValue(raw: string, max: number): string {
+  return clip(escapeMrkdwn(raw), max);
+}
+
+/** A mrkdwn text object; verbatim, so Slack links no bare channel name, URL or mention found in alert data. */
+function mrkdwn(text: string): Record<string, unknown> {
+  return { type: 'mrkdwn', text, verbatim: true };
 }
 
 export function isoFromNs(ns: bigint): string {
@@ -108,85 +144,107 @@ export interface SlackPayloadOptions {
   ruleUrl?: string | undefined;
 }
 
-/** Text line used as the notification fallback: `[HIGH] title on host (×N)`. */
+/** Text line used as the notification fallback: `[HIGH] title on host (×N)`, raw (escape before use). */
 export function summaryLine(fold: Fold): string {
   const a = fold.alerts[0]!;
   const n = fold.alerts.length;
   return `[${a.ruleLevel.toUpperCase()}] ${a.ruleTitle} on ${a.event.hostname}${n > 1 ? ` (×${n})` : ''}`;
 }
 
+/** `*Label*\nvalue`, the value escaped and clipped so the whole stays within a field's limit. */
+function field(label: string, value: string): Record<string, unknown> {
+  const head = `*${label}*\n`;
+  return mrkdwn(head + mrkdwnValue(value, SLACK_LIMITS.fieldText - head.length));
+}
+
+/** Linked tags, whole ones only: a link cut in half would show its markup. */
+function tagLine(tags: readonly string[], max: number): string | undefined {
+  let line = '';
+  for (const t of tags) {
+    const url = attackUrl(t);
+    const label = mrkdwnValue(t, 200);
+    const item = url ? `<${url}|${label}>` : label;
+    const next = line === '' ? item : `${line} · ${item}`;
+    if (next.length > max - 2) return line === '' ? ELLIPSIS : `${line} ${ELLIPSIS}`;
+    line = next;
+  }
+  return line === '' ? undefined : line;
+}
+
+/** Blocks one fold takes at most: header, fields, command line, fold count, context. */
+const BLOCKS_PER_FOLD = 5;
+
 function foldAttachment(fold: Fold, opts: SlackPayloadOptions): Record<string, unknown> {
   const a: Alert = fold.alerts[0]!;
   const e = a.event;
   const n = fold.alerts.length;
   const link = opts.ruleUrl?.replaceAll('{ruleId}', encodeURIComponent(a.ruleId));
-  const title = escapeMrkdwn(a.ruleTitle);
+  const titleRoom = SLACK_LIMITS.sectionText - (link ? link.length + 5 : 2);
+  const title = mrkdwnValue(a.ruleTitle, Math.max(1, titleRoom));
   const fields = [
-    `*Level*\n${escapeMrkdwn(a.ruleLevel)}`,
-    `*Host*\n${escapeMrkdwn(e.hostname)}`,
-    `*User*\n${escapeMrkdwn(e.userName ?? `uid ${e.uid}`)}`,
-    `*Parent*\n${escapeMrkdwn(truncate(e.parentCommandLine ?? e.parentImage ?? '-', 1900))}`,
+    field('Level', a.ruleLevel),
+    field('Host', e.hostname),
+    field('User', e.userName ?? `uid ${e.uid}`),
+    field('Parent', e.parentCommandLine ?? e.parentImage ?? '-'),
   ];
-  if (e.containerId) fields.push(`*Container*\n${escapeMrkdwn(e.containerId)}`);
-  if (a.replayRunId) fields.push(`*Replay run*\n${escapeMrkdwn(a.replayRunId)}`);
+  if (e.containerId) fields.push(field('Container', e.containerId));
+  if (a.replayRunId) fields.push(field('Replay run', a.replayRunId));
+  const cmdHead = `*Command line*${e.argvTruncated ? ' (truncated)' : ''}\n\`\`\``;
   // ``` inside a code block would end it early.
-  const cmd = escapeMrkdwn(commandLine(e.argv)).replaceAll('```', "'''");
+  const cmd = mrkdwnValue(
+    commandLine(e.argv).replaceAll('```', "'''"),
+    SLACK_LIMITS.sectionText - cmdHead.length - 3,
+  );
   const blocks: Array<Record<string, unknown>> = [
-    { type: 'header', text: { type: 'plain_text', text: truncate(a.ruleTitle, 150), emoji: false } },
     {
-      type: 'section',
-      text: { type: 'mrkdwn', text: link ? `*<${link}|${title}>*` : `*${title}*` },
-      fields: fields.map((text) => ({ type: 'mrkdwn', text })),
+      type: 'header',
+      // plain_text: Slack parses no markup in it, so it is clipped, not escaped.
+      text: { type: 'plain_text', text: clip(a.ruleTitle, SLACK_LIMITS.headerText) || '-', emoji: false },
     },
     {
       type: 'section',
-      text: {
-        type: 'mrkdwn',
-        text: `*Command line*${e.argvTruncated ? ' (truncated)' : ''}\n\`\`\`${truncate(cmd, 2800)}\`\`\``,
-      },
+      text: mrkdwn(link ? `*<${link}|${title}>*` : `*${title}*`),
+      fields: fields.slice(0, SLACK_LIMITS.fieldsPerSection),
     },
+    { type: 'section', text: mrkdwn(`${cmdHead}${cmd}\`\`\``) },
   ];
   if (n > 1) {
     blocks.push({
       type: 'context',
       elements: [
-        {
-          type: 'mrkdwn',
-          text: `*${n}* identical alerts (same rule and host) folded: first seen ${isoFromNs(fold.firstSeenNs)}, last seen ${isoFromNs(fold.lastSeenNs)}`,
-        },
+        mrkdwn(
+          `*${n}* identical alerts (same rule and host) folded: first seen ${isoFromNs(fold.firstSeenNs)}, last seen ${isoFromNs(fold.lastSeenNs)}`,
+        ),
       ],
     });
   }
-  const tags = a.ruleTags.map((t) => {
-    const url = attackUrl(t);
-    return url ? `<${url}|${escapeMrkdwn(t)}>` : escapeMrkdwn(t);
-  });
+  const tags = tagLine(a.ruleTags, SLACK_LIMITS.contextText);
   const context = [
-    ...(tags.length > 0 ? [tags.join(' · ')] : []),
+    ...(tags === undefined ? [] : [tags]),
     // The Detection Rule License requires attribution of the rule's author.
-    `Rule by ${escapeMrkdwn(a.ruleAuthor ?? 'unknown author')} (DRL 1.1)`,
-    `${n > 1 ? 'first alert' : 'alert'} ${escapeMrkdwn(a.alertId)} · ${isoFromNs(e.timeNs)}`,
+    `Rule by ${mrkdwnValue(a.ruleAuthor ?? 'unknown author', SLACK_LIMITS.contextText - 20)} (DRL 1.1)`,
+    `${n > 1 ? 'first alert' : 'alert'} ${mrkdwnValue(a.alertId, 200)} · ${isoFromNs(e.timeNs)}`,
   ];
-  blocks.push({ type: 'context', elements: context.map((text) => ({ type: 'mrkdwn', text })) });
-  return { color: levelColours[a.ruleLevel] ?? levelColours['informational'], blocks };
+  blocks.push({ type: 'context', elements: context.map(mrkdwn) });
+  const colour = Object.hasOwn(levelColours, a.ruleLevel) ? levelColours[a.ruleLevel] : undefined;
+  return { color: colour ?? levelColours['informational'], blocks };
 }
 
-/** Slack refuses messages with too many attachments or blocks: a digest shows this many folds in full. */
-export const MAX_FOLDS_SHOWN = 20;
+/** A digest shows this many folds in full: with at most BLOCKS_PER_FOLD each, within Slack's 50 blocks. */
+export const MAX_FOLDS_SHOWN = Math.floor(SLACK_LIMITS.blocks / BLOCKS_PER_FOLD);
 
 /** The webhook body for a message: pure, tested by value. */
 export function slackPayload(message: Message, opts: SlackPayloadOptions = {}): Record<string, unknown> {
   const shown = message.folds.slice(0, MAX_FOLDS_SHOWN);
   const rest = message.folds.slice(MAX_FOLDS_SHOWN);
-  const lines = shown.map(summaryLine);
+  const lines = shown.map((f) => escapeMrkdwn(summaryLine(f)));
   if (rest.length > 0) {
     const n = rest.reduce((k, f) => k + f.alerts.length, 0);
-    lines.push(
-      `… and ${n} more alert(s) in ${rest.length} more group(s): ${rest.map(summaryLine).slice(0, 50).join('; ')}`,
-    );
+    const more = rest.slice(0, 50).map((f) => escapeMrkdwn(summaryLine(f)));
+    lines.push(`… and ${n} more alert(s) in ${rest.length} more group(s): ${more.join('; ')}`);
   }
   const body: Record<string, unknown> = {
-    text: lines.join('\n'),
+    text: clip(lines.join('\n'), SLACK_LIMITS.messageText),
     attachments: shown.map((f) => foldAttachment(f, opts)),
   };
   if (opts.channel) body['channel'] = opts.channel;

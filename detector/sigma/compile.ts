@@ -57,15 +57,24 @@ export interface CompiledRule extends CompiledDetection {
   filters: CompiledDetection[];
 }
 
-/** Re-throws an EdrError with the line of `path` unless it already carries one. */
-function located<T>(at: Locator, path: readonly (string | number)[], f: () => T): T {
+/**
+ * Re-throws an EdrError with the line of `path` unless it already carries one: the line of the value it names
+ * (`details.valueIndex`, mapped to its path by `valuePath`) if any, else the line of `path`.
+ */
+function located<T>(
+  at: Locator,
+  path: readonly (string | number)[],
+  f: () => T,
+  valuePath: (i: number) => readonly (string | number)[] = (i) => [...path, i],
+): T {
   try {
     return f();
   } catch (err) {
     if (err instanceof EdrError && typeof err.details['line'] !== 'number') {
+      const i = err.details['valueIndex'];
       throw new EdrError(err.code, err.message, {
         cause: err.cause,
-        details: { ...err.details, line: at(path) },
+        details: { ...err.details, line: at(typeof i === 'number' ? valuePath(i) : path) },
       });
     }
     throw err;
@@ -100,14 +109,25 @@ function compileSelection(
     if (value.length === 0) fail(at, path, `selection '${name}' is an empty list`);
     const groups: FieldItem[][] = [];
     const keywords: unknown[] = [];
+    const keywordAt: number[] = []; // each keyword's index in the selection's list
     value.forEach((v, i) => {
       if (isMap(v)) groups.push(compileGroup(v, [...path, i], at, opts, warn));
       else if (Array.isArray(v))
         fail(at, [...path, i], `selection '${name}': a list inside a list is not Sigma`);
-      else keywords.push(v);
+      else {
+        keywords.push(v);
+        keywordAt.push(i);
+      }
     });
     if (keywords.length > 0) {
-      groups.push([located(at, path, () => compileFieldItem('', keywords, opts, warn))]);
+      groups.push([
+        located(
+          at,
+          path,
+          () => compileFieldItem('', keywords, opts, warn),
+          (i) => [...path, keywordAt[i]!],
+        ),
+      ]);
     }
     return { name, groups };
   }

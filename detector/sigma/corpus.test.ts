@@ -5,26 +5,17 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { parseAllDocuments } from 'yaml';
-import { repoRoot } from '../../infra/paths.js';
 import type { ExecveEvent } from '../../schemas/types.js';
 import { generateEvents, prng, sampleEvent } from '../../test/fixtures/events.js';
+import { ACTIVE, SIGMA } from '../../test/fixtures/sigma-corpus.js';
 import type { Condition } from './conditions.js';
 import { type CompiledRule, createEngine, evaluateExecve, loadRules } from './engine.js';
 import { parseSigmaString } from './modifiers.js';
 import { ruleFiles } from './parse.js';
 import { closingParen, compileRegex, minMatchLength, splitTop } from './safe-regex.js';
-
-const SIGMA = resolve(repoRoot, '..', 'shared', 'sigma');
-const ACTIVE = [
-  'rules',
-  'rules-emerging-threats',
-  'rules-threat-hunting',
-  'rules-placeholder',
-  'rules-compliance',
-];
 
 describe('SigmaHQ corpus', () => {
   it('is present beside the repository', () => {

@@ -8,9 +8,9 @@ import { CandidateIndex } from './candidate-index.js';
 import { type CompiledRule, compileRule, matchedFields, ruleMatches } from './compile.js';
 import { type CompiledCorrelation, compileCorrelation } from './correlations.js';
 import { asString, EvalContext, type SigmaEvent } from './event-view.js';
-import { applyFilters, type CompiledFilter, compileFilter } from './filters.js';
+import { applyFilters, type CompiledFilter, compileFilter, withFilters } from './filters.js';
 import type { CompileOptions } from './modifiers.js';
-import { type LogSource, parseRuleDir, problemOf, type RuleProblem, type SigmaDoc } from './parse.js';
+import { docKey, type LogSource, parseRuleDir, problemOf, type RuleProblem, type SigmaDoc } from './parse.js';
 
 export type { CompiledRule } from './compile.js';
 export type { SigmaEvent } from './event-view.js';
@@ -26,37 +26,107 @@ export interface RuleSet {
   warnings: { file: string; line: number; id: string | undefined; message: string }[];
 }
 
-/** Compiles parsed documents; a document that fails becomes a problem, the others still compile. */
-export function compileDocs(docs: readonly SigmaDoc[], opts: CompileOptions = {}): RuleSet {
+type Outcome =
+  | { kind: 'rule'; value: CompiledRule }
+  | { kind: 'filter'; value: CompiledFilter }
+  | { kind: 'correlation'; value: CompiledCorrelation }
+  | { kind: 'error'; err: unknown };
+
+/**
+ * Compiled documents kept from one build to the next, so that a change to one rule compiles that rule only. A
+ * document is found by its file, line and content hash: the same three compile to the same result, problem lines
+ * included. What a build does not use is dropped at its end. One cache serves one set of compile options.
+ */
+export class CompileCache {
+  private entries = new Map<string, Outcome>();
+  private next = new Map<string, Outcome>();
+  /** Rule with its filters, as the last build made it: reused while the filters are the same. */
+  private readonly filtered = new WeakMap<CompiledRule, CompiledRule>();
+  /** Documents the last build compiled; the others it reused. */
+  compiled = 0;
+
+  /** The compiled form of `doc`, from the cache or made now. */
+  outcome(doc: SigmaDoc, make: () => Outcome): Outcome {
+    const key = docKey(doc);
+    let o = this.next.get(key) ?? this.entries.get(key);
+    if (o === undefined) {
+      o = make();
+      this.compiled++;
+    }
+    this.next.set(key, o);
+    return o;
+  }
+
+  /** `rule` with `filters`, the same object as last time if they did not change. */
+  withFilters(rule: CompiledRule, filters: CompiledFilter[]): CompiledRule {
+    const known = this.filtered.get(rule);
+    if (known?.filters.length === filters.length && known.filters.every((f, i) => f === filters[i]))
+      return known;
+    const made = withFilters(rule, filters);
+    this.filtered.set(rule, made);
+    return made;
+  }
+
+  /** Ends a build: what it did not use is forgotten. */
+  sweep(): void {
+    this.entries = this.next;
+    this.next = new Map();
+  }
+
+  /** Starts a build's count. */
+  begin(): void {
+    this.compiled = 0;
+  }
+}
+
+function compileOne(doc: SigmaDoc, opts: CompileOptions): Outcome {
+  try {
+    if (doc.kind === 'rule') return { kind: 'rule', value: compileRule(doc, opts) };
+    if (doc.kind === 'filter') return { kind: 'filter', value: compileFilter(doc, opts) };
+    return { kind: 'correlation', value: compileCorrelation(doc) };
+  } catch (err) {
+    return { kind: 'error', err };
+  }
+}
+
+/**
+ * Compiles parsed documents; a document that fails becomes a problem, the others still compile. With a cache,
+ * documents compiled by an earlier build are reused (the same objects), and only new or changed ones compile.
+ */
+export function compileDocs(
+  docs: readonly SigmaDoc[],
+  opts: CompileOptions = {},
+  cache?: CompileCache,
+): RuleSet {
   const set: RuleSet = { rules: [], filters: [], correlations: [], problems: [], warnings: [] };
+  cache?.begin();
   const seen = new Map<string, SigmaDoc>();
   for (const doc of docs) {
-    try {
-      if (doc.id !== undefined) {
-        const prev = seen.get(doc.id);
-        if (prev !== undefined) {
-          set.problems.push({
-            ...problemOf(doc, undefined),
-            code: 'EDR_SIGMA_DUPLICATE',
-            message: `duplicate id ${doc.id} (also ${prev.file}:${prev.line})`,
-          });
-          continue;
-        }
-        seen.set(doc.id, doc);
+    if (doc.id !== undefined) {
+      const prev = seen.get(doc.id);
+      if (prev !== undefined) {
+        set.problems.push({
+          ...problemOf(doc, undefined),
+          code: 'EDR_SIGMA_DUPLICATE',
+          message: `duplicate id ${doc.id} (also ${prev.file}:${prev.line})`,
+        });
+        continue;
       }
-      if (doc.kind === 'rule') {
-        const r = compileRule(doc, opts);
-        set.rules.push(r);
-        for (const message of r.warnings)
-          set.warnings.push({ file: doc.file, line: doc.line, id: doc.id, message });
-      } else if (doc.kind === 'filter') set.filters.push(compileFilter(doc, opts));
-      else set.correlations.push(compileCorrelation(doc));
-    } catch (err) {
-      set.problems.push(problemOf(doc, err));
+      seen.set(doc.id, doc);
     }
+    const make = () => compileOne(doc, opts);
+    const o = cache === undefined ? make() : cache.outcome(doc, make);
+    if (o.kind === 'rule') {
+      set.rules.push(o.value);
+      for (const message of o.value.warnings)
+        set.warnings.push({ file: doc.file, line: doc.line, id: doc.id, message });
+    } else if (o.kind === 'filter') set.filters.push(o.value);
+    else if (o.kind === 'correlation') set.correlations.push(o.value);
+    else set.problems.push(problemOf(doc, o.err));
   }
+  cache?.sweep();
   const known = new Set<string>();
-  for (const r of [...set.rules, ...set.correlations]) {
+  for (const r of set.correlations.length > 0 ? [...set.rules, ...set.correlations] : []) {
     if (r.doc.id !== undefined) known.add(r.doc.id);
     if (r.doc.name !== undefined) known.add(r.doc.name);
   }
@@ -67,16 +137,27 @@ export function compileDocs(docs: readonly SigmaDoc[], opts: CompileOptions = {}
       set.warnings.push({ file: c.doc.file, line: c.doc.line, id: c.doc.id, message });
     }
   }
-  for (const [f, refs] of applyFilters(set.rules, set.filters)) {
+  const { attached, unresolved } =
+    set.filters.length > 0
+      ? applyFilters(set.rules, set.filters)
+      : { attached: new Map(), unresolved: new Map() };
+  if (attached.size > 0) {
+    set.rules = set.rules.map((r) => {
+      const fs = attached.get(r);
+      if (fs === undefined) return r;
+      return cache === undefined ? withFilters(r, fs) : cache.withFilters(r, fs);
+    });
+  }
+  for (const [f, refs] of unresolved) {
     const message = `filter names rules that are not loaded: ${refs.join(', ')}`;
     set.warnings.push({ file: f.doc.file, line: f.doc.line, id: f.doc.id, message });
   }
   return set;
 }
 
-/** Loads and compiles every rule under dir (a file works too). */
+/** Loads and compiles every rule under dir (a file works too), within `opts.limits` (default DEFAULT_RULE_LIMITS). */
 export function loadRules(dir: string, opts: CompileOptions = {}): RuleSet {
-  const { docs, problems } = parseRuleDir(dir);
+  const { docs, problems } = parseRuleDir(dir, dir, opts.limits);
   const set = compileDocs(docs, opts);
   set.problems.unshift(...problems);
   set.problems.sort((a, b) => (a.file === b.file ? a.line - b.line : a.file < b.file ? -1 : 1));
@@ -116,17 +197,44 @@ export interface Engine {
   readonly ctx: EvalContext;
   /** Reused views of execve events (evaluation is synchronous, so one of each suffices). */
   readonly views: { pc: ProcessCreationView; auditd: AuditdExecveView };
+  /**
+   * Routes of the engine this one replaces, by key: a route whose rules are the very same (same objects, same
+   * order) is taken over with its candidate index instead of being built again.
+   */
+  readonly inherited: Map<string, Route>;
 }
 
-export function createEngine(rules: readonly CompiledRule[], options: EngineOptions = {}): Engine {
+/**
+ * An engine over `rules`. Given the engine it replaces (same options), it takes over each route (log source) whose
+ * rules did not change, candidate index included: after a one-rule change only that rule's log source pays for a
+ * new index.
+ */
+export function createEngine(
+  rules: readonly CompiledRule[],
+  options: EngineOptions = {},
+  previous?: Engine,
+): Engine {
+  const opts = { routing: options.routing ?? true, index: options.index ?? true };
+  const same =
+    previous !== undefined &&
+    previous.options.routing === opts.routing &&
+    previous.options.index === opts.index;
   return {
     rules,
-    options: { routing: options.routing ?? true, index: options.index ?? true },
+    options: opts,
     routes: new Map(),
     bySource: new WeakMap(),
     ctx: new EvalContext(),
     views: { pc: new ProcessCreationView(), auditd: new AuditdExecveView() },
+    // Copied, not linked: an engine never holds the one before it (nor, through it, every earlier one).
+    inherited: same ? new Map([...previous.inherited, ...previous.routes]) : new Map(),
   };
+}
+
+function sameRules(a: readonly CompiledRule[], b: readonly CompiledRule[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** Whether a rule is meant for events of this log source (attributes the rule leaves out are not checked). */
@@ -148,7 +256,12 @@ function routeFor(engine: Engine, ls: LogSource): Route {
     const rules = engine.options.routing
       ? engine.rules.filter((r) => ruleApplies(r.logsource, ls))
       : [...engine.rules];
-    route = { rules, index: engine.options.index ? new CandidateIndex(rules) : undefined };
+    const old = engine.inherited.get(key);
+    engine.inherited.delete(key);
+    route =
+      old !== undefined && sameRules(old.rules, rules)
+        ? old
+        : { rules, index: engine.options.index ? new CandidateIndex(rules) : undefined };
     engine.routes.set(key, route);
   }
   engine.bySource.set(ls, route);

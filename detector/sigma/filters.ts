@@ -25,13 +25,15 @@ export function logsourceCovers(filter: LogSource, rule: LogSource): boolean {
 }
 
 /**
- * Attaches each filter to the rules it names. Returns, per filter, the references that named no loaded rule
- * (so `rules check` can report them) — a filter for rules that are not loaded is not an error.
+ * Which filters apply to which rules (each filter to the rules it names, within its log source), without touching
+ * the rules: compiled rules are shared between rule-set snapshots, so a rule with filters is a new object
+ * (`withFilters`). Also returns, per filter, the references that named no loaded rule (so `rules check` can report
+ * them) — a filter for rules that are not loaded is not an error.
  */
 export function applyFilters(
   rules: readonly CompiledRule[],
   filters: readonly CompiledFilter[],
-): Map<CompiledFilter, string[]> {
+): { attached: Map<CompiledRule, CompiledFilter[]>; unresolved: Map<CompiledFilter, string[]> } {
   const byRef = new Map<string, CompiledRule[]>();
   const add = (key: string | undefined, r: CompiledRule): void => {
     if (key === undefined) return;
@@ -43,6 +45,7 @@ export function applyFilters(
     add(r.doc.id, r);
     add(r.doc.name, r);
   }
+  const attached = new Map<CompiledRule, CompiledFilter[]>();
   const unresolved = new Map<CompiledFilter, string[]>();
   for (const f of filters) {
     const missing: string[] = [];
@@ -53,10 +56,18 @@ export function applyFilters(
         continue;
       }
       for (const r of targets) {
-        if (logsourceCovers(f.doc.logsource, r.logsource) && !r.filters.includes(f)) r.filters.push(f);
+        if (!logsourceCovers(f.doc.logsource, r.logsource)) continue;
+        const list = attached.get(r) ?? [];
+        if (!list.includes(f)) list.push(f);
+        attached.set(r, list);
       }
     }
     if (missing.length > 0) unresolved.set(f, missing);
   }
-  return unresolved;
+  return { attached, unresolved };
+}
+
+/** `rule` with `filters` applied: a new object, the compiled condition shared. */
+export function withFilters(rule: CompiledRule, filters: CompiledFilter[]): CompiledRule {
+  return { ...rule, filters: [...rule.filters, ...filters] };
 }

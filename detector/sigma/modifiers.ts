@@ -4,6 +4,7 @@
  */
 import { EdrError } from '../../infra/errors.js';
 import { asString, type EvalContext, type FieldRef, fieldRef } from './event-view.js';
+import { DEFAULT_RULE_LIMITS, LIMIT_CODE, type RuleLimits } from './limits.js';
 import { caseSensitive, compileRegex, requiredLiterals } from './safe-regex.js';
 
 type ModifierKind =
@@ -444,6 +445,8 @@ export type Placeholders = Readonly<Record<string, readonly string[]>>;
 export interface CompileOptions {
   /** Values for `|expand` placeholders, by name without the percent signs. */
   placeholders?: Placeholders;
+  /** Bounds on a rule's cost (the regular expression length here); default DEFAULT_RULE_LIMITS. */
+  limits?: RuleLimits;
 }
 
 /** A compiled `field|modifiers: values` item of a selection. */
@@ -703,7 +706,8 @@ export function compileFieldItem(
   }
   const transforms = mods.filter((m) => MODIFIERS[m] === 'transform' || MODIFIERS[m] === 'wrap');
   const refs: string[] = [];
-  const tests = values.map((v, idx): ValueTest => {
+  const maxRegex = opts.limits?.maxRegexLength ?? DEFAULT_RULE_LIMITS.maxRegexLength;
+  const valueTest = (v: unknown, idx: number): ValueTest => {
     const where = values.length > 1 ? ` (value ${idx + 1})` : '';
     const badValue = (m: string): never => {
       throw new EdrError('EDR_SIGMA_VALUE', `'${key}'${where}: ${m}`);
@@ -730,6 +734,12 @@ export function compileFieldItem(
       }
       case 're': {
         if (typeof v !== 'string') badValue("'re' needs a string");
+        if ((v as string).length > maxRegex) {
+          throw new EdrError(
+            LIMIT_CODE,
+            `'${key}'${where}: a regular expression of ${(v as string).length} characters, over the limit of ${maxRegex} (rules.limits.maxRegexLength)`,
+          );
+        }
         const flags = reFlags.join('');
         const re = compileRegex(v as string, flags);
         const literals = requiredLiterals(v as string);
@@ -809,6 +819,20 @@ export function compileFieldItem(
       }
     }
     return seen.has('neq') ? negate(t) : t;
+  };
+  const tests = values.map((v, idx): ValueTest => {
+    try {
+      return valueTest(v, idx);
+    } catch (err) {
+      // Which value of a list failed, so the problem points at its own line.
+      if (err instanceof EdrError && Array.isArray(value) && err.details['valueIndex'] === undefined) {
+        throw new EdrError(err.code, err.message, {
+          cause: err.cause,
+          details: { ...err.details, valueIndex: idx },
+        });
+      }
+      throw err;
+    }
   });
   const combined = all || seen.has('neq') ? undefined : combinedTest(tests);
   if (combined !== undefined) tests.splice(0, tests.length, combined);

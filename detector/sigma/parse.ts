@@ -2,11 +2,23 @@
  * YAML → Sigma documents (detection rules, filters, correlations), keeping every node's line so that a rule
  * author gets `file:line: reason` for any problem, and one bad document never stops the others from loading.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseAllDocuments } from 'yaml';
+import {
+  type Document,
+  isMap,
+  isPair,
+  isScalar,
+  isSeq,
+  LineCounter,
+  type Node,
+  parseAllDocuments,
+  visit,
+} from 'yaml';
 import { EdrError } from '../../infra/errors.js';
 import { isLevel, LEVEL_ORDER } from '../../schemas/levels.js';
+import { DEFAULT_RULE_LIMITS, LIMIT_CODE, type RuleLimits } from './limits.js';
 
 export interface LogSource {
   product?: string;
@@ -60,6 +72,29 @@ export interface CorrelationDoc extends DocBase {
 }
 
 export type SigmaDoc = RuleDoc | FilterDoc | CorrelationDoc;
+
+const hashes = new WeakMap<SigmaDoc, string>();
+
+/** The content hash of a document (its parsed form, so formatting and comments do not count); computed once. */
+export function docHash(doc: SigmaDoc): string {
+  let h = hashes.get(doc);
+  if (h === undefined) {
+    h = createHash('sha256').update(JSON.stringify(doc.raw)).digest('hex');
+    hashes.set(doc, h);
+  }
+  return h;
+}
+
+/** A document's identity for caches: kind, file, line and content hash (the same four compile the same). */
+export function docKey(doc: SigmaDoc): string {
+  let k = keys.get(doc);
+  if (k === undefined) {
+    k = `${doc.kind}\0${doc.file}\0${doc.line}\0${docHash(doc)}`;
+    keys.set(doc, k);
+  }
+  return k;
+}
+const keys = new WeakMap<SigmaDoc, string>();
 
 /** A document that could not be turned into a rule, with where and why. */
 export interface RuleProblem {
@@ -245,11 +280,88 @@ export function toDoc(raw: unknown, file: string, at: Locator): SigmaDoc {
   };
 }
 
-/** Parses one file's text (possibly several YAML documents). Never throws: problems are returned. */
-export function parseRuleText(text: string, file: string): { docs: SigmaDoc[]; problems: RuleProblem[] } {
-  const lc = new LineCounter();
+/** 1-based line holding the byte at `offset` of `text` (UTF-8). */
+function lineAtByte(bytes: Uint8Array, offset: number): number {
+  let line = 1;
+  const end = Math.min(offset, bytes.length);
+  for (let i = 0; i < end; i++) if (bytes[i] === 0x0a) line++;
+  return line;
+}
+
+function tooLarge(file: string, bytes: Uint8Array, max: number): RuleProblem {
+  return {
+    file,
+    line: lineAtByte(bytes, max),
+    id: undefined,
+    title: undefined,
+    code: LIMIT_CODE,
+    message: `rule file is larger than ${max} bytes (rules.limits.maxFileBytes); it passes the limit on this line`,
+  };
+}
+
+/** Line of the first alias in a YAML document (where an alias bomb or a self-reference starts). */
+function firstAliasLine(yd: Document, lc: LineCounter, fallback: number): number {
+  let line = fallback;
+  visit(yd, {
+    Alias(_, node) {
+      if (node.range) line = lc.linePos(node.range[0]).line;
+      return visit.BREAK;
+    },
+  });
+  return line;
+}
+
+/**
+ * Rejects data that contains itself (a YAML alias inside its own anchor: no rule means that, and it would loop
+ * whatever walks it) and a detection with more than `maxValues` values (aliases expanded), at the offending line.
+ */
+function checkShape(raw: Record<string, unknown>, at: Locator, maxValues: number): void {
+  const detectionKey = raw['detection'] !== undefined ? 'detection' : 'filter';
+  const ancestors = new Set<object>();
+  let values = 0;
+  const walk = (v: unknown, path: (string | number)[], counted: boolean): void => {
+    if (typeof v !== 'object' || v === null || v instanceof Date) {
+      if (counted && ++values > maxValues) {
+        fail(
+          at,
+          path,
+          `more than ${maxValues} values in the detection (rules.limits.maxValues), counting YAML aliases expanded`,
+          LIMIT_CODE,
+        );
+      }
+      return;
+    }
+    if (ancestors.has(v)) fail(at, path, 'a YAML alias refers to a node that contains it', LIMIT_CODE);
+    ancestors.add(v);
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) walk(v[i], [...path, i], counted);
+    } else {
+      for (const [k, x] of Object.entries(v)) {
+        walk(x, [...path, k], counted || (path.length === 0 && k === detectionKey));
+      }
+    }
+    ancestors.delete(v);
+  };
+  walk(raw, [], false);
+}
+
+/**
+ * Parses one file's text (possibly several YAML documents). Never throws: problems are returned. A text over
+ * `limits.maxFileBytes` is not parsed at all.
+ */
+export function parseRuleText(
+  text: string,
+  file: string,
+  limits: RuleLimits = DEFAULT_RULE_LIMITS,
+): { docs: SigmaDoc[]; problems: RuleProblem[] } {
   const docs: SigmaDoc[] = [];
   const problems: RuleProblem[] = [];
+  // Cheap bound first (a UTF-16 unit is at most 3 UTF-8 bytes), the exact count only when it could be over.
+  if (text.length * 3 > limits.maxFileBytes && Buffer.byteLength(text) > limits.maxFileBytes) {
+    problems.push(tooLarge(file, Buffer.from(text), limits.maxFileBytes));
+    return { docs, problems };
+  }
+  const lc = new LineCounter();
   let yamlDocs: ReturnType<typeof parseAllDocuments>;
   try {
     yamlDocs = parseAllDocuments(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
@@ -288,7 +400,18 @@ export function parseRuleText(text: string, file: string): { docs: SigmaDoc[]; p
     if (yd.contents === null) continue; // empty document, e.g. a trailing `---`
     let raw: unknown;
     try {
-      raw = yd.toJS({ maxAliasCount: 100 });
+      try {
+        raw = yd.toJS({ maxAliasCount: limits.maxAliasCount });
+      } catch (err) {
+        // The yaml package's guard against alias bombs ("billion laughs"); anything else is reported as it is.
+        if (!(err instanceof ReferenceError && /alias count/i.test(err.message))) throw err;
+        throw new EdrError(
+          LIMIT_CODE,
+          `YAML aliases expand beyond ${limits.maxAliasCount} (rules.limits.maxAliasCount)`,
+          { details: { line: firstAliasLine(yd, lc, at([])) } },
+        );
+      }
+      if (isRecord(raw)) checkShape(raw, at, limits.maxValues);
       if (isRecord(raw) && raw['action'] !== undefined) collectionLine = at([]);
       docs.push(toDoc(raw, file, at));
     } catch (err) {
@@ -307,6 +430,47 @@ export function parseRuleText(text: string, file: string): { docs: SigmaDoc[]; p
     }
   }
   return { docs, problems };
+}
+
+/**
+ * Reads and parses one rule file; a file over `limits.maxFileBytes` is refused after reading only that much, so a
+ * huge file costs no more memory than a large rule. Never throws.
+ */
+export function parseRuleFile(
+  path: string,
+  name: string,
+  limits: RuleLimits = DEFAULT_RULE_LIMITS,
+): { docs: SigmaDoc[]; problems: RuleProblem[] } {
+  let text: string;
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      if (size > limits.maxFileBytes) {
+        const head = Buffer.alloc(limits.maxFileBytes);
+        const n = readSync(fd, head, 0, head.length, 0);
+        return { docs: [], problems: [tooLarge(name, head.subarray(0, n), limits.maxFileBytes)] };
+      }
+      text = readFileSync(fd, 'utf8');
+    } finally {
+      closeSync(fd);
+    }
+  } catch (err) {
+    return {
+      docs: [],
+      problems: [
+        {
+          file: name,
+          line: 0,
+          id: undefined,
+          title: undefined,
+          code: 'EDR_SIGMA_READ',
+          message: `cannot read file: ${(err as Error).message}`,
+        },
+      ],
+    };
+  }
+  return parseRuleText(text, name, limits);
 }
 
 /** Every .yml/.yaml file under dir (or dir itself if it is a file), sorted for stable output. */
@@ -333,26 +497,15 @@ export function ruleFiles(dir: string): string[] {
 }
 
 /** Parses every rule file under dir; file names in results are relative to `base` (default: dir). */
-export function parseRuleDir(dir: string, base = dir): { docs: SigmaDoc[]; problems: RuleProblem[] } {
+export function parseRuleDir(
+  dir: string,
+  base = dir,
+  limits: RuleLimits = DEFAULT_RULE_LIMITS,
+): { docs: SigmaDoc[]; problems: RuleProblem[] } {
   const docs: SigmaDoc[] = [];
   const problems: RuleProblem[] = [];
   for (const path of ruleFiles(dir)) {
-    const name = relative(base, path) || path;
-    let text: string;
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (err) {
-      problems.push({
-        file: name,
-        line: 0,
-        id: undefined,
-        title: undefined,
-        code: 'EDR_SIGMA_READ',
-        message: `cannot read file: ${(err as Error).message}`,
-      });
-      continue;
-    }
-    const r = parseRuleText(text, name);
+    const r = parseRuleFile(path, relative(base, path) || path, limits);
     docs.push(...r.docs);
     problems.push(...r.problems);
   }

@@ -8,9 +8,18 @@ import { EdrError } from '../../infra/errors.js';
 
 interface Re2 {
   test(s: string): boolean;
+  /** The compiled expression inside the WebAssembly module. */
+  wrapper?: { delete(): void };
 }
 // re2-wasm is CommonJS and ships no ESM entry.
 const { RE2 } = createRequire(import.meta.url)('re2-wasm') as { RE2: new (p: string, f: string) => Re2 };
+
+/**
+ * re2-wasm never frees a compiled expression, and its WebAssembly memory is fixed (16 MiB): after a few thousand
+ * compiles every further one fails, so rule sets recompiled on changes would end up rejecting every regular
+ * expression. Each is freed once its JS object is collected (its rule gone from every rule set in use).
+ */
+const release = new FinalizationRegistry<{ delete(): void }>((compiled) => compiled.delete());
 
 const MEMO_MAX_INPUT = 512;
 const MEMO_MAX_ENTRIES = 1024;
@@ -40,6 +49,7 @@ export function compileRegex(source: string, flags: string): SafeRegex {
   let re: Re2;
   try {
     re = new RE2(source, `${flags}u`);
+    if (re.wrapper !== undefined) release.register(re, re.wrapper);
   } catch (err) {
     const why = (err instanceof Error ? err.message : String(err)).replace(
       /^Invalid regular expression: \/.*\/\w*: /,

@@ -4,7 +4,7 @@
  * path (every routed rule evaluated on every event) measured in the same run, as a ratio.
  */
 import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import {
@@ -14,18 +14,10 @@ import {
   evaluateExecve,
   loadRules,
 } from '../../detector/sigma/engine.js';
-import { repoRoot } from '../../infra/paths.js';
 import type { ExecveEvent } from '../../schemas/types.js';
 import { generateEvents } from '../fixtures/events.js';
+import { ACTIVE, SIGMA } from '../fixtures/sigma-corpus.js';
 
-const SIGMA = resolve(repoRoot, '..', 'shared', 'sigma');
-const DIRS = [
-  'rules',
-  'rules-emerging-threats',
-  'rules-threat-hunting',
-  'rules-placeholder',
-  'rules-compliance',
-];
 const MIN_MS = Number(process.env['EDR_BENCH_MS'] ?? 2000);
 
 /**
@@ -82,7 +74,7 @@ function scenario(
 function loadCorpus(): { rules: CompiledRule[]; ms: number } {
   const t0 = process.hrtime.bigint();
   const rules: CompiledRule[] = [];
-  for (const d of DIRS) {
+  for (const d of ACTIVE) {
     for (const r of loadRules(join(SIGMA, d)).rules) {
       r.doc.file = `${d}/${r.doc.file}`;
       rules.push(r);
