@@ -99,7 +99,7 @@ export async function createTableTopics(
   return outcomes;
 }
 
-const partitionsSchema = z.record(
+const partitionsSchema = z.partialRecord(
   z.enum(Object.keys(table) as [TopicRole, ...TopicRole[]]),
   z.coerce.number().int().min(1).max(10_000),
 );

@@ -12,6 +12,7 @@ import kafkajs, { type Admin, Kafka, type KafkaConfig, logLevel } from 'kafkajs'
 import { handleBatch, transformBatch } from '../batch-runner.js';
 import { EdrError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
+import { settled } from '../retry.js';
 import type {
   Consumption,
   HandlerOptions,
@@ -94,7 +95,9 @@ export class KafkaTransport implements Transport {
     if (missing.length === 0) return;
     try {
       await admin.createTopics({
-        waitForLeaders: true,
+        // Waited for below: kafkajs's own wait fails at once when the new topic's metadata has not reached the
+        // broker it asks ("does not host this topic-partition"), which happens under load.
+        waitForLeaders: false,
         topics: missing.map((t) => ({
           topic: t.name,
           numPartitions: t.partitions,
@@ -110,6 +113,16 @@ export class KafkaTransport implements Transport {
       const errors = (err as { errors?: Array<{ type?: string }> }).errors;
       if (!errors?.every((e) => e.type === 'TOPIC_ALREADY_EXISTS')) throw toEdrError(err, 'creating topics');
     }
+    const names = missing.map((t) => t.name);
+    await settled(async () => {
+      const meta = await kafkaCall('waiting for the new topics', () =>
+        admin.fetchTopicMetadata({ topics: names }),
+      );
+      const leaderless = meta.topics.filter((t) => t.partitions.some((p) => p.leader < 0)).map((t) => t.name);
+      if (leaderless.length > 0) {
+        throw new EdrError('EDR_KAFKA', `no leader yet for ${leaderless.join(', ')}`, { retryable: true });
+      }
+    });
   }
 
   async missingTopics(names: string[]): Promise<string[]> {

@@ -9,11 +9,11 @@ import type { OutRecord, Transport } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleEvent } from '../fixtures/events.js';
 
-/** `node dist/cli/edr.js ARGS`, its exit code and its stdout and stderr together. */
-export function edr(args: string[]): { code: number; out: string } {
+/** `node dist/cli/edr.js ARGS`, its exit code and its stdout and stderr together; `env` adds variables. */
+export function edr(args: string[], env: Record<string, string> = {}): { code: number; out: string } {
   const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'cli', 'edr.js'), ...args], {
     encoding: 'utf8',
-    env: { ...process.env, EDR_LOG_LEVEL: 'error' },
+    env: { ...process.env, EDR_LOG_LEVEL: 'error', ...env },
   });
   return { code: r.status ?? 1, out: `${r.stdout}${r.stderr}` };
 }
