@@ -365,6 +365,30 @@ describe('secured pipeline: one principal per service', () => {
     assert.equal(await answersApiVersions(port('SASL_SSL'), '127.0.0.1', ca), true);
   });
 
+  it("passes the config's client certificate: the broker's own, on its mutual-TLS listener", async () => {
+    const props = await readFile(path.join(dir, 'server.properties'), 'utf8');
+    const broker = /BROKER:\/\/(127\.0\.0\.1:\d+)/.exec(props)![1]!;
+    const tlsDir = path.join(dir, 'tls');
+    const t = new KafkaTransport(
+      kafkaConfigSchema.parse({
+        brokers: [broker],
+        clientId: 'mtls',
+        tls: {
+          caFile: path.join(tlsDir, 'ca.pem'),
+          certFile: path.join(tlsDir, 'broker.pem'),
+          keyFile: path.join(tlsDir, 'broker.key'),
+        },
+      }),
+      createLogger({}, 'error'),
+    );
+    try {
+      // The certificate's principal is a super user: it sees a topic no ACL names for it.
+      assert.equal((await t.endOffsets(topics.rules.name)).length, 1);
+    } finally {
+      await t.close();
+    }
+  });
+
   it('fails fast on a wrong password, with the password in no error and no log line', async () => {
     const wrong = `wrong-${randomBytes(12).toString('hex')}`;
     process.env['EDR_TEST_SASL_WRONG'] = wrong;
