@@ -27,7 +27,10 @@ export interface ScramUser {
 }
 
 export interface BrokerSecurity {
-  /** SCRAM-SHA-512 users, created when the storage is formatted. */
+  /**
+   * SCRAM-SHA-512 users, written when the storage is formatted: a broker restarted on a formatted directory keeps
+   * the users (and passwords) of its first start.
+   */
   users: ScramUser[];
   /** Of those, the ones with every right (the broker's own certificate principal always is one). */
   superUsers?: string[];
