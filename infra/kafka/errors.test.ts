@@ -79,7 +79,9 @@ describe('toEdrError', () => {
     const aggregate = Object.assign(new Error('create failed'), {
       errors: [protocolError('TOPIC_AUTHORIZATION_FAILED', false)],
     });
-    assert.equal(toEdrError(aggregate, 'creating topics').code, 'EDR_KAFKA_TOPIC_AUTHORIZATION');
+    const e = toEdrError(aggregate, 'creating topics');
+    assert.equal(e.code, 'EDR_KAFKA_TOPIC_AUTHORIZATION');
+    assert.equal(e.message, 'creating topics: not authorized (TOPIC_AUTHORIZATION_FAILED)');
   });
 
   it('makes a failed SASL authentication its own code, not retryable', () => {

@@ -76,8 +76,8 @@ export function toEdrError(err: unknown, what: string, access?: Access): EdrErro
   const deniedType = errorType(err, (t) => t in DENIED);
   if (deniedType !== undefined) {
     const d = DENIED[deniedType]!;
-    const asked = access === undefined ? deniedType : `${d.says(access)} as ${access.principal}`;
-    return new EdrError(d.code, `${what}: not authorized to ${asked}`, {
+    const asked = access === undefined ? ` (${deniedType})` : ` to ${d.says(access)} as ${access.principal}`;
+    return new EdrError(d.code, `${what}: not authorized${asked}`, {
       cause: err,
       details: { kafkaError: deniedType },
     });

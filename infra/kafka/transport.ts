@@ -459,7 +459,13 @@ export class KafkaTransport implements Transport {
       },
     });
     const stop = () => member.stop();
-    await member.join();
+    try {
+      await member.join();
+    } catch (err) {
+      // Refused (a topic it may not read, say) after connecting: its connection is not left open.
+      await member.stop();
+      throw err;
+    }
     this.closers.add(stop);
     return { assignments: () => member.assignments(), stop, done: member.done };
   }
