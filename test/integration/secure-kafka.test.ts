@@ -75,8 +75,12 @@ function secureBroker(): Promise<Broker> {
 
 after(async () => {
   if (broker === undefined) return;
-  await (await broker).stop();
-  await rm(dir, { recursive: true, force: true });
+  try {
+    await (await broker).stop();
+  } finally {
+    // A broker that did not start leaves its directory too.
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 /** The `kafka:` config section of `user` on the secured broker: TLS trusting the test CA, SCRAM-SHA-512. */
