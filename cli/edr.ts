@@ -8,6 +8,7 @@ import { EdrError } from '../infra/errors.js';
 import type { Command } from './command.js';
 
 const commands: Record<string, () => Promise<{ command: Command }>> = {
+  acls: () => import('./acls.js'),
   broker: () => import('./broker.js'),
   collector: () => import('../collector/main.js'),
   down: () => import('./down.js'),

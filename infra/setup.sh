@@ -14,6 +14,13 @@ if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openjdk-17-jre-headless maven
 fi
 
+# openssl makes the secured test broker's CA and certificate (infra/kafka/secure-broker.ts; keytool comes with Java).
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "infra/setup.sh: installing openssl"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl
+fi
+
 # npm packages exactly as locked (npm ci), unless node_modules already matches the lock file.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund

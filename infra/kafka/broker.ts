@@ -8,10 +8,21 @@ import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
+import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { EdrError } from '../errors.js';
 import { repoRoot } from '../paths.js';
 import { abortableDelay, retry } from '../retry.js';
+import {
+  applyAcls,
+  type BrokerSecurity,
+  type BrokerTls,
+  brokerSecurityProperties,
+  makeBrokerTls,
+  scramArguments,
+} from './secure-broker.js';
+
+export type { BrokerSecurity, ScramUser } from './secure-broker.js';
 
 const run = promisify(execFile);
 const kafkaDir = path.join(repoRoot, 'infra', 'kafka');
@@ -29,6 +40,8 @@ export interface BrokerOptions {
   fresh?: boolean;
   /** Keep the broker running after this process exits (the CLI's `edr broker start`). */
   detached?: boolean;
+  /** A SASL_SSL client listener with SCRAM users and ACLs instead of the plaintext one (see secure-broker.ts). */
+  security?: BrokerSecurity;
 }
 
 export interface Broker {
@@ -36,6 +49,8 @@ export interface Broker {
   readonly brokers: string[];
   readonly pid: number;
   readonly logFile: string;
+  /** With `security`: the test CA's certificate (PEM) that clients trust. */
+  readonly caFile?: string;
   stop(): Promise<void>;
 }
 
@@ -86,18 +101,24 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function serverProperties(dir: string, port: number, controllerPort: number): string {
+function listenerProperties(port: number, controllerPort: number): string[] {
+  return [
+    `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
+    `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
+    'inter.broker.listener.name=PLAINTEXT',
+    'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+  ];
+}
+
+function serverProperties(dir: string, controllerPort: number, listeners: string[]): string {
   // Sized for one node on 2 cores: replication 1 everywhere, few partitions for internal topics
   // (the default 50 offsets partitions slow every start), no rebalance delay for fast tests.
   return `${[
     'process.roles=broker,controller',
     'node.id=1',
     `controller.quorum.voters=1@127.0.0.1:${controllerPort}`,
-    `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
-    `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
     'controller.listener.names=CONTROLLER',
-    'inter.broker.listener.name=PLAINTEXT',
-    'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+    ...listeners,
     `log.dirs=${path.join(dir, 'data')}`,
     'num.network.threads=2',
     'num.io.threads=4',
@@ -146,6 +167,7 @@ async function waitReady(
   child: ChildProcess,
   logFile: string,
   timeoutMs: number,
+  ca?: string,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let exited: number | null = null;
@@ -170,7 +192,7 @@ async function waitReady(
           `the broker exited with ${exited}:\n${await tail(logFile)}`,
         );
       }
-      if (!(await answersApiVersions(port))) throw notYet;
+      if (!(await answersApiVersions(port, '127.0.0.1', ca))) throw notYet;
     },
     { backoff: { initialMs: 250, maxMs: 250, jitter: 'none' } },
   );
@@ -178,18 +200,21 @@ async function waitReady(
 
 /**
  * Sends a raw ApiVersions v0 request: it answers only once the broker's request handlers are up,
- * and needs no client library (the CLI's `status` uses it too).
+ * and needs no client library (the CLI's `status` uses it too). With `ca` (PEM) it speaks TLS, checking the
+ * broker's certificate: a SASL listener answers ApiVersions before authentication, so no plaintext port is needed.
  */
-export function answersApiVersions(port: number, host = '127.0.0.1'): Promise<boolean> {
+export function answersApiVersions(port: number, host = '127.0.0.1', ca?: string): Promise<boolean> {
   return new Promise((resolve) => {
-    const sock = net.connect({ port, host });
+    const sock = ca === undefined ? net.connect({ port, host }) : tls.connect({ port, host, ca });
     const done = (ok: boolean) => {
       sock.destroy();
       resolve(ok);
     };
     sock.setTimeout(2000, () => done(false));
     sock.on('error', () => done(false));
-    sock.on('connect', () => {
+    // A listener that closes without an answer (TLS refusing the client, or not TLS at all): no timeout follows.
+    sock.on('close', () => done(false));
+    sock.on(ca === undefined ? 'connect' : 'secureConnect', () => {
       const clientId = Buffer.from('edr-probe');
       const body = Buffer.alloc(2 + 2 + 4 + 2 + clientId.length);
       body.writeInt16BE(18, 0); // api key ApiVersions
@@ -235,7 +260,16 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
   const heapMb = opts.heapMb ?? 512;
   const props = path.join(dir, 'server.properties');
   const logFile = path.join(dir, 'broker.log');
-  await writeFile(props, serverProperties(dir, port, controllerPort));
+  const security = opts.security;
+  let brokerTls: BrokerTls | undefined;
+  let listeners = listenerProperties(port, controllerPort);
+  const brokerPort = security ? await freePort() : 0;
+  if (security) {
+    brokerTls = await makeBrokerTls(path.join(dir, 'tls'));
+    listeners = brokerSecurityProperties(port, brokerPort, controllerPort, brokerTls, security);
+  }
+  // The file holds the key store password when secured: readable by this user only.
+  await writeFile(props, serverProperties(dir, controllerPort, listeners), { mode: 0o600 });
   await writeFile(path.join(dir, 'log4j2.properties'), log4j2);
 
   if (!existsSync(path.join(dir, 'data', 'meta.properties'))) {
@@ -249,13 +283,16 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
         `--cluster-id=${clusterId}`,
         '-c',
         props,
+        ...(security ? scramArguments(security.users) : []),
       ]);
     } catch (err) {
       const out = err as { stdout?: string; stderr?: string };
+      const text = (out.stdout ?? '') + (out.stderr ?? '');
+      // The command line carried the SCRAM credentials: neither it (the cause) nor an echo of them is kept.
       throw new EdrError(
         'EDR_KAFKA_BROKER_FORMAT',
-        `formatting KRaft storage failed:\n${(out.stdout ?? '') + (out.stderr ?? '')}`,
-        { cause: err },
+        `formatting KRaft storage failed:\n${security ? text.replace(/saltedpassword="[^"]*"/g, 'saltedpassword=***') : text}`,
+        security ? {} : { cause: err },
       );
     }
   }
@@ -270,7 +307,9 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
   const pid = child.pid;
   await writeFile(path.join(dir, 'broker.pid'), `${pid}\n${port}\n`);
   try {
-    await waitReady(port, child, logFile, 90_000);
+    await waitReady(port, child, logFile, 90_000, brokerTls?.caPem);
+    if (brokerTls && security?.acls?.length)
+      await applyAcls(`127.0.0.1:${brokerPort}`, brokerTls, security.acls);
   } catch (err) {
     child.kill('SIGKILL');
     throw err;
@@ -282,6 +321,7 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
     brokers: [`127.0.0.1:${port}`],
     pid,
     logFile,
+    ...(brokerTls ? { caFile: brokerTls.caFile } : {}),
     stop() {
       stopped ??= stopPid(pid, child).then(() => rm(path.join(dir, 'broker.pid'), { force: true }));
       return stopped;

@@ -15,7 +15,7 @@
 import type { Consumer, EachBatchPayload, Kafka } from 'kafkajs';
 import type { Logger } from '../log.js';
 import type { ConsumeOptions, InRecord } from '../transport.js';
-import { kafkaCall, toEdrError } from './errors.js';
+import { type Access, kafkaCall, toEdrError } from './errors.js';
 import { toInRecord } from './records.js';
 
 export type MemberMode = 'commit' | 'transactional' | 'detached';
@@ -45,6 +45,8 @@ export interface MemberOptions {
   /** Runs once the member has left the group, before `done` settles. */
   onStop?: () => Promise<void>;
   sessionTimeoutMs: number;
+  /** What the member asks (READ on its topics and group), for the message of a refusal. */
+  access: Access;
   log: Logger;
 }
 
@@ -124,7 +126,7 @@ export class GroupMember {
     this.done.catch(() => {});
     this.consumer.on(this.consumer.events.CRASH, (e) => {
       if (!e.payload.restart) {
-        this.fatal ??= toEdrError(e.payload.error, 'consumer crashed');
+        this.fatal ??= toEdrError(e.payload.error, 'consumer crashed', this.opts.access);
         void this.stop();
       }
     });
@@ -132,12 +134,15 @@ export class GroupMember {
 
   /** Connects, subscribes and starts fetching; the group assigns partitions from here on. */
   async join(): Promise<void> {
-    await kafkaCall('connecting consumer', () => this.consumer.connect());
-    await kafkaCall('subscribing', () =>
-      this.consumer.subscribe({
-        topics: this.subscription.topics,
-        fromBeginning: this.subscription.start !== 'latest',
-      }),
+    await kafkaCall('connecting consumer', () => this.consumer.connect(), this.opts.access);
+    await kafkaCall(
+      'subscribing',
+      () =>
+        this.consumer.subscribe({
+          topics: this.subscription.topics,
+          fromBeginning: this.subscription.start !== 'latest',
+        }),
+      this.opts.access,
     );
     await this.consumer.run({
       autoCommit: this.opts.mode === 'commit',

@@ -17,8 +17,15 @@ export function transactional(
   p: KProducer,
   id: string,
   maxRequestBytes: number,
+  principal: string,
   close: () => Promise<void>,
 ): TransactionalProducer {
+  const access = (operation: 'WRITE' | 'READ', more: { topics?: string[]; groupId?: string } = {}) => ({
+    principal,
+    operation,
+    transactionalId: id,
+    ...more,
+  });
   // kafkajs allows one open transaction per producer: queue them.
   let queue: Promise<unknown> = Promise.resolve();
   return {
@@ -56,8 +63,11 @@ export function transactional(
           const result = await work({
             send: async (records) => {
               for (const chunk of sizedChunks(records, maxRequestBytes)) {
-                await kafkaCall('sending in transaction', () =>
-                  tx.sendBatch({ acks: -1, topicMessages: byTopic(chunk) }),
+                const topicMessages = byTopic(chunk);
+                await kafkaCall(
+                  'sending in transaction',
+                  () => tx.sendBatch({ acks: -1, topicMessages }),
+                  access('WRITE', { topics: topicMessages.map((t) => t.topic) }),
                 );
               }
             },
@@ -68,16 +78,19 @@ export function transactional(
                 list.push({ partition: o.partition, offset: String(o.offset) });
                 topics.set(o.topic, list);
               }
-              await kafkaCall('committing offsets in transaction', () =>
-                tx.sendOffsets({
-                  consumerGroupId: groupId,
-                  topics: [...topics].map(([topic, partitions]) => ({ topic, partitions })),
-                }),
+              await kafkaCall(
+                'committing offsets in transaction',
+                () =>
+                  tx.sendOffsets({
+                    consumerGroupId: groupId,
+                    topics: [...topics].map(([topic, partitions]) => ({ topic, partitions })),
+                  }),
+                access('READ', { topics: [...topics.keys()], groupId }),
               );
             },
           });
           committing = true;
-          await kafkaCall(`committing transaction ${id}`, () => tx.commit());
+          await kafkaCall(`committing transaction ${id}`, () => tx.commit(), access('WRITE'));
           return result;
         } catch (err) {
           const aborted =

@@ -25,7 +25,7 @@ import type {
   Transport,
 } from '../transport.js';
 import type { KafkaTransportConfig } from './config.js';
-import { kafkaCall, toEdrError } from './errors.js';
+import { type Access, kafkaCall, toEdrError } from './errors.js';
 import { GroupMember, type MemberMode, type Slice } from './group-member.js';
 import { byTopic, keyPartitioner, sizedChunks } from './records.js';
 import { transactional } from './transactional.js';
@@ -55,12 +55,15 @@ export class KafkaTransport implements Transport {
   private readonly log: Logger;
   private adminClient: Promise<Admin> | undefined;
   private readonly closers = new Set<() => Promise<void>>();
+  /** Who this client is to the broker, for the message of a refusal. */
+  private readonly principal: string;
 
   constructor(
     private readonly config: KafkaTransportConfig,
     log: Logger = createLogger({ component: 'kafka' }),
   ) {
     this.log = log;
+    this.principal = config.sasl ? `User:${config.sasl.username}` : 'this client (no SASL user)';
     const kc: KafkaConfig = {
       clientId: config.clientId,
       brokers: config.brokers,
@@ -78,10 +81,14 @@ export class KafkaTransport implements Transport {
     this.kafka = new Kafka(kc);
   }
 
+  private access(operation: Access['operation'], more: Omit<Access, 'principal' | 'operation'> = {}): Access {
+    return { principal: this.principal, operation, ...more };
+  }
+
   private admin(): Promise<Admin> {
     this.adminClient ??= (async () => {
       const a = this.kafka.admin();
-      await kafkaCall('connecting admin client', () => a.connect());
+      await kafkaCall('connecting admin client', () => a.connect(), this.access('DESCRIBE'));
       this.closers.add(() => a.disconnect());
       return a;
     })();
@@ -90,7 +97,9 @@ export class KafkaTransport implements Transport {
 
   async createTopics(topics: TopicConfig[]): Promise<void> {
     const admin = await this.admin();
-    const existing = new Set(await kafkaCall('listing topics', () => admin.listTopics()));
+    const existing = new Set(
+      await kafkaCall('listing topics', () => admin.listTopics(), this.access('DESCRIBE')),
+    );
     const missing = topics.filter((t) => !existing.has(t.name));
     if (missing.length === 0) return;
     try {
@@ -111,7 +120,13 @@ export class KafkaTransport implements Transport {
     } catch (err) {
       // Another process created it between our list and create: that is the idempotent outcome.
       const errors = (err as { errors?: Array<{ type?: string }> }).errors;
-      if (!errors?.every((e) => e.type === 'TOPIC_ALREADY_EXISTS')) throw toEdrError(err, 'creating topics');
+      if (!errors?.every((e) => e.type === 'TOPIC_ALREADY_EXISTS')) {
+        throw toEdrError(
+          err,
+          'creating topics',
+          this.access('CREATE', { topics: missing.map((t) => t.name) }),
+        );
+      }
     }
     const names = missing.map((t) => t.name);
     await settled(async () => {
@@ -170,13 +185,21 @@ export class KafkaTransport implements Transport {
       allowAutoTopicCreation: false,
       createPartitioner: keyPartitioner,
     });
-    await kafkaCall('connecting producer', () => p.connect());
+    await kafkaCall('connecting producer', () => p.connect(), this.access('WRITE'));
     const close = () => p.disconnect();
     this.closers.add(close);
     return {
       publish: async (records) => {
         for (const chunk of sizedChunks(records, this.config.maxRequestBytes)) {
-          await kafkaCall('publishing', () => p.sendBatch({ acks: -1, topicMessages: byTopic(chunk) }));
+          const topicMessages = byTopic(chunk);
+          await kafkaCall(
+            'publishing',
+            () => p.sendBatch({ acks: -1, topicMessages }),
+            this.access('WRITE', {
+              topics: topicMessages.map((t) => t.topic),
+              clusterOperation: 'IDEMPOTENT_WRITE',
+            }),
+          );
         }
       },
       close: async () => {
@@ -194,15 +217,18 @@ export class KafkaTransport implements Transport {
       allowAutoTopicCreation: false,
       createPartitioner: keyPartitioner,
     });
-    await kafkaCall(`connecting transactional producer ${transactionalId}`, () => p.connect());
+    const access = this.access('WRITE', { transactionalId });
+    await kafkaCall(`connecting transactional producer ${transactionalId}`, () => p.connect(), access);
     // kafkajs initialises the transactional id (InitProducerId, which fences any older producer with this id and
     // settles its open transaction) only at the first transaction: do it now, so fencing happens on creation.
-    await kafkaCall(`initialising transactional id ${transactionalId}`, async () =>
-      (await p.transaction()).abort(),
+    await kafkaCall(
+      `initialising transactional id ${transactionalId}`,
+      async () => (await p.transaction()).abort(),
+      access,
     );
     const close = () => p.disconnect();
     this.closers.add(close);
-    return transactional(p, transactionalId, this.config.maxRequestBytes, async () => {
+    return transactional(p, transactionalId, this.config.maxRequestBytes, this.principal, async () => {
       this.closers.delete(close);
       await close();
     });
@@ -226,7 +252,11 @@ export class KafkaTransport implements Transport {
           );
           if (done > 0) {
             resolve(records[done - 1]!.offset);
-            await kafkaCall('committing offsets', () => payload.commitOffsetsIfNecessary());
+            await kafkaCall(
+              'committing offsets',
+              () => payload.commitOffsetsIfNecessary(),
+              this.access('READ', { topics: [topic], groupId: opts.groupId }),
+            );
           }
           return done === records.length;
         } catch (err) {
@@ -377,8 +407,10 @@ export class KafkaTransport implements Transport {
 
   private async committedOffset(groupId: string, topic: string, partition: number): Promise<number> {
     const admin = await this.admin();
-    const [t] = await kafkaCall('fetching committed offsets', () =>
-      admin.fetchOffsets({ groupId, topics: [topic] }),
+    const [t] = await kafkaCall(
+      'fetching committed offsets',
+      () => admin.fetchOffsets({ groupId, topics: [topic] }),
+      this.access('DESCRIBE', { topics: [topic], groupId }),
     );
     const p = t?.partitions.find((x) => x.partition === partition);
     return p === undefined ? -1 : Number(p.offset);
@@ -387,7 +419,11 @@ export class KafkaTransport implements Transport {
   async offsetsForTime(topic: string, timestampMs: number): Promise<PartitionOffset[]> {
     const admin = await this.admin();
     const [at, ends] = await Promise.all([
-      kafkaCall('fetching offsets by time', () => admin.fetchTopicOffsetsByTimestamp(topic, timestampMs)),
+      kafkaCall(
+        'fetching offsets by time',
+        () => admin.fetchTopicOffsetsByTimestamp(topic, timestampMs),
+        this.access('DESCRIBE', { topics: [topic] }),
+      ),
       this.endOffsets(topic),
     ]);
     return at
@@ -401,7 +437,11 @@ export class KafkaTransport implements Transport {
 
   async endOffsets(topic: string): Promise<PartitionOffset[]> {
     const admin = await this.admin();
-    const offsets = await kafkaCall('fetching end offsets', () => admin.fetchTopicOffsets(topic));
+    const offsets = await kafkaCall(
+      'fetching end offsets',
+      () => admin.fetchTopicOffsets(topic),
+      this.access('DESCRIBE', { topics: [topic] }),
+    );
     return offsets
       .map((p) => ({ topic, partition: p.partition, offset: Number(p.high) }))
       .sort((a, b) => a.partition - b.partition);
@@ -410,7 +450,11 @@ export class KafkaTransport implements Transport {
   async lag(groupId: string, topic: string): Promise<PartitionLag[]> {
     const admin = await this.admin();
     const [committed, ends] = await Promise.all([
-      kafkaCall('fetching committed offsets', () => admin.fetchOffsets({ groupId, topics: [topic] })),
+      kafkaCall(
+        'fetching committed offsets',
+        () => admin.fetchOffsets({ groupId, topics: [topic] }),
+        this.access('DESCRIBE', { topics: [topic], groupId }),
+      ),
       this.endOffsets(topic),
     ]);
     const mine = committed.find((t) => t.topic === topic)?.partitions ?? [];
@@ -433,20 +477,25 @@ export class KafkaTransport implements Transport {
     if (typeof start !== 'object') return;
     const admin = await this.admin();
     for (const topic of opts.topics) {
-      const committed = await kafkaCall('fetching committed offsets', () =>
-        admin.fetchOffsets({ groupId: opts.groupId, topics: [topic] }),
+      const committed = await kafkaCall(
+        'fetching committed offsets',
+        () => admin.fetchOffsets({ groupId: opts.groupId, topics: [topic] }),
+        this.access('DESCRIBE', { topics: [topic], groupId: opts.groupId }),
       );
       const unset = new Set(
         (committed[0]?.partitions ?? []).filter((p) => Number(p.offset) < 0).map((p) => p.partition),
       );
       if (unset.size === 0) continue;
       const at = (await this.offsetsForTime(topic, start.timestampMs)).filter((p) => unset.has(p.partition));
-      await kafkaCall('setting start offsets', () =>
-        admin.setOffsets({
-          groupId: opts.groupId,
-          topic,
-          partitions: at.map((p) => ({ partition: p.partition, offset: String(p.offset) })),
-        }),
+      await kafkaCall(
+        'setting start offsets',
+        () =>
+          admin.setOffsets({
+            groupId: opts.groupId,
+            topic,
+            partitions: at.map((p) => ({ partition: p.partition, offset: String(p.offset) })),
+          }),
+        this.access('READ', { topics: [topic], groupId: opts.groupId }),
       );
     }
   }
@@ -463,6 +512,7 @@ export class KafkaTransport implements Transport {
       mode,
       work,
       sessionTimeoutMs: this.config.sessionTimeoutMs,
+      access: this.access('READ', { topics: opts.topics, groupId: opts.groupId }),
       log: this.log,
       onStop: async () => {
         await onStop?.();
@@ -470,7 +520,13 @@ export class KafkaTransport implements Transport {
       },
     });
     const stop = () => member.stop();
-    await member.join();
+    try {
+      await member.join();
+    } catch (err) {
+      // Refused (a topic it may not read, say) after connecting: its connection is not left open.
+      await member.stop();
+      throw err;
+    }
     this.closers.add(stop);
     return { assignments: () => member.assignments(), stop, done: member.done };
   }
