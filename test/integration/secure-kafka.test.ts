@@ -6,16 +6,18 @@
  * failing at once, with the password in no error and no log line.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { createTableTopics } from '../../cli/topics.js';
 import { Publisher } from '../../collector/publish.js';
 import { Spool } from '../../collector/spool.js';
 import { detectorConfigSchema } from '../../detector/config.js';
 import { runDetector } from '../../detector/main.js';
 import { replay } from '../../detector/replay.js';
+import { keyIdOf, signRecord } from '../../detector/rule-signing.js';
 import { EdrError } from '../../infra/errors.js';
 import { aclNames, aclTable } from '../../infra/kafka/acls.js';
 import { answersApiVersions, type Broker, startBroker } from '../../infra/kafka/broker.js';
@@ -23,7 +25,7 @@ import { kafkaConfigSchema } from '../../infra/kafka/config.js';
 import { KafkaTransport } from '../../infra/kafka/transport.js';
 import { createLogger } from '../../infra/log.js';
 import { projectCodec } from '../../schemas/codec.js';
-import { allTopics, topics } from '../../schemas/topics.js';
+import { topics } from '../../schemas/topics.js';
 import { parseSinksConfig } from '../../sinks/config.js';
 import { runSinks } from '../../sinks/main.js';
 import { sampleEvent } from '../fixtures/events.js';
@@ -124,11 +126,12 @@ describe('secured pipeline: one principal per service', () => {
 
   before(async () => {
     // Services no longer create topics: the operator does, which its Create on the cluster allows.
-    const operator = await as(principals.operator);
-    await operator.createTopics([
-      ...allTopics,
-      ...[topics.correlation, topics.changelog].map((t) => ({ ...t, partitions: topics.raw.partitions })),
-    ]);
+    // What `edr topics create` does, as the operator on the secured broker.
+    const created = await createTableTopics(await as(principals.operator), { replication: 1 });
+    assert.deepEqual(
+      created.filter((t) => t.state === 'differs').map((t) => t.name),
+      [],
+    );
   });
   after(async () => {
     await Promise.all(open.map((t) => t.close()));
@@ -141,9 +144,24 @@ describe('secured pipeline: one principal per service', () => {
     const needle = `secure-${randomBytes(4).toString('hex')}`;
     // The rule comes from the rules topic, which only the operator writes.
     const operator = await as(principals.operator);
+    // Signed, as detectors accept from the topic only what a trusted key signed.
+    const pair = generateKeyPairSync('ed25519');
+    const signer = { id: keyIdOf(pair.publicKey), key: pair.privateKey };
+    const value = Buffer.from(containsRule(ruleId, needle));
     const op = await operator.producer();
     await op.publish([
-      { topic: topics.rules.name, key: ruleId, value: Buffer.from(containsRule(ruleId, needle)) },
+      {
+        topic: topics.rules.name,
+        key: ruleId,
+        value,
+        headers: signRecord(signer, {
+          topic: topics.rules.name,
+          key: Buffer.from(ruleId),
+          version: BigInt(Date.now()) * 1000n,
+          op: 'put',
+          value,
+        }),
+      },
     ]);
     await op.close();
 
@@ -155,7 +173,10 @@ describe('secured pipeline: one principal per service', () => {
         detectorId: 'secure-test',
         createTopics: false,
         evaluationThreads: 0,
-        rules: { topic: true },
+        rules: {
+          topic: true,
+          publicKeys: [pair.publicKey.export({ type: 'spki', format: 'pem' }).toString()],
+        },
       }),
       stopDetector.signal,
     );
