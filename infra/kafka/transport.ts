@@ -137,6 +137,11 @@ export class KafkaTransport implements Transport {
       if (leaderless.length > 0) {
         throw new EdrError('EDR_KAFKA', `no leader yet for ${leaderless.join(', ')}`, { retryable: true });
       }
+      // A leader in the metadata may not serve yet ("not the leader for that topic-partition" to a list-offsets
+      // request right after): the topic is ready when its offsets can be read.
+      for (const name of names) {
+        await kafkaCall(`reading the offsets of new topic ${name}`, () => admin.fetchTopicOffsets(name));
+      }
     });
   }
 
