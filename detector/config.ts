@@ -61,6 +61,12 @@ export const detectorConfigSchema = z.strictObject({
    * than one only helps with cores to spare.
    */
   evaluationThreads: z.union([z.literal('auto'), z.number().int().min(0).max(64)]).default('auto'),
+  /**
+   * A rule that throws at evaluation is disabled only once it has thrown on events of this many distinct hosts.
+   * Until then each record it threw on is dead-lettered with the rule and the error, and the rule keeps running:
+   * one host is what an attacker controls, and a crafted record must not switch detection off.
+   */
+  disableRuleAfterHosts: z.number().int().positive().default(3),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */

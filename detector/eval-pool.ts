@@ -54,7 +54,7 @@ function unpacked(r: EvalResult): Evaluation {
   const alerts = new Array<Buffer>(r.matches.length);
   for (let k = 0; k < alerts.length; k++)
     alerts[k] = data.subarray(r.alertBounds[2 * k]!, r.alertBounds[2 * k + 1]!);
-  return { next: r.next, matches: r.matches, alerts, undecodable: r.undecodable, culprits: r.culprits };
+  return { matches: r.matches, alerts, undecodable: r.undecodable, failed: r.failed };
 }
 
 /** Compiles the rule set a RulesMessage describes, exactly as the store did (same documents, same order). */
@@ -148,10 +148,15 @@ export class EvalPool {
   private nextId = 1;
   private closed = false;
 
+  /**
+   * `testHook`: a module each thread loads whose `adjustRules(rules)` runs on every rule set it compiles (tests
+   * only: it lets a test make a rule throw on a thread as it can in-process). Never set from a config.
+   */
   constructor(
     size: number,
     private readonly log: Logger,
     private readonly detectorId: string,
+    private readonly testHook?: URL,
   ) {
     this.threads = new Array(Math.max(1, size)).fill(undefined);
   }
@@ -195,7 +200,9 @@ export class EvalPool {
   private thread(i: number): Thread {
     const existing = this.threads[i];
     if (existing !== undefined) return existing;
-    const worker = new Worker(new URL('./eval-thread.js', import.meta.url));
+    const worker = new Worker(new URL('./eval-thread.js', import.meta.url), {
+      workerData: { testHook: this.testHook?.href },
+    });
     worker.unref();
     const t: Thread = { worker, version: undefined, pending: new Map() };
     worker.on('message', (msg: { id: number; result?: EvalResult; error?: string }) => {

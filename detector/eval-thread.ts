@@ -1,8 +1,16 @@
 /** An evaluation thread of `EvalPool`: rule sets and packed batches in, results out, in message order. */
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { errorMessage } from '../infra/errors.js';
 import { type BatchMessage, type EvalResult, engineOf, packBuffers, type RulesMessage } from './eval-pool.js';
 import { evaluateRecords } from './evaluate.js';
+import type { CompiledRule } from './sigma/engine.js';
+
+// Tests only (EvalPool's testHook): adjusts each compiled set, as a test does to the in-process one.
+const hookUrl = (workerData as { testHook?: string } | null)?.testHook;
+const hook =
+  hookUrl === undefined
+    ? undefined
+    : ((await import(hookUrl)) as { adjustRules: (rules: readonly CompiledRule[]) => void }).adjustRules;
 
 let set: ReturnType<typeof engineOf> | undefined;
 let setError: string | undefined;
@@ -11,6 +19,7 @@ parentPort?.on('message', (m: RulesMessage | BatchMessage) => {
   if (m.type === 'rules') {
     try {
       set = engineOf(m);
+      hook?.(set.rules);
       setError = undefined;
     } catch (err) {
       set = undefined;

@@ -92,6 +92,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       partitionConcurrency: config.partitionConcurrency,
       members: config.membersPerWorker,
       evaluationThreads: config.evaluationThreads,
+      disableRuleAfterHosts: config.disableRuleAfterHosts,
       maxGroups: config.correlation.maxGroups,
       restoreTimeoutMs: config.correlation.restoreTimeoutMs,
       metrics,
