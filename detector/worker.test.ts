@@ -4,7 +4,7 @@ import type { Logger } from '../infra/log.js';
 import { MemoryTransport } from '../infra/memory-transport.js';
 import { type Batch, deadLetterHeaders, type InRecord, type OutRecord } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
-import { sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
+import { sampleAlert, sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
 import { containsRule } from '../test/harness/detector.js';
 import { adjustRules, HOOK_URL, POISON, THROWING_RULE_ID } from '../test/harness/throwing-rule.js';
 import { alertId } from './alerts.js';
@@ -48,10 +48,10 @@ function batchOf(values: Array<Buffer | null>, headers: Record<string, Buffer> =
   };
 }
 
-function worker(store: RuleStore, evaluationThreads = 0): DetectorWorker {
+function worker(store: RuleStore, evaluationThreads = 0, transport = new MemoryTransport()): DetectorWorker {
   return new DetectorWorker({
     evaluationThreads,
-    transport: new MemoryTransport(),
+    transport,
     store,
     groupId: 'g',
     detectorId: 'unit',
@@ -312,3 +312,22 @@ for (const threads of [0, 1]) {
     await w.stop();
   });
 }
+
+test('a crafted record on the correlation topic (an Alert declaring 2^31 tags) is dead-lettered at once', async () => {
+  const codec = projectCodec();
+  const store = new RuleStore({ log: quiet });
+  const transport = new MemoryTransport();
+  await transport.createTopics([
+    { name: 'corr', partitions: 1 },
+    { name: 'state', partitions: 1 },
+  ]);
+  const w = worker(store, 0, transport);
+  const header = codec.encode('dev.edr.v1.Alert', sampleAlert()).subarray(0, 10);
+  const crafted = Buffer.concat([header, Buffer.from([0, 0, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff, 0x0f])]);
+  const out = await w.transformRepartitioned(batchOf([crafted]));
+  const dead = out.filter((r) => r.topic === 'dlq');
+  assert.equal(dead.length, 1);
+  assert.equal(dead[0]!.headers?.[deadLetterHeaders.errorCode], 'EDR_SCHEMA_CORRUPT');
+  assert.match(String(dead[0]!.headers?.[deadLetterHeaders.error]), /array block of 2147483647 items/);
+  await w.stop();
+});
