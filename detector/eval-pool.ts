@@ -31,6 +31,7 @@ export interface RulesMessage {
   disabled: string[];
   /** Rules below the alert level that no correlation needs: not evaluated. */
   unevaluated: string[];
+  maxAlertBytes?: number;
 }
 
 export interface BatchMessage {
@@ -62,7 +63,13 @@ export function engineOf(m: RulesMessage): EvalSet {
   const docs: SigmaDoc[] = m.docs.map((d) => ({ ...d, at: () => d.line }));
   const disabled = new Set([...m.disabled, ...m.unevaluated]);
   const rules = compileDocs(docs).rules.filter((r) => !disabled.has(r.id));
-  return { engine: createEngine(rules), rules, version: m.version, detectorId: m.detectorId };
+  return {
+    engine: createEngine(rules),
+    rules,
+    version: m.version,
+    detectorId: m.detectorId,
+    ...(m.maxAlertBytes === undefined ? {} : { maxAlertBytes: m.maxAlertBytes }),
+  };
 }
 
 /** The rules of `snap` below its alert level that it does not evaluate. */
@@ -156,7 +163,7 @@ export class EvalPool {
     size: number,
     private readonly log: Logger,
     private readonly detectorId: string,
-    private readonly testHook?: URL,
+    private readonly opts: { maxAlertBytes?: number | undefined; testHook?: URL | undefined } = {},
   ) {
     this.threads = new Array(Math.max(1, size)).fill(undefined);
   }
@@ -178,6 +185,7 @@ export class EvalPool {
         docs: snap.docs.map(({ at: _, ...d }) => d),
         disabled: [...snap.disabled.keys()],
         unevaluated: unevaluated(snap),
+        ...(this.opts.maxAlertBytes === undefined ? {} : { maxAlertBytes: this.opts.maxAlertBytes }),
       };
       t.worker.postMessage(m);
       t.version = snap.version;
@@ -201,7 +209,7 @@ export class EvalPool {
     const existing = this.threads[i];
     if (existing !== undefined) return existing;
     const worker = new Worker(new URL('./eval-thread.js', import.meta.url), {
-      workerData: { testHook: this.testHook?.href },
+      workerData: { testHook: this.opts.testHook?.href },
     });
     worker.unref();
     const t: Thread = { worker, version: undefined, pending: new Map() };

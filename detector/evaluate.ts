@@ -18,6 +18,8 @@ export interface EvalSet {
   detectorId: string;
   /** The replay run the alerts belong to (live detection: absent). */
   runId?: string;
+  /** Bound of an encoded alert (default DEFAULT_MAX_ALERT_BYTES); a larger one is cut short, marked truncated. */
+  maxAlertBytes?: number;
 }
 
 /**
@@ -156,7 +158,9 @@ export function evaluateRecords(
         fields: m.fields,
         hostId: e.hostId,
       });
-      result.alerts.push(encodeMatchAlert(codec, record, e, ruleInfo(m.rule), m.fields, ctx));
+      result.alerts.push(
+        encodeMatchAlert(codec, record, e, ruleInfo(m.rule), m.fields, ctx, set.maxAlertBytes),
+      );
     }
   }
   return result;

@@ -93,6 +93,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       members: config.membersPerWorker,
       evaluationThreads: config.evaluationThreads,
       disableRuleAfterHosts: config.disableRuleAfterHosts,
+      maxAlertBytes: config.maxAlertBytes,
       maxGroups: config.correlation.maxGroups,
       restoreTimeoutMs: config.correlation.restoreTimeoutMs,
       metrics,

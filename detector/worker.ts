@@ -23,7 +23,9 @@ import type { Alert, ExecveEvent } from '../schemas/types.js';
 import {
   alertRecord,
   buildAlert,
+  DEFAULT_MAX_ALERT_BYTES,
   encodedAlertRecord,
+  encodeFitted,
   eventField,
   type RuleInfo,
   ruleInfo,
@@ -70,6 +72,8 @@ export interface WorkerOptions {
    * and a single crafted record must not switch a rule off fleet-wide.
    */
   disableRuleAfterHosts?: number;
+  /** Bound of an encoded alert (default DEFAULT_MAX_ALERT_BYTES): larger ones are cut short, marked truncated. */
+  maxAlertBytes?: number;
   /** Tests only: see EvalPool's testHook. */
   evalThreadHook?: URL;
   maxGroups: number;
@@ -339,7 +343,11 @@ export class DetectorWorker {
     const hasLocal = derived(startSnap).local.length > 0;
     if (hasLocal) await retryable(() => this.local.prepare(batch.partition, first.offset, batch.fetchedFrom));
     const t0 = performance.now();
-    if (this.threads > 0) this.pool ??= new EvalPool(this.threads, o.log, o.detectorId, o.evalThreadHook);
+    if (this.threads > 0)
+      this.pool ??= new EvalPool(this.threads, o.log, o.detectorId, {
+        maxAlertBytes: o.maxAlertBytes,
+        testHook: o.evalThreadHook,
+      });
     const outcomes = await this.evaluate(this.threads === 0 ? undefined : this.pool, batch, out);
     let alerts = 0;
     let dead = 0;
@@ -403,7 +411,13 @@ export class DetectorWorker {
     const res =
       pool === undefined
         ? evaluateRecords(
-            { engine: snap.engine, rules: snap.rules, version: snap.version, detectorId: this.o.detectorId },
+            {
+              engine: snap.engine,
+              rules: snap.rules,
+              version: snap.version,
+              detectorId: this.o.detectorId,
+              ...(this.o.maxAlertBytes === undefined ? {} : { maxAlertBytes: this.o.maxAlertBytes }),
+            },
             records,
           )
         : await pool.evaluate(snap, records);
@@ -486,6 +500,7 @@ export class DetectorWorker {
               this.o.topics.alerts,
               correlationAlert(cm, ev, snap.version, this.o.detectorId),
               source,
+              this.o.maxAlertBytes,
             ),
           );
           n++;
@@ -504,7 +519,7 @@ export class DetectorWorker {
       out.push({
         topic: this.o.topics.correlation,
         key: `${c.id}|${groupKey(c, ref, get)}`,
-        value: this.codec.encode('dev.edr.v1.Alert', base),
+        value: encodeFitted(this.codec, base, this.o.maxAlertBytes ?? DEFAULT_MAX_ALERT_BYTES),
         headers: { 'edr-correlation-id': c.id, 'edr-rule-ref': ref },
       });
     }
@@ -535,7 +550,13 @@ export class DetectorWorker {
       for (const cm of this.remote.step(batch.partition, c, ref, eventTimeMs(ev), (f) => eventField(ev, f))) {
         if (belowLevel(c.level, snap.minLevel)) continue;
         out.push(
-          alertRecord(this.codec, o.topics.alerts, correlationAlert(cm, ev, snap.version, o.detectorId), r),
+          alertRecord(
+            this.codec,
+            o.topics.alerts,
+            correlationAlert(cm, ev, snap.version, o.detectorId),
+            r,
+            o.maxAlertBytes,
+          ),
         );
       }
     }

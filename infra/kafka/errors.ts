@@ -7,14 +7,19 @@ const FENCED = new Set([
   'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
 ]);
 
-/** `err` and the errors it wraps: kafkajs keeps the broker's error in `originalError`, others in `cause`. */
-function* wrapped(err: unknown): Generator<Error> {
+/**
+ * `err` and the errors it wraps: kafkajs keeps the broker's error in `originalError` (several in `errors`, when a
+ * request to several brokers failed), others in `cause`.
+ */
+function* wrapped(err: unknown, depth = 0): Generator<Error> {
   for (
     let e: unknown = err;
     e instanceof Error;
     e = (e as { cause?: unknown; originalError?: unknown }).originalError ?? e.cause
   ) {
     yield e;
+    const inner = (e as { errors?: unknown }).errors;
+    if (Array.isArray(inner) && depth < 4) for (const x of inner) yield* wrapped(x, depth + 1);
   }
 }
 
@@ -47,6 +52,14 @@ export async function kafkaCall<T>(what: string, fn: () => Promise<T>): Promise<
   } catch (err) {
     throw toEdrError(err, what);
   }
+}
+
+/** The broker's errors for a record (or request) too large for the topic or the broker. */
+const TOO_LARGE = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_RECORD']);
+
+/** The protocol error type when the broker refused records as too large (or invalid), else undefined. */
+export function refusedAsTooLarge(err: unknown): string | undefined {
+  return errorType(err, (t) => TOO_LARGE.has(t));
 }
 
 /** Whether a transaction failed only because the previous one of this id was still completing. */

@@ -12,11 +12,18 @@ import { detectorMetrics } from '../../detector/telemetry.js';
 import { DetectorWorker } from '../../detector/worker.js';
 import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import type { Logger } from '../../infra/log.js';
-import { deadLetterHeaders, type InRecord, type Transport } from '../../infra/transport.js';
+import { deadLetterHeaders } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import { sampleEvent } from '../fixtures/events.js';
 import { testTransport } from '../harness/broker.js';
-import { collectAlerts, containsRule, createTestTopics, testTopics } from '../harness/detector.js';
+import {
+  collectRecords,
+  containsRule,
+  createTestTopics,
+  drained,
+  testTopics,
+  watchOutputs,
+} from '../harness/detector.js';
 import { unique, waitFor } from '../harness/names.js';
 import { HOOK_URL, POISON, THROWING_RULE_ID } from '../harness/throwing-rule.js';
 
@@ -27,20 +34,6 @@ after(async () => {
 
 const noop = () => {};
 const quiet: Logger = { debug: noop, info: noop, warn: noop, error: noop, child: () => quiet };
-
-async function collect(t: Transport, topic: string): Promise<InRecord[]> {
-  const got: InRecord[] = [];
-  const c = await t.consume({
-    groupId: unique('reader'),
-    topics: [topic],
-    start: 'earliest',
-    handler: async (batch) => {
-      got.push(...batch.records);
-    },
-  });
-  opened.push({ close: () => c.stop() });
-  return got;
-}
 
 test('a poisoned record is dead-lettered with its reason, the good ones alert exactly once, the rule stays until 3 hosts', async () => {
   const t: KafkaTransport = await testTransport('rule-errors');
@@ -93,14 +86,10 @@ test('a poisoned record is dead-lettered with its reason, the good ones alert ex
     await send('host-1', false),
     await send('host-1', false),
   ]);
-  const { alerts, consumption } = await collectAlerts(t, topics.alerts, unique('alerts'));
-  opened.push({ close: () => consumption.stop() });
-  const dead = await collect(t, topics.deadLetter);
+  const { alerts, dead, close } = await watchOutputs(t, topics);
+  opened.push({ close });
   await waitFor('4 alerts and 1 dead letter', () => alerts.length >= 4 && dead.length >= 1, 60_000);
-  await waitFor('the input consumed', async () =>
-    (await t.lag(group, topics.input)).every((l) => l.lag === 0),
-  );
-  await new Promise((r) => setTimeout(r, 1000)); // time for a duplicate to show
+  await drained(t, group, topics.input);
   assert.deepEqual(new Set(alerts.map((a) => a.alert.alertId)), expected);
   assert.equal(alerts.length, 4, 'each good record alerts exactly once');
   assert.equal(dead.length, 1);
@@ -119,7 +108,9 @@ test('a poisoned record is dead-lettered with its reason, the good ones alert ex
   await waitFor('the next alert', () => alerts.length >= 5, 30_000);
 
   // Two more hosts: the third distinct host disables the rule, reported on the audit topic.
-  const audit = await collect(t, topics.audit);
+  const au = await collectRecords(t, topics.audit);
+  opened.push({ close: () => au.consumption.stop() });
+  const audit = au.records;
   await producer.publish([await send('host-2', true)]);
   await waitFor('a second dead letter', () => dead.length >= 2, 30_000);
   assert.equal(store.current.disabled.size, 0, 'two hosts disable no rule');
@@ -128,5 +119,7 @@ test('a poisoned record is dead-lettered with its reason, the good ones alert ex
   assert.ok(store.current.disabled.has(THROWING_RULE_ID));
   const report = codec.decodeAs('dev.edr.v1.CollectorRecord', audit[0]!.value!);
   assert.match(report.message ?? '', new RegExp(`disabled rule ${THROWING_RULE_ID}.*3 hosts`));
+  await waitFor('the third dead letter (same transaction as the report)', () => dead.length >= 3, 30_000);
+  await new Promise((r) => setTimeout(r, 500));
   assert.equal(dead.length, 3);
 });
