@@ -20,6 +20,7 @@ import { encodedAlertRecord } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
 import { type EvalSet, evaluateRecords } from './evaluate.js';
 import { docId, RuleStore } from './rule-store.js';
+import type { CompiledRule } from './sigma/engine.js';
 
 const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] (--config FILE | --brokers LIST) [options]
 
@@ -58,6 +59,8 @@ export interface ReplayOptions {
   /** Progress line sink (stderr in the CLI). */
   progress?: (line: string) => void;
   signal?: AbortSignal;
+  /** Tests only: adjusts the compiled rules before the run (to make one throw, as the worker's tests do). */
+  adjustRules?: (rules: readonly CompiledRule[]) => void;
 }
 
 export interface ReplayResult {
@@ -80,6 +83,7 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   const store = new RuleStore({ dir: o.rulesDir, log, ...(o.minLevel ? { minLevel: o.minLevel } : {}) });
   store.refreshDir();
   const snap = store.current;
+  o.adjustRules?.(snap.rules);
   const below = snap.docs.filter((d) => snap.belowLevel.has(docId(d))).map((d) => `${docId(d)} (${d.title})`);
   if (snap.rules.length === 0) {
     throw new EdrError(

@@ -5,8 +5,11 @@
  * events of three hosts is it disabled and reported on the audit topic.
  */
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { after, test } from 'node:test';
 import { alertId } from '../../detector/alerts.js';
+import { replay } from '../../detector/replay.js';
 import { RuleStore } from '../../detector/rule-store.js';
 import { detectorMetrics } from '../../detector/telemetry.js';
 import { DetectorWorker } from '../../detector/worker.js';
@@ -21,11 +24,12 @@ import {
   containsRule,
   createTestTopics,
   drained,
+  tempDir,
   testTopics,
   watchOutputs,
 } from '../harness/detector.js';
 import { unique, waitFor } from '../harness/names.js';
-import { HOOK_URL, POISON, THROWING_RULE_ID } from '../harness/throwing-rule.js';
+import { adjustRules, HOOK_URL, POISON, THROWING_RULE_ID } from '../harness/throwing-rule.js';
 
 const opened: Array<{ close(): Promise<void> }> = [];
 after(async () => {
@@ -122,4 +126,48 @@ test('a poisoned record is dead-lettered with its reason, the good ones alert ex
   await waitFor('the third dead letter (same transaction as the report)', () => dead.length >= 3, 30_000);
   await new Promise((r) => setTimeout(r, 500));
   assert.equal(dead.length, 3);
+});
+
+test('edr replay skips and reports a record a rule throws on, and completes with the other matches', async () => {
+  const t: KafkaTransport = await testTransport('replay-rule-errors');
+  opened.push(t);
+  const topics = testTopics(unique('rerr-replay'));
+  await createTestTopics(t, topics, 1);
+  const rulesDir = tempDir('edr-rerr-replay');
+  writeFileSync(path.join(rulesDir, 'rule.yml'), containsRule(THROWING_RULE_ID, 'edr-known-bad'));
+  const codec = projectCodec();
+  const events = [1, 2, 3].map((i) =>
+    sampleEvent({
+      seq: BigInt(i),
+      argv: ['sh', '-c', `echo edr-known-bad ${i}${i === 2 ? ` ${POISON}` : ''}`],
+    }),
+  );
+  const producer = await t.producer();
+  await producer.publish(
+    events.map((e) => ({
+      topic: topics.audit,
+      key: e.hostId,
+      value: codec.encode('dev.edr.v1.ExecveEvent', e),
+    })),
+  );
+  await producer.close();
+  const res = await replay({
+    transport: t,
+    rulesDir,
+    topic: topics.audit,
+    alertsTopic: topics.alerts,
+    fromMs: 0,
+    toMs: undefined,
+    hosts: undefined,
+    runId: unique('run'),
+    parallel: 1,
+    adjustRules,
+  });
+  assert.equal(res.completed, true);
+  assert.equal(res.matchesByRule.get(THROWING_RULE_ID), 2);
+  assert.equal(res.skipped, 1);
+  assert.match(
+    res.skippedRecords[0] ?? '',
+    new RegExp(`@1: rule ${THROWING_RULE_ID} threw: cannot evaluate`),
+  );
 });
