@@ -5,9 +5,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Worker } from 'node:worker_threads';
-import { generateEvents, prng, sampleAlert, sampleCollectorRecord } from '../test/fixtures/events.js';
+import {
+  generateEvents,
+  prng,
+  sampleAlert,
+  sampleCollectorRecord,
+  sampleEvent,
+} from '../test/fixtures/events.js';
 import { MAX_EMPTY_ITEMS } from './avro-bounds.js';
 import { Codec, projectCodec, type Schema } from './codec.js';
+import type { ExecveEvent } from './types.js';
 
 /** Avro's zigzag varint of `n` (a safe integer). */
 function zz(n: number): number[] {
@@ -185,5 +192,28 @@ describe('full decoding: declared lengths against the bytes left', () => {
     });
     await w.terminate();
     assert.match(answer, /^EDR_SCHEMA_CORRUPT: .*array block of 2147483647 items/);
+  });
+});
+
+describe('the lazy view and the full decode agree on block sizes', () => {
+  it('both refuse an argv block whose byte size lies, and both read one that tells the truth', () => {
+    const body = codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['a', 'bc'] }));
+    // argv [a, bc] as written: count 2, "a", "bc", end; then as one block of count -2 and byte size n.
+    const plain = Buffer.from([4, 2, 0x61, 4, 0x62, 0x63, 0]);
+    const at = body.indexOf(plain, 10);
+    assert.ok(at > 0 && body.indexOf(plain, at + 1) === -1);
+    const blocked = (size: number) =>
+      Buffer.concat([
+        body.subarray(0, at),
+        Buffer.from([...zz(-2), ...zz(size), 2, 0x61, 4, 0x62, 0x63, 0]),
+        body.subarray(at + plain.length),
+      ]);
+    for (const size of [4, 6, 600]) {
+      for (const read of [() => codec.view(blocked(size)), () => codec.decode(blocked(size))]) {
+        assert.throws(read, { code: 'EDR_SCHEMA_CORRUPT' }, `size ${size}`);
+      }
+    }
+    assert.deepEqual((codec.view(blocked(5)).value as ExecveEvent).argv, ['a', 'bc']);
+    assert.deepEqual(codec.decodeAs('dev.edr.v1.ExecveEvent', blocked(5)).argv, ['a', 'bc']);
   });
 });
