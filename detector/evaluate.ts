@@ -150,7 +150,20 @@ export function evaluateRecords(
           : rules.map((r) => `rule ${r.ruleId} threw: ${r.message}`).join('; ');
       result.failed.push({ index: i, hostId: e.hostId, rules, reason: bounded(reason) });
     }
-    for (const m of matches) {
+    let alerts: Buffer[];
+    try {
+      alerts = matches.map((m) =>
+        encodeMatchAlert(codec, record, e, ruleInfo(m.rule), m.fields, ctx, set.maxAlertBytes),
+      );
+    } catch (err) {
+      // Not the rule's doing (an alert that fits nowhere): the record is reported, its matches dropped, no rule blamed.
+      const last = result.failed[result.failed.length - 1];
+      if (last?.index === i) last.reason = bounded(`${last.reason}; ${errorMessage(err)}`);
+      else result.failed.push({ index: i, hostId: e.hostId, rules: [], reason: bounded(errorMessage(err)) });
+      continue;
+    }
+    for (let k = 0; k < matches.length; k++) {
+      const m = matches[k]!;
       result.matches.push({
         index: i,
         rule: index.get(m.rule)!,
@@ -158,9 +171,7 @@ export function evaluateRecords(
         fields: m.fields,
         hostId: e.hostId,
       });
-      result.alerts.push(
-        encodeMatchAlert(codec, record, e, ruleInfo(m.rule), m.fields, ctx, set.maxAlertBytes),
-      );
+      result.alerts.push(alerts[k]!);
     }
   }
   return result;

@@ -331,3 +331,23 @@ test('a crafted record on the correlation topic (an Alert declaring 2^31 tags) i
   assert.match(String(dead[0]!.headers?.[deadLetterHeaders.error]), /array block of 2147483647 items/);
   await w.stop();
 });
+
+test('an alert that fits nowhere reports its record, blames no rule, and the batch goes on', () => {
+  const codec = projectCodec();
+  const store = new RuleStore({ log: quiet });
+  store.applyTopic([{ key: A, value: rule(A, 'needle') }]);
+  const set = { engine: store.current.engine, rules: store.current.rules, version: 'v1', detectorId: 'd1' };
+  const records = batchOf([
+    codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['needle'] })),
+    codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ seq: 2n, argv: ['needle'] })),
+  ]).records;
+  const res = evaluateRecords({ ...set, maxAlertBytes: 200 }, records);
+  assert.deepEqual(res.matches, []);
+  assert.deepEqual(
+    res.failed.map((f) => [f.index, f.rules, /does not fit in 200 bytes/.test(f.reason)]),
+    [
+      [0, [], true],
+      [1, [], true],
+    ],
+  );
+});
