@@ -3,6 +3,7 @@
  * for replays), so the same match always has the same id and any consumer can de-duplicate.
  */
 import { createHash } from 'node:crypto';
+import { EdrError } from '../infra/errors.js';
 import type { HeaderValue, InRecord, OutRecord } from '../infra/transport.js';
 import type { Codec } from '../schemas/codec.js';
 import { processCreationFields } from '../schemas/sigma-fields.js';
@@ -98,7 +99,89 @@ function alertHead(
     detectorId: ctx.detectorId,
     detectedAtNs: BigInt(Date.now()) * 1_000_000n,
     replayRunId: ctx.runId,
+    truncated: false,
   };
+}
+
+/**
+ * The default bound of an encoded alert: well under the broker's 1 MiB `message.max.bytes` (an alert carries its
+ * whole event, and a host can send an argv near the limit itself), leaving room for key, headers and framing.
+ */
+export const DEFAULT_MAX_ALERT_BYTES = 256 * 1024;
+
+/** Strings of an alert cut to `cap` characters, lists to a few items of at most 4 × `cap` in all; `truncated` set. */
+function cutShort(a: Alert, cap: number): Alert {
+  const str = (s: string) => (s.length > cap ? `${s.slice(0, cap)}…` : s);
+  const opt = (s: string | null) => (s === null ? null : str(s));
+  const maxItems = Math.max(4, Math.floor(cap / 16));
+  const list = <T>(items: readonly T[], size: (x: T) => number, cut: (x: T) => T): T[] => {
+    const out: T[] = [];
+    let total = 0;
+    for (const x of items) {
+      if (out.length >= maxItems || total >= 4 * cap) break;
+      const c = cut(x);
+      total += size(c);
+      out.push(c);
+    }
+    return out;
+  };
+  const strs = (items: readonly string[]) => list(items, (x) => x.length, str);
+  const e = a.event;
+  const argv = strs(e.argv);
+  return {
+    ...a,
+    ruleTitle: str(a.ruleTitle),
+    ruleLevel: str(a.ruleLevel),
+    ruleStatus: opt(a.ruleStatus),
+    ruleTags: strs(a.ruleTags),
+    ruleAuthor: opt(a.ruleAuthor),
+    ruleReferences: strs(a.ruleReferences),
+    ruleSetVersion: str(a.ruleSetVersion),
+    matchedFields: list(
+      a.matchedFields,
+      (f) => f.field.length + f.value.length,
+      (f) => ({ field: str(f.field), value: str(f.value) }),
+    ),
+    detectorId: str(a.detectorId),
+    replayRunId: opt(a.replayRunId),
+    event: {
+      ...e,
+      hostId: str(e.hostId),
+      hostname: str(e.hostname),
+      bootId: str(e.bootId),
+      comm: str(e.comm),
+      image: str(e.image),
+      argv,
+      argvTruncated: e.argvTruncated || argv.length < e.argv.length || argv.some((x, i) => x !== e.argv[i]),
+      cwd: str(e.cwd),
+      containerId: opt(e.containerId),
+      userName: opt(e.userName),
+      parentImage: opt(e.parentImage),
+      parentCommandLine: opt(e.parentCommandLine),
+      ancestors: strs(e.ancestors),
+      sha256: opt(e.sha256),
+      collectorVersion: str(e.collectorVersion),
+    },
+    truncated: true,
+  };
+}
+
+/**
+ * `alert` encoded in at most `maxBytes`: as it is when it fits, else cut short (`cutShort`, tighter each try) with
+ * `truncated` set. The alert id stays the one of the whole event. Throws EDR_DETECTOR_ALERT_TOO_LARGE when even
+ * the tightest cut does not fit (a bound below what the fixed fields take).
+ */
+export function encodeFitted(codec: Codec, alert: Alert, maxBytes: number): Buffer {
+  const whole = codec.encode('dev.edr.v1.Alert', alert);
+  if (whole.length <= maxBytes) return whole;
+  for (let cap = 16_384; cap >= 16; cap = Math.floor(cap / 4)) {
+    const cut = codec.encode('dev.edr.v1.Alert', cutShort(alert, cap));
+    if (cut.length <= maxBytes) return cut;
+  }
+  throw new EdrError(
+    'EDR_DETECTOR_ALERT_TOO_LARGE',
+    `alert ${alert.alertId} does not fit in ${maxBytes} bytes even cut short (${whole.length} bytes whole)`,
+  );
 }
 
 /**
@@ -113,12 +196,13 @@ export function encodeMatchAlert(
   rule: RuleInfo,
   matchedFields: MatchedField[],
   ctx: AlertContext,
+  maxBytes = DEFAULT_MAX_ALERT_BYTES,
 ): Buffer {
   const head = alertHead(rule, event, matchedFields, ctx);
-  return (
-    codec.encodeAlertAround(head, record, `${rule.id}\u0000${ctx.ruleSetVersion}`) ??
-    codec.encode('dev.edr.v1.Alert', { ...head, event: codec.decodeAs('dev.edr.v1.ExecveEvent', record) })
-  );
+  const around = codec.encodeAlertAround(head, record, `${rule.id}\u0000${ctx.ruleSetVersion}`);
+  if (around !== undefined && around.length <= maxBytes) return around;
+  // Another schema version, or too large: the event decoded, the alert encoded (cut short if need be).
+  return encodeFitted(codec, { ...head, event: codec.decodeAs('dev.edr.v1.ExecveEvent', record) }, maxBytes);
 }
 
 export const ALERT_HEADERS = { ruleSetVersion: 'edr-rule-set-version', runId: 'edr-replay-run-id' } as const;
@@ -129,15 +213,13 @@ export function alertRecord(
   topic: string,
   alert: Alert,
   source: InRecord | undefined,
+  maxBytes = DEFAULT_MAX_ALERT_BYTES,
 ): OutRecord {
-  return encodedAlertRecord(
-    topic,
-    alert.event.hostId,
-    codec.encode('dev.edr.v1.Alert', alert),
-    source,
-    alert,
-  );
+  return encodedAlertRecord(topic, alert.event.hostId, encodeFitted(codec, alert, maxBytes), source, alert);
 }
+
+/** Longest alert key: a host id is short, unless a host made it up to fill the record. */
+const MAX_KEY = 256;
 
 /** The same for an alert already encoded (`value`), with its event's host id and its context. */
 export function encodedAlertRecord(
@@ -151,7 +233,7 @@ export function encodedAlertRecord(
     source === undefined ? {} : (traceHeaders(source) as Record<string, HeaderValue>);
   headers[ALERT_HEADERS.ruleSetVersion] = ctx.ruleSetVersion;
   if (ctx.replayRunId !== null) headers[ALERT_HEADERS.runId] = ctx.replayRunId;
-  return { topic, key: hostId, value, headers };
+  return { topic, key: hostId.length > MAX_KEY ? hostId.slice(0, MAX_KEY) : hostId, value, headers };
 }
 
 /** Reads a Sigma field (process_creation names, then auditd's) of an event, for correlations. */

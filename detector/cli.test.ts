@@ -73,7 +73,10 @@ describe('edr rules check', () => {
     const two = GOOD.replace('Image|endswith: /whoami', 'Image|endswith: [/whoami, /id]');
     const dir = ruleDir({ 'two.yml': two });
     const config = join(ruleDir({}), 'detector.yaml'); // beside the rules, not among them
-    writeFileSync(config, 'kafka: { brokers: [127.0.0.1:9092] }\nrules: { topic: false, limits: { maxValues: 1 } }\n');
+    writeFileSync(
+      config,
+      'kafka: { brokers: [127.0.0.1:9092] }\nrules: { topic: false, limits: { maxValues: 1 } }\n',
+    );
     assert.equal(edr(['rules', 'check', dir]).code, 0);
     const r = edr(['rules', 'check', dir, '--config', config]);
     assert.equal(r.code, 1);

@@ -111,6 +111,23 @@ export const detectorConfigSchema = z.strictObject({
    * than one only helps with cores to spare.
    */
   evaluationThreads: z.union([z.literal('auto'), z.number().int().min(0).max(64)]).default('auto'),
+  /**
+   * Bound of an encoded alert, in bytes. An alert carries its whole event; one larger than this (a crafted 900 KB
+   * argv) has its matched values and the event's long strings and lists cut short, `truncated: true`, and the full
+   * event stays on the audit topic. Well under the broker's 1 MiB message.max.bytes by default.
+   */
+  maxAlertBytes: z
+    .number()
+    .int()
+    .min(16_384)
+    .max(1_000_000)
+    .default(256 * 1024),
+  /**
+   * A rule that throws at evaluation is disabled only once it has thrown on events of this many distinct hosts.
+   * Until then each record it threw on is dead-lettered with the rule and the error, and the rule keeps running:
+   * one host is what an attacker controls, and a crafted record must not switch detection off.
+   */
+  disableRuleAfterHosts: z.number().int().positive().default(3),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */

@@ -41,6 +41,7 @@ export interface RulesMessage {
   unevaluated: string[];
   /** The limits the store compiled within: the thread must reject what the store rejected. */
   limits: RuleLimits;
+  maxAlertBytes?: number;
 }
 
 export interface BatchMessage {
@@ -64,7 +65,7 @@ function unpacked(r: EvalResult): Evaluation {
   const alerts = new Array<Buffer>(r.matches.length);
   for (let k = 0; k < alerts.length; k++)
     alerts[k] = data.subarray(r.alertBounds[2 * k]!, r.alertBounds[2 * k + 1]!);
-  return { next: r.next, matches: r.matches, alerts, undecodable: r.undecodable, culprits: r.culprits };
+  return { matches: r.matches, alerts, undecodable: r.undecodable, failed: r.failed };
 }
 
 /**
@@ -106,6 +107,7 @@ export class ThreadRules {
       rules,
       version: m.version,
       detectorId: m.detectorId,
+      ...(m.maxAlertBytes === undefined ? {} : { maxAlertBytes: m.maxAlertBytes }),
     };
     return this.last;
   }
@@ -122,6 +124,7 @@ export function rulesMessage(
   snap: RuleSnapshot,
   detectorId: string,
   holds: ReadonlySet<string>,
+  maxAlertBytes?: number,
 ): RulesMessage {
   const order = snap.docs.map(docKey);
   const docs: RulesMessage['docs'] = [];
@@ -140,6 +143,7 @@ export function rulesMessage(
     disabled: [...snap.disabled.keys()],
     unevaluated: unevaluated(snap),
     limits: { ...snap.limits },
+    ...(maxAlertBytes === undefined ? {} : { maxAlertBytes }),
   };
 }
 
@@ -222,10 +226,15 @@ export class EvalPool {
   private nextId = 1;
   private closed = false;
 
+  /**
+   * `testHook`: a module each thread loads whose `adjustRules(rules)` runs on every rule set it compiles (tests
+   * only: it lets a test make a rule throw on a thread as it can in-process). Never set from a config.
+   */
   constructor(
     size: number,
     private readonly log: Logger,
     private readonly detectorId: string,
+    private readonly opts: { maxAlertBytes?: number | undefined; testHook?: URL | undefined } = {},
   ) {
     this.threads = new Array(Math.max(1, size)).fill(undefined);
   }
@@ -240,7 +249,7 @@ export class EvalPool {
     }
     const t = this.thread(best);
     if (t.version !== snap.version) {
-      t.worker.postMessage(rulesMessage(snap, this.detectorId, t.holds));
+      t.worker.postMessage(rulesMessage(snap, this.detectorId, t.holds, this.opts.maxAlertBytes));
       t.version = snap.version;
       t.holds = new Set(snap.docs.map(docKey));
     }
@@ -262,7 +271,9 @@ export class EvalPool {
   private thread(i: number): Thread {
     const existing = this.threads[i];
     if (existing !== undefined) return existing;
-    const worker = new Worker(new URL('./eval-thread.js', import.meta.url));
+    const worker = new Worker(new URL('./eval-thread.js', import.meta.url), {
+      workerData: { testHook: this.opts.testHook?.href },
+    });
     worker.unref();
     const t: Thread = { worker, version: undefined, holds: new Set(), pending: new Map() };
     worker.on('message', (msg: { id: number; result?: EvalResult; error?: string }) => {

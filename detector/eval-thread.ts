@@ -1,5 +1,5 @@
 /** An evaluation thread of `EvalPool`: rule sets and packed batches in, results out, in message order. */
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { errorMessage } from '../infra/errors.js';
 import {
   type BatchMessage,
@@ -9,6 +9,14 @@ import {
   ThreadRules,
 } from './eval-pool.js';
 import { type EvalSet, evaluateRecords } from './evaluate.js';
+import type { CompiledRule } from './sigma/engine.js';
+
+// Tests only (EvalPool's testHook): adjusts each compiled set, as a test does to the in-process one.
+const hookUrl = (workerData as { testHook?: string } | null)?.testHook;
+const hook =
+  hookUrl === undefined
+    ? undefined
+    : ((await import(hookUrl)) as { adjustRules: (rules: readonly CompiledRule[]) => void }).adjustRules;
 
 // Kept across rule sets: a change compiles only the documents it changed, here as in the store.
 const rules = new ThreadRules();
@@ -19,6 +27,7 @@ parentPort?.on('message', (m: RulesMessage | BatchMessage) => {
   if (m.type === 'rules') {
     try {
       set = rules.apply(m);
+      hook?.(set.rules);
       setError = undefined;
     } catch (err) {
       set = undefined;

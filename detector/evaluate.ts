@@ -8,7 +8,7 @@ import type { InRecord } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
 import type { ExecveEvent } from '../schemas/types.js';
 import { encodeMatchAlert, ruleInfo } from './alerts.js';
-import { type CompiledRule, createEngine, type Engine, evaluateExecve } from './sigma/engine.js';
+import { type CompiledRule, createEngine, type Engine, evaluateExecve, type Match } from './sigma/engine.js';
 
 /** A compiled rule set and what its alerts carry. */
 export interface EvalSet {
@@ -18,6 +18,8 @@ export interface EvalSet {
   detectorId: string;
   /** The replay run the alerts belong to (live detection: absent). */
   runId?: string;
+  /** Bound of an encoded alert (default DEFAULT_MAX_ALERT_BYTES); a larger one is cut short, marked truncated. */
+  maxAlertBytes?: number;
 }
 
 /**
@@ -27,8 +29,6 @@ export interface EvalSet {
 export type RecordValues = readonly InRecord[] | { data: Buffer; bounds: Int32Array };
 
 export interface Evaluation {
-  /** Records evaluated: all of them, or up to the one at which a rule threw (evaluate again from there). */
-  next: number;
   matches: Array<{
     index: number;
     /** The rule's position in the set's `rules`. */
@@ -42,24 +42,52 @@ export interface Evaluation {
   alerts: Buffer[];
   /** Records that did not decode, with the codec's error code and message. */
   undecodable: Array<{ index: number; code: string; message: string }>;
-  /** Rules that threw on record `next`, with why: to disable before evaluating on. */
-  culprits: Array<{ ruleId: string; message: string }>;
+  /**
+   * Records on which evaluation threw: to dead-letter with `reason`. The rules that did not throw on such a record
+   * were evaluated alone and their matches are in `matches` (a crafted value must not hide an event from every
+   * rule). `rules` names the rules that threw (empty when no single rule reproduces the error).
+   */
+  failed: Array<{
+    index: number;
+    hostId: string;
+    rules: Array<{ ruleId: string; message: string }>;
+    reason: string;
+  }>;
 }
 
-/** The rules that throw on `event` when evaluated alone, with their errors (to find what broke a whole set). */
-export function rulesThatThrow(
+/** Longest error text carried per rule and per dead letter: a message may quote the hostile value. */
+const MAX_REASON = 1024;
+
+function bounded(s: string, max = MAX_REASON): string {
+  return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
+}
+
+// One engine per rule, for the rare record on which the set throws (a set lives until the next rule change).
+const alone = new WeakMap<CompiledRule, Engine>();
+
+/**
+ * Each rule evaluated alone on `event`: the matches of those that do not throw, and the errors of those that do
+ * (to tell what broke a whole set).
+ */
+export function evaluateAlone(
   rules: readonly CompiledRule[],
   event: ExecveEvent,
-): Array<{ rule: CompiledRule; err: unknown }> {
-  const out: Array<{ rule: CompiledRule; err: unknown }> = [];
+): { matches: Match[]; thrown: Array<{ rule: CompiledRule; err: unknown }> } {
+  const matches: Match[] = [];
+  const thrown: Array<{ rule: CompiledRule; err: unknown }> = [];
   for (const rule of rules) {
+    let engine = alone.get(rule);
+    if (engine === undefined) {
+      engine = createEngine([rule]);
+      alone.set(rule, engine);
+    }
     try {
-      evaluateExecve(createEngine([rule]), event);
+      matches.push(...evaluateExecve(engine, event));
     } catch (err) {
-      out.push({ rule, err });
+      thrown.push({ rule, err });
     }
   }
-  return out;
+  return { matches, thrown };
 }
 
 // Position of each rule in its set, built once per set (a set lives until the next rule change).
@@ -68,9 +96,9 @@ const positions = new WeakMap<readonly CompiledRule[], Map<CompiledRule, number>
 const EMPTY = Buffer.alloc(0);
 
 /**
- * Decodes and evaluates the records of `values`, in order. Stops at the first record on which a rule throws,
- * naming each rule that throws on it alone. Lifecycle records (not an ExecveEvent) are skipped, and so are events
- * `accept` (given record i's event) refuses.
+ * Decodes and evaluates the records of `values`, in order. A record on which a rule throws is reported in
+ * `failed` (naming each rule that throws on it alone) and evaluation goes on: one record never stops a batch.
+ * Lifecycle records (not an ExecveEvent) are skipped, and so are events `accept` (given record i's event) refuses.
  */
 export function evaluateRecords(
   set: EvalSet,
@@ -83,7 +111,7 @@ export function evaluateRecords(
   const packed = 'bounds' in values ? values : undefined;
   const records = 'bounds' in values ? undefined : values;
   const n = packed !== undefined ? packed.bounds.length / 2 : records!.length;
-  const result: Evaluation = { next: n, matches: [], alerts: [], undecodable: [], culprits: [] };
+  const result: Evaluation = { matches: [], alerts: [], undecodable: [], failed: [] };
   let index = positions.get(set.rules);
   if (index === undefined) {
     index = new Map(set.rules.map((r, i) => [r, i]));
@@ -109,18 +137,33 @@ export function evaluateRecords(
     if (decoded.name !== 'dev.edr.v1.ExecveEvent') continue; // lifecycle records on the audit topic
     const e = decoded.value;
     if (accept !== undefined && !accept(e, i)) continue;
-    let matches: ReturnType<typeof evaluateExecve>;
+    let matches: Match[];
     try {
       matches = evaluateExecve(set.engine, e);
-    } catch {
-      const thrown = rulesThatThrow(set.rules, e);
-      // An error no single rule reproduces: skip the event's matches rather than loop.
-      if (thrown.length === 0) continue;
-      result.culprits = thrown.map((t) => ({ ruleId: t.rule.id, message: errorMessage(t.err) }));
-      result.next = i;
-      break;
+    } catch (err) {
+      const res = evaluateAlone(set.rules, e);
+      matches = res.matches;
+      const rules = res.thrown.map((t) => ({ ruleId: t.rule.id, message: bounded(errorMessage(t.err)) }));
+      const reason =
+        rules.length === 0
+          ? `evaluation threw (no single rule reproduces it): ${errorMessage(err)}`
+          : rules.map((r) => `rule ${r.ruleId} threw: ${r.message}`).join('; ');
+      result.failed.push({ index: i, hostId: e.hostId, rules, reason: bounded(reason) });
     }
-    for (const m of matches) {
+    let alerts: Buffer[];
+    try {
+      alerts = matches.map((m) =>
+        encodeMatchAlert(codec, record, e, ruleInfo(m.rule), m.fields, ctx, set.maxAlertBytes),
+      );
+    } catch (err) {
+      // Not the rule's doing (an alert that fits nowhere): the record is reported, its matches dropped, no rule blamed.
+      const last = result.failed[result.failed.length - 1];
+      if (last?.index === i) last.reason = bounded(`${last.reason}; ${errorMessage(err)}`);
+      else result.failed.push({ index: i, hostId: e.hostId, rules: [], reason: bounded(errorMessage(err)) });
+      continue;
+    }
+    for (let k = 0; k < matches.length; k++) {
+      const m = matches[k]!;
       result.matches.push({
         index: i,
         rule: index.get(m.rule)!,
@@ -128,7 +171,7 @@ export function evaluateRecords(
         fields: m.fields,
         hostId: e.hostId,
       });
-      result.alerts.push(encodeMatchAlert(codec, record, e, ruleInfo(m.rule), m.fields, ctx));
+      result.alerts.push(alerts[k]!);
     }
   }
   return result;

@@ -104,6 +104,8 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       partitionConcurrency: config.partitionConcurrency,
       members: config.membersPerWorker,
       evaluationThreads: config.evaluationThreads,
+      disableRuleAfterHosts: config.disableRuleAfterHosts,
+      maxAlertBytes: config.maxAlertBytes,
       maxGroups: config.correlation.maxGroups,
       restoreTimeoutMs: config.correlation.restoreTimeoutMs,
       metrics,

@@ -20,6 +20,7 @@ import { encodedAlertRecord } from './alerts.js';
 import { detectorConfigSchema } from './config.js';
 import { type EvalSet, evaluateRecords } from './evaluate.js';
 import { docId, RuleStore } from './rule-store.js';
+import type { CompiledRule } from './sigma/engine.js';
 import type { RuleLimits } from './sigma/limits.js';
 
 const USAGE = `usage: edr replay --rules DIR --from TIME [--to TIME] [--config FILE] [--brokers LIST] [options]
@@ -61,6 +62,8 @@ export interface ReplayOptions {
   /** Progress line sink (stderr in the CLI). */
   progress?: (line: string) => void;
   signal?: AbortSignal;
+  /** Tests only: adjusts the compiled rules before the run (to make one throw, as the worker's tests do). */
+  adjustRules?: (rules: readonly CompiledRule[]) => void;
 }
 
 export interface ReplayResult {
@@ -72,6 +75,10 @@ export interface ReplayResult {
   skippedCorrelations: string[];
   /** Rules below the alert level, not evaluated ("id (title)"). */
   belowLevel: string[];
+  /** Records skipped because a rule threw on them ... */
+  skipped: number;
+  /** ... and the first 100 of them ("topic/partition@offset: reason"). */
+  skippedRecords: string[];
 }
 
 export async function replay(o: ReplayOptions): Promise<ReplayResult> {
@@ -84,6 +91,7 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   });
   store.refreshDir();
   const snap = store.current;
+  o.adjustRules?.(snap.rules);
   const below = snap.docs.filter((d) => snap.belowLevel.has(docId(d))).map((d) => `${docId(d)} (${d.title})`);
   if (snap.rules.length === 0) {
     throw new EdrError(
@@ -124,6 +132,8 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
   const hosts = o.hosts === undefined ? undefined : new Set(o.hosts);
   const matchesByRule = new Map<string, number>();
   let events = 0;
+  let skipped = 0;
+  const skippedRecords: string[] = [];
   const started = Date.now();
   let finish!: () => void;
   const finished = new Promise<void>((r) => {
@@ -169,14 +179,19 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
       if (records[i]!.offset >= counted) events++;
       return true;
     });
-    if (res.culprits.length > 0) {
-      const r = records[res.next]!;
-      throw new EdrError(
-        'EDR_DETECTOR_RULE_THREW',
-        `rules threw on ${r.topic}/${r.partition}@${r.offset}: ` +
-          res.culprits.map((c) => `${c.ruleId} (${c.message})`).join(', '),
-        { details: { topic: r.topic, partition: r.partition, offset: r.offset } },
-      );
+    // A record a rule threw on is skipped and reported, not fatal: one crafted event must not stop a run.
+    for (const f of res.failed) {
+      const r = records[f.index]!;
+      if (r.offset < counted) continue; // reported when first evaluated
+      skipped++;
+      const line = `${r.topic}/${r.partition}@${r.offset}: ${f.reason}`;
+      if (skippedRecords.length < 100) skippedRecords.push(line);
+      log.warn('record skipped: a rule threw on it', {
+        topic: r.topic,
+        partition: r.partition,
+        offset: r.offset,
+        err: f.reason,
+      });
     }
     const ctx = { ruleSetVersion: snap.version, replayRunId: o.runId };
     for (let k = 0; k < res.matches.length; k++) {
@@ -235,6 +250,8 @@ export async function replay(o: ReplayOptions): Promise<ReplayResult> {
     completed: remaining() === 0,
     skippedCorrelations,
     belowLevel: below,
+    skipped,
+    skippedRecords,
   };
 }
 
@@ -309,6 +326,9 @@ export const command = {
           `${r.events} events evaluated in this session\nmatches per rule:\n${lines.join('\n') || '       0'}\n` +
           (r.skippedCorrelations.length > 0
             ? `correlations not replayed:\n${r.skippedCorrelations.map((c) => `          ${c}`).join('\n')}\n`
+            : '') +
+          (r.skippedRecords.length > 0
+            ? `${r.skipped} records skipped (a rule threw on them):\n${r.skippedRecords.map((c) => `          ${c}`).join('\n')}\n`
             : '') +
           (r.belowLevel.length > 0
             ? `rules below level ${minLevel}, not replayed (--min-level to include them):\n${r.belowLevel.map((c) => `          ${c}`).join('\n')}\n`

@@ -92,7 +92,8 @@ export function traceHeaders(record: InRecord): Record<string, HeaderValue> {
   const out: Record<string, HeaderValue> = {};
   for (const h of TRACE_HEADERS) {
     const v = record.headers[h];
-    if (v !== undefined) out[h] = v;
+    // W3C trace context values are at most 512 characters: a larger one is a host's padding, not passed on.
+    if (v !== undefined && v.length <= 512) out[h] = v;
   }
   return out;
 }

@@ -2,10 +2,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Logger } from '../infra/log.js';
 import { MemoryTransport } from '../infra/memory-transport.js';
-import { type Batch, deadLetterHeaders, type InRecord } from '../infra/transport.js';
+import { type Batch, deadLetterHeaders, type InRecord, type OutRecord } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
-import { sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
+import { sampleAlert, sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
 import { containsRule } from '../test/harness/detector.js';
+import { adjustRules, HOOK_URL, POISON, THROWING_RULE_ID } from '../test/harness/throwing-rule.js';
 import { alertId } from './alerts.js';
 import { pack, packBuffers } from './eval-pool.js';
 import { evaluateRecords } from './evaluate.js';
@@ -47,10 +48,10 @@ function batchOf(values: Array<Buffer | null>, headers: Record<string, Buffer> =
   };
 }
 
-function worker(store: RuleStore, evaluationThreads = 0): DetectorWorker {
+function worker(store: RuleStore, evaluationThreads = 0, transport = new MemoryTransport()): DetectorWorker {
   return new DetectorWorker({
     evaluationThreads,
-    transport: new MemoryTransport(),
+    transport,
     store,
     groupId: 'g',
     detectorId: 'unit',
@@ -61,6 +62,7 @@ function worker(store: RuleStore, evaluationThreads = 0): DetectorWorker {
     members: 1,
     maxGroups: 100,
     restoreTimeoutMs: 100,
+    evalThreadHook: HOOK_URL,
     metrics: detectorMetrics(),
     log: quiet,
   });
@@ -107,33 +109,72 @@ for (const threads of [0, 1]) {
   });
 }
 
-test('a rule that throws at evaluation is disabled and reported on the audit topic; the others still match', async () => {
-  const codec = projectCodec();
-  const store = new RuleStore({ log: quiet });
-  store.applyTopic([
-    { key: A, value: rule(A, 'needle') },
-    { key: B, value: rule(B, 'needle') },
-  ]);
-  const bad = store.current.rules.find((r) => r.id === B)!;
-  bad.test = () => {
-    throw new Error('boom');
-  };
-  const out = await worker(store).transform(
-    batchOf([
-      codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['needle'] })),
-      codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ seq: 2n, argv: ['needle'] })),
-    ]),
-  );
-  assert.deepEqual(
-    out.map((r) => r.topic),
-    ['audit', 'alerts', 'alerts'],
-  );
-  const report = codec.decodeAs('dev.edr.v1.CollectorRecord', out[0]!.value!);
-  assert.equal(report.kind, 'CONFIG');
-  assert.match(report.message ?? '', new RegExp(`disabled rule ${B}.*boom`));
-  assert.ok(store.current.disabled.has(B));
-  for (const r of out.slice(1)) assert.equal(codec.decodeAs('dev.edr.v1.Alert', r.value!).ruleId, A);
-});
+for (const threads of [0, 1]) {
+  test(`a record a rule throws on is dead-lettered with the rule and the error; the rule stays until it has thrown on 3 hosts (${threads} evaluation threads)`, async () => {
+    const codec = projectCodec();
+    const store = new RuleStore({ log: quiet });
+    store.applyTopic([
+      { key: A, value: rule(A, POISON) },
+      { key: THROWING_RULE_ID, value: rule(THROWING_RULE_ID, 'needle') },
+    ]);
+    adjustRules(store.current.rules);
+    const w = worker(store, threads);
+    const ev = (host: string, seq: bigint, argv: string[]) =>
+      codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ hostId: host, seq, argv }));
+    const first = await w.transform(
+      batchOf([
+        ev('host-1', 1n, ['echo', 'needle']),
+        ev('host-1', 2n, ['echo', 'needle', POISON]),
+        ev('host-1', 3n, ['echo', 'needle']),
+      ]),
+    );
+    const ruleOf = (r: OutRecord) => codec.decodeAs('dev.edr.v1.Alert', r.value!).ruleId;
+    // The poisoned record: dead-lettered, and still seen by the rule that did not throw on it (A).
+    assert.deepEqual(
+      first.map((r) => [r.topic, r.topic === 'alerts' ? ruleOf(r) : r.headers?.[deadLetterHeaders.offset]]),
+      [
+        ['alerts', THROWING_RULE_ID],
+        ['dlq', '1'],
+        ['alerts', A],
+        ['alerts', THROWING_RULE_ID],
+      ],
+    );
+    const dead = first[1]!;
+    assert.equal(dead.headers?.[deadLetterHeaders.errorCode], 'EDR_DETECTOR_RULE_THREW');
+    assert.match(
+      String(dead.headers?.[deadLetterHeaders.error]),
+      new RegExp(`rule ${THROWING_RULE_ID} threw: cannot evaluate the crafted value`),
+    );
+    assert.equal(store.current.disabled.size, 0, 'one record disables no rule');
+    // The same host again, then a second one: still enabled. A third host disables it, reported on audit.
+    const second = await w.transform(
+      batchOf([ev('host-1', 4n, [POISON, 'needle']), ev('host-2', 5n, [POISON, 'needle'])]),
+    );
+    assert.deepEqual(
+      second.filter((r) => r.topic !== 'alerts').map((r) => r.topic),
+      ['dlq', 'dlq'],
+    );
+    assert.equal(store.current.disabled.size, 0);
+    const third = await w.transform(batchOf([ev('host-3', 6n, [POISON, 'needle'])]));
+    assert.deepEqual(
+      third.map((r) => r.topic),
+      ['audit', 'dlq', 'alerts'],
+    );
+    const report = codec.decodeAs('dev.edr.v1.CollectorRecord', third[0]!.value!);
+    assert.match(
+      report.message ?? '',
+      new RegExp(`disabled rule ${THROWING_RULE_ID}.*crafted value.*3 hosts`),
+    );
+    assert.ok(store.current.disabled.has(THROWING_RULE_ID));
+    // Disabled: the next batch evaluates without it, nothing dead-lettered.
+    const after = await w.transform(batchOf([ev('host-4', 7n, [POISON, 'needle'])]));
+    assert.deepEqual(
+      after.map((r) => [r.topic, ruleOf(r)]),
+      [['alerts', A]],
+    );
+    await w.stop();
+  });
+}
 
 test('evaluation threads follow rule-set changes between batches, and alerts carry the version that matched', async () => {
   const codec = projectCodec();
@@ -161,42 +202,50 @@ test('evaluation threads follow rule-set changes between batches, and alerts car
   await w.stop();
 });
 
-test('evaluation names the rule that throws and stops at that record, so it is re-evaluated without it; the same on records or packed values', () => {
+test('evaluation names the rule that throws, reports the record and goes on, the other rules evaluated alone on it; the same on records or packed values', () => {
   const codec = projectCodec();
   const store = new RuleStore({ log: quiet });
   store.applyTopic([
     { key: A, value: rule(A, 'needle') },
-    { key: B, value: rule(B, 'boom') },
+    { key: THROWING_RULE_ID, value: rule(THROWING_RULE_ID, 'needle') },
   ]);
   const set = { engine: store.current.engine, rules: store.current.rules };
-  const bad = set.rules.find((r) => r.id === B)!;
-  const test = bad.test;
+  adjustRules(set.rules);
   const values = [
     codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['needle'] })),
     Buffer.from('not avro'),
-    codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['needle', 'boom'] })),
+    codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ hostId: 'h9', argv: ['needle', POISON] })),
+    codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ seq: 9n, argv: ['needle'] })),
   ];
   const records = batchOf(values).records;
   const { data, bounds } = pack(records);
-  // Rule B throws only on the third record.
-  bad.test = (ctx) => {
-    if (test(ctx)) throw new Error('boom');
-    return false;
-  };
   const res = evaluateRecords(
     { ...set, version: 'v1', detectorId: 'd1' },
     { data: Buffer.from(data), bounds },
   );
-  assert.equal(res.next, 2);
   assert.deepEqual(
-    res.matches.map((m) => [m.index, m.ruleId]),
-    [[0, A]],
+    res.matches.map((m) => [m.index, m.ruleId]).sort(),
+    [
+      [0, A],
+      [0, THROWING_RULE_ID],
+      [2, A],
+      [3, A],
+      [3, THROWING_RULE_ID],
+    ].sort(),
   );
   assert.deepEqual(
     res.undecodable.map((u) => [u.index, u.code]),
     [[1, 'EDR_SCHEMA_NOT_SINGLE_OBJECT']],
   );
-  assert.deepEqual(res.culprits, [{ ruleId: B, message: 'boom' }]);
+  const message = `cannot evaluate the crafted value ${POISON}`;
+  assert.deepEqual(res.failed, [
+    {
+      index: 2,
+      hostId: 'h9',
+      rules: [{ ruleId: THROWING_RULE_ID, message }],
+      reason: `rule ${THROWING_RULE_ID} threw: ${message}`,
+    },
+  ]);
   const { alerts, ...inProcess } = evaluateRecords({ ...set, version: 'v1', detectorId: 'd1' }, records);
   const ids = (bufs: Buffer[]) => bufs.map((b) => codec.decodeAs('dev.edr.v1.Alert', b).alertId);
   assert.deepEqual({ ...inProcess, alerts: ids(alerts) }, { ...res, alerts: ids(res.alerts) });
@@ -263,3 +312,42 @@ for (const threads of [0, 1]) {
     await w.stop();
   });
 }
+
+test('a crafted record on the correlation topic (an Alert declaring 2^31 tags) is dead-lettered at once', async () => {
+  const codec = projectCodec();
+  const store = new RuleStore({ log: quiet });
+  const transport = new MemoryTransport();
+  await transport.createTopics([
+    { name: 'corr', partitions: 1 },
+    { name: 'state', partitions: 1 },
+  ]);
+  const w = worker(store, 0, transport);
+  const header = codec.encode('dev.edr.v1.Alert', sampleAlert()).subarray(0, 10);
+  const crafted = Buffer.concat([header, Buffer.from([0, 0, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff, 0x0f])]);
+  const out = await w.transformRepartitioned(batchOf([crafted]));
+  const dead = out.filter((r) => r.topic === 'dlq');
+  assert.equal(dead.length, 1);
+  assert.equal(dead[0]!.headers?.[deadLetterHeaders.errorCode], 'EDR_SCHEMA_CORRUPT');
+  assert.match(String(dead[0]!.headers?.[deadLetterHeaders.error]), /array block of 2147483647 items/);
+  await w.stop();
+});
+
+test('an alert that fits nowhere reports its record, blames no rule, and the batch goes on', () => {
+  const codec = projectCodec();
+  const store = new RuleStore({ log: quiet });
+  store.applyTopic([{ key: A, value: rule(A, 'needle') }]);
+  const set = { engine: store.current.engine, rules: store.current.rules, version: 'v1', detectorId: 'd1' };
+  const records = batchOf([
+    codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ argv: ['needle'] })),
+    codec.encode('dev.edr.v1.ExecveEvent', sampleEvent({ seq: 2n, argv: ['needle'] })),
+  ]).records;
+  const res = evaluateRecords({ ...set, maxAlertBytes: 200 }, records);
+  assert.deepEqual(res.matches, []);
+  assert.deepEqual(
+    res.failed.map((f) => [f.index, f.rules, /does not fit in 200 bytes/.test(f.reason)]),
+    [
+      [0, [], true],
+      [1, [], true],
+    ],
+  );
+});

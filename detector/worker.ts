@@ -23,14 +23,16 @@ import type { Alert, ExecveEvent } from '../schemas/types.js';
 import {
   alertRecord,
   buildAlert,
+  DEFAULT_MAX_ALERT_BYTES,
   encodedAlertRecord,
+  encodeFitted,
   eventField,
   type RuleInfo,
   ruleInfo,
 } from './alerts.js';
 import { CorrelationStore, eventTimeMs, groupKey, isHostScoped } from './correlations.js';
 import { EvalPool } from './eval-pool.js';
-import { evaluateRecords } from './evaluate.js';
+import { type Evaluation, evaluateRecords } from './evaluate.js';
 import { autoThreads, HostPeers } from './host-peers.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
 import { type CompiledCorrelation, type CorrelationMatch, ruleRef } from './sigma/correlations.js';
@@ -64,6 +66,16 @@ export interface WorkerOptions {
    * this host has more cores than detector processes (`HostPeers`), else none.
    */
   evaluationThreads?: number | 'auto';
+  /**
+   * A rule that throws at evaluation is disabled once it has thrown on events of this many distinct hosts (default
+   * 3). Below that the records it threw on are dead-lettered and it stays: one host is what an attacker controls,
+   * and a single crafted record must not switch a rule off fleet-wide.
+   */
+  disableRuleAfterHosts?: number;
+  /** Bound of an encoded alert (default DEFAULT_MAX_ALERT_BYTES): larger ones are cut short, marked truncated. */
+  maxAlertBytes?: number;
+  /** Tests only: see EvalPool's testHook. */
+  evalThreadHook?: URL;
   maxGroups: number;
   restoreTimeoutMs: number;
   metrics: DetectorMetrics;
@@ -190,7 +202,7 @@ function once<T>(f: () => T): () => T {
  * for correlations, decoded only if one asks) or did not decode.
  */
 type Outcome =
-  | { kind: 'undecodable'; index: number; error: unknown }
+  | { kind: 'undecodable' | 'failed'; index: number; error: unknown }
   | {
       kind: 'matched';
       index: number;
@@ -225,6 +237,8 @@ export class DetectorWorker {
   private readonly local: CorrelationStore;
   private readonly remote: CorrelationStore;
   private consumptions: Consumption[] = [];
+  /** Per rule, the distinct hosts whose events it threw on (at most the disable threshold's count kept). */
+  private readonly threwOn = new Map<string, Set<string>>();
 
   constructor(private readonly o: WorkerOptions) {
     const threads = o.evaluationThreads ?? 0;
@@ -333,13 +347,17 @@ export class DetectorWorker {
     const hasLocal = derived(startSnap).local.length > 0;
     if (hasLocal) await retryable(() => this.local.prepare(batch.partition, first.offset, batch.fetchedFrom));
     const t0 = performance.now();
-    if (this.threads > 0) this.pool ??= new EvalPool(this.threads, o.log, o.detectorId);
+    if (this.threads > 0)
+      this.pool ??= new EvalPool(this.threads, o.log, o.detectorId, {
+        maxAlertBytes: o.maxAlertBytes,
+        testHook: o.evalThreadHook,
+      });
     const outcomes = await this.evaluate(this.threads === 0 ? undefined : this.pool, batch, out);
     let alerts = 0;
     let dead = 0;
     for (const x of outcomes) {
       const r = batch.records[x.index]!;
-      if (x.kind === 'undecodable') {
+      if (x.kind !== 'matched') {
         out.push(deadLetterRecord(o.topics.deadLetter, r, x.error));
         dead++;
         continue;
@@ -385,63 +403,88 @@ export class DetectorWorker {
   }
 
   /**
-   * The records of `batch` that matched or did not decode, in order: evaluated here, or on a thread when there
-   * are any (`evaluateRecords` either way). A rule that throws is disabled in the store and reported, and the
-   * batch evaluated on from the record it threw on, without it.
+   * The records of `batch` that matched, did not decode, or made a rule throw, in order: evaluated here, or on a
+   * thread when there are any (`evaluateRecords` either way). A record a rule threw on is dead-lettered (its other
+   * rules' matches kept); the rule is disabled in the store, and reported, only once it has thrown on events of
+   * `disableRuleAfterHosts` distinct hosts.
    */
   private async evaluate(pool: EvalPool | undefined, batch: Batch, out: OutRecord[]): Promise<Outcome[]> {
     const outcomes: Outcome[] = [];
-    for (let from = 0; from < batch.records.length; ) {
-      const snap = this.o.store.current;
-      const records = from === 0 ? batch.records : batch.records.slice(from);
-      const res =
-        pool === undefined
-          ? evaluateRecords(
-              {
-                engine: snap.engine,
-                rules: snap.rules,
-                version: snap.version,
-                detectorId: this.o.detectorId,
-              },
-              records,
-            )
-          : await pool.evaluate(snap, records);
-      for (const u of res.undecodable) {
-        outcomes.push({ kind: 'undecodable', index: from + u.index, error: new EdrError(u.code, u.message) });
-      }
-      let last: (Outcome & { kind: 'matched' }) | undefined;
-      for (let k = 0; k < res.matches.length; k++) {
-        const m = res.matches[k]!;
-        const rule = snap.rules[m.rule];
-        if (rule?.id !== m.ruleId)
-          throw new EdrError('EDR_DETECTOR_EVAL', `evaluated rule ${m.ruleId} is not ${rule?.id}`);
-        const match = { rule, logsource: rule.logsource, fields: m.fields };
-        // A record's matches come together, in order.
-        if (last?.index !== from + m.index) {
-          const value = records[m.index]!.value!;
-          last = {
-            kind: 'matched',
-            index: from + m.index,
-            snap,
-            matches: [],
-            alerts: [],
-            hostId: m.hostId,
-            event: once(() => this.codec.decodeAs('dev.edr.v1.ExecveEvent', value)),
-          };
-          outcomes.push(last);
-        }
-        last.matches.push(match);
-        last.alerts.push(res.alerts[k]!);
-      }
-      // A rule threw on record `next`: disable it (a new snapshot) and evaluate again from that record.
-      for (const c of res.culprits) {
-        const rule = snap.rules.find((r) => r.id === c.ruleId);
-        this.o.store.disable(c.ruleId, c.message);
-        if (rule !== undefined) this.onDisabled(out, rule, new Error(c.message));
-      }
-      from += res.next;
+    const snap = this.o.store.current;
+    const records = batch.records;
+    const res =
+      pool === undefined
+        ? evaluateRecords(
+            {
+              engine: snap.engine,
+              rules: snap.rules,
+              version: snap.version,
+              detectorId: this.o.detectorId,
+              ...(this.o.maxAlertBytes === undefined ? {} : { maxAlertBytes: this.o.maxAlertBytes }),
+            },
+            records,
+          )
+        : await pool.evaluate(snap, records);
+    for (const u of res.undecodable) {
+      outcomes.push({ kind: 'undecodable', index: u.index, error: new EdrError(u.code, u.message) });
     }
+    for (const f of res.failed) {
+      outcomes.push({
+        kind: 'failed',
+        index: f.index,
+        error: new EdrError('EDR_DETECTOR_RULE_THREW', f.reason),
+      });
+    }
+    let last: (Outcome & { kind: 'matched' }) | undefined;
+    for (let k = 0; k < res.matches.length; k++) {
+      const m = res.matches[k]!;
+      const rule = snap.rules[m.rule];
+      if (rule?.id !== m.ruleId)
+        throw new EdrError('EDR_DETECTOR_EVAL', `evaluated rule ${m.ruleId} is not ${rule?.id}`);
+      const match = { rule, logsource: rule.logsource, fields: m.fields };
+      // A record's matches come together, in order.
+      if (last?.index !== m.index) {
+        const value = records[m.index]!.value!;
+        last = {
+          kind: 'matched',
+          index: m.index,
+          snap,
+          matches: [],
+          alerts: [],
+          hostId: m.hostId,
+          event: once(() => this.codec.decodeAs('dev.edr.v1.ExecveEvent', value)),
+        };
+        outcomes.push(last);
+      }
+      last.matches.push(match);
+      last.alerts.push(res.alerts[k]!);
+    }
+    this.blame(snap, res.failed, out);
     return outcomes.sort((a, b) => a.index - b.index);
+  }
+
+  /** Counts the hosts each rule threw on; disables (and reports) a rule once they reach the threshold. */
+  private blame(snap: RuleSnapshot, failed: Evaluation['failed'], out: OutRecord[]): void {
+    const threshold = this.o.disableRuleAfterHosts ?? 3;
+    for (const f of failed) {
+      for (const c of f.rules) {
+        const hosts = this.threwOn.get(c.ruleId) ?? new Set<string>();
+        this.threwOn.set(c.ruleId, hosts);
+        if (hosts.has(f.hostId)) continue; // logged already (a flood of one host's records is not a log flood)
+        hosts.add(f.hostId);
+        this.o.log.warn('rule threw at evaluation; record dead-lettered', {
+          ruleId: c.ruleId,
+          hosts: hosts.size,
+          err: c.message,
+        });
+        if (hosts.size < threshold || this.o.store.current.disabled.has(c.ruleId)) continue;
+        this.threwOn.delete(c.ruleId);
+        const rule = snap.rules.find((r) => r.id === c.ruleId);
+        const why = `${c.message} (on events of ${hosts.size} hosts)`;
+        this.o.store.disable(c.ruleId, why);
+        if (rule !== undefined) this.onDisabled(out, rule, new Error(why));
+      }
+    }
   }
 
   /** Feeds a match to the correlations naming its rule; returns the number of alerts added to `out`. */
@@ -461,6 +504,7 @@ export class DetectorWorker {
               this.o.topics.alerts,
               correlationAlert(cm, ev, snap.version, this.o.detectorId),
               source,
+              this.o.maxAlertBytes,
             ),
           );
           n++;
@@ -479,7 +523,7 @@ export class DetectorWorker {
       out.push({
         topic: this.o.topics.correlation,
         key: `${c.id}|${groupKey(c, ref, get)}`,
-        value: this.codec.encode('dev.edr.v1.Alert', base),
+        value: encodeFitted(this.codec, base, this.o.maxAlertBytes ?? DEFAULT_MAX_ALERT_BYTES),
         headers: { 'edr-correlation-id': c.id, 'edr-rule-ref': ref },
       });
     }
@@ -510,7 +554,13 @@ export class DetectorWorker {
       for (const cm of this.remote.step(batch.partition, c, ref, eventTimeMs(ev), (f) => eventField(ev, f))) {
         if (belowLevel(c.level, snap.minLevel)) continue;
         out.push(
-          alertRecord(this.codec, o.topics.alerts, correlationAlert(cm, ev, snap.version, o.detectorId), r),
+          alertRecord(
+            this.codec,
+            o.topics.alerts,
+            correlationAlert(cm, ev, snap.version, o.detectorId),
+            r,
+            o.maxAlertBytes,
+          ),
         );
       }
     }

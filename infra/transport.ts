@@ -36,6 +36,8 @@ export interface TopicConfig {
   cleanupPolicy?: 'delete' | 'compact';
   /** -1 keeps forever. */
   retentionMs?: number;
+  /** The topic's max.message.bytes (default: the broker's): a larger record is refused. */
+  maxMessageBytes?: number;
 }
 
 export interface PartitionOffset {

@@ -9,6 +9,7 @@ import path from 'node:path';
 import avro from 'avsc';
 import { EdrError, errorMessage } from '../infra/errors.js';
 import { repoRoot } from '../infra/paths.js';
+import { checkBody } from './avro-bounds.js';
 import { ExecveLayout, ExecveView } from './execve-view.js';
 import type { Alert, CollectorRecord, ExecveEvent, RuleRefused } from './types.js';
 
@@ -215,10 +216,13 @@ export class Codec {
     const bytes = singleObject(buf);
     const layout = this.execveLayout;
     if (layout !== undefined && this.isCurrentExecve(bytes)) {
-      return {
-        name: 'dev.edr.v1.ExecveEvent',
-        value: new ExecveView(layout, bytes, layout.scan(bytes, HEADER)),
-      };
+      let offsets: number[];
+      try {
+        offsets = layout.scan(bytes, HEADER);
+      } catch (err) {
+        throw corruptBody('dev.edr.v1.ExecveEvent', err);
+      }
+      return { name: 'dev.edr.v1.ExecveEvent', value: new ExecveView(layout, bytes, offsets) };
     }
     return this.decode(bytes);
   }
@@ -252,19 +256,15 @@ export class Codec {
     }
     const resolver = this.resolverFor(writer, reader.type);
     try {
+      // Every declared length against the bytes left before avsc loops or allocates on it.
+      checkBody(writer.type, bytes, HEADER);
       const value =
         resolver === null
           ? reader.type.fromBuffer(bytes.subarray(HEADER))
           : reader.type.fromBuffer(bytes.subarray(HEADER), resolver);
       return { name: writer.name, value } as Decoded;
     } catch (err) {
-      throw new EdrError(
-        'EDR_SCHEMA_CORRUPT',
-        `corrupt ${writer.name} record body: ${(err as Error).message}`,
-        {
-          cause: err,
-        },
-      );
+      throw corruptBody(writer.name, err);
     }
   }
 
@@ -330,6 +330,12 @@ function cutAlert(alert: { type: avro.Type; header: Buffer }, execve: avro.Type)
     tail: record('AlertTail', fields.slice(at + 1)),
     rules: new Map(),
   };
+}
+
+function corruptBody(name: string, err: unknown): EdrError {
+  return new EdrError('EDR_SCHEMA_CORRUPT', `corrupt ${name} record body: ${errorMessage(err)}`, {
+    cause: err,
+  });
 }
 
 /** `buf` as a Buffer, checked to start with the single-object marker. */

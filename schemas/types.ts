@@ -55,6 +55,8 @@ export interface Alert {
   detectorId: string;
   detectedAtNs: bigint;
   replayRunId: string | null;
+  /** Cut short to fit the alerts topic (detector maxAlertBytes); the full event is on the audit topic. */
+  truncated: boolean;
 }
 
 export type CollectorRecordKind = 'STARTED' | 'STOPPED' | 'CONFIG' | 'LOSS';

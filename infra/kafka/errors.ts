@@ -46,7 +46,7 @@ const DENIED: Record<string, { code: string; says: (a: Access) => string }> = {
  * `err` and the errors it wraps: kafkajs keeps the broker's error in `originalError`, others in `cause`, and an
  * aggregate (one error per topic of a createTopics) in `errors`.
  */
-function* wrapped(err: unknown): Generator<Error> {
+function* wrapped(err: unknown, depth = 0): Generator<Error> {
   for (
     let e: unknown = err;
     e instanceof Error;
@@ -54,7 +54,7 @@ function* wrapped(err: unknown): Generator<Error> {
   ) {
     yield e;
     const inner = (e as { errors?: unknown }).errors;
-    if (Array.isArray(inner)) for (const x of inner) yield* wrapped(x);
+    if (Array.isArray(inner) && depth < 4) for (const x of inner) yield* wrapped(x, depth + 1);
   }
 }
 
@@ -119,6 +119,14 @@ export async function kafkaCall<T>(what: string, fn: () => Promise<T>, access?: 
   } catch (err) {
     throw toEdrError(err, what, access);
   }
+}
+
+/** The broker's errors for a record (or request) too large for the topic or the broker. */
+const TOO_LARGE = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_RECORD']);
+
+/** The protocol error type when the broker refused records as too large (or invalid), else undefined. */
+export function refusedAsTooLarge(err: unknown): string | undefined {
+  return errorType(err, (t) => TOO_LARGE.has(t));
 }
 
 /** Whether a transaction failed only because the previous one of this id was still completing. */

@@ -5,9 +5,26 @@
 import type { Producer as KProducer } from 'kafkajs';
 import { EdrError } from '../errors.js';
 import { retry } from '../retry.js';
-import type { Transaction, TransactionalProducer } from '../transport.js';
-import { concurrentTransactions, kafkaCall, toEdrError } from './errors.js';
+import {
+  deadLetterHeaders,
+  type OutRecord,
+  type PartitionOffset,
+  type Transaction,
+  type TransactionalProducer,
+} from '../transport.js';
+import { concurrentTransactions, kafkaCall, refusedAsTooLarge, toEdrError } from './errors.js';
 import { byTopic, sizedChunks } from './records.js';
+
+// The records of the request the broker refused as too large, by the error it refused them with.
+const refused = new WeakMap<object, OutRecord[]>();
+
+/**
+ * The records sent in the request a transaction's failure `err` was the broker's refusal of as too large (or
+ * invalid); the transaction is aborted. Undefined for any other failure.
+ */
+export function refusedRecords(err: unknown): OutRecord[] | undefined {
+  return typeof err === 'object' && err !== null ? refused.get(err) : undefined;
+}
 
 /**
  * Transactions on `p`, a connected kafkajs producer whose transactional id `id` is initialised; sends are cut to
@@ -64,11 +81,16 @@ export function transactional(
             send: async (records) => {
               for (const chunk of sizedChunks(records, maxRequestBytes)) {
                 const topicMessages = byTopic(chunk);
-                await kafkaCall(
-                  'sending in transaction',
-                  () => tx.sendBatch({ acks: -1, topicMessages }),
-                  access('WRITE', { topics: topicMessages.map((t) => t.topic) }),
-                );
+                try {
+                  await kafkaCall(
+                    'sending in transaction',
+                    () => tx.sendBatch({ acks: -1, topicMessages }),
+                    access('WRITE', { topics: topicMessages.map((t) => t.topic) }),
+                  );
+                } catch (err) {
+                  if (refusedAsTooLarge(err) !== undefined) refused.set(err as object, chunk);
+                  throw err;
+                }
               }
             },
             commitOffsets: async (groupId, offsets) => {
@@ -118,5 +140,76 @@ export function transactional(
       return r;
     },
     close,
+  };
+}
+
+/**
+ * A consume-transform batch's outputs and input offset in one transaction on `producer`. A record the broker
+ * refuses as too large (MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE, INVALID_RECORD: the alerts topic's
+ * max.message.bytes, say) aborts the transaction, and nothing of it is visible. It is run again with the records
+ * of the refused request sent one per request, which tells the one refused, then with that record replaced by a
+ * dead letter saying why (its value left out if the dead-letter topic refuses it too): the batch's other outputs,
+ * the dead letter and the offset still commit together, and the worker goes on. Without a dead-letter topic the
+ * refusal is the batch's error, as before.
+ */
+export async function transactOutputs(
+  producer: TransactionalProducer,
+  outputs: OutRecord[],
+  commit: { groupId: string; offset: PartitionOffset },
+  deadLetterTopic: string | undefined,
+  onRefused: (record: OutRecord, reason: string) => void,
+): Promise<void> {
+  let records = outputs;
+  const alone = new Set<OutRecord>();
+  // Each refused record costs two runs (find it, replace it); a dead letter refused in turn, two more.
+  for (let runs = 0; ; runs++) {
+    try {
+      await producer.transaction(async (tx) => {
+        let run: OutRecord[] = [];
+        for (const r of records) {
+          if (!alone.has(r)) {
+            run.push(r);
+            continue;
+          }
+          if (run.length > 0) await tx.send(run);
+          run = [];
+          await tx.send([r]);
+        }
+        if (run.length > 0) await tx.send(run);
+        await tx.commitOffsets(commit.groupId, [commit.offset]);
+      });
+      return;
+    } catch (err) {
+      const sent = refusedRecords(err);
+      if (sent === undefined || deadLetterTopic === undefined || runs >= 4 + 4 * outputs.length) throw err;
+      if (sent.length > 1) {
+        for (const r of sent) alone.add(r);
+        continue;
+      }
+      const r = sent[0]!;
+      // A dead letter without its value refused as well: nothing smaller to send.
+      if (r.topic === deadLetterTopic && r.value === null) throw err;
+      const reason = `the broker refused a ${r.value?.length ?? 0}-byte record for ${r.topic} as too large (${refusedAsTooLarge(err)})`;
+      const dead = refusedDeadLetter(deadLetterTopic, r, reason);
+      onRefused(r, reason);
+      alone.add(dead);
+      records = records.map((x) => (x === r ? dead : x));
+    }
+  }
+}
+
+/** The dead letter of an output record the broker refused; a refused dead letter goes again without its value. */
+function refusedDeadLetter(topic: string, r: OutRecord, reason: string): OutRecord {
+  if (r.topic === topic) return { ...r, value: null, headers: { ...r.headers, 'edr-value-omitted': 'true' } };
+  return {
+    topic,
+    key: r.key,
+    value: r.value,
+    headers: {
+      ...r.headers,
+      [deadLetterHeaders.error]: reason,
+      [deadLetterHeaders.errorCode]: 'EDR_TRANSPORT_RECORD_TOO_LARGE',
+      [deadLetterHeaders.topic]: r.topic,
+    },
   };
 }

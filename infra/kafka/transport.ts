@@ -28,7 +28,7 @@ import type { KafkaTransportConfig } from './config.js';
 import { type Access, kafkaCall, toEdrError } from './errors.js';
 import { GroupMember, type MemberMode, type Slice } from './group-member.js';
 import { byTopic, keyPartitioner, sizedChunks } from './records.js';
-import { transactional } from './transactional.js';
+import { transactional, transactOutputs } from './transactional.js';
 
 /** kafkajs's log lines into ours. */
 function kafkaLog(log: Logger) {
@@ -114,6 +114,9 @@ export class KafkaTransport implements Transport {
           configEntries: [
             ...(t.cleanupPolicy ? [{ name: 'cleanup.policy', value: t.cleanupPolicy }] : []),
             ...(t.retentionMs !== undefined ? [{ name: 'retention.ms', value: String(t.retentionMs) }] : []),
+            ...(t.maxMessageBytes !== undefined
+              ? [{ name: 'max.message.bytes', value: String(t.maxMessageBytes) }]
+              : []),
           ],
         })),
       });
@@ -350,10 +353,14 @@ export class KafkaTransport implements Transport {
           if (done === 0) return false;
           const next = records[done - 1]!.offset + 1;
           transacting = true;
-          await producer.transaction(async (tx) => {
-            await tx.send(outputs);
-            await tx.commitOffsets(opts.groupId, [{ topic, partition, offset: next }]);
-          });
+          await transactOutputs(
+            producer,
+            outputs,
+            { groupId: opts.groupId, offset: { topic, partition, offset: next } },
+            opts.deadLetterTopic,
+            (r, reason) =>
+              this.log.warn('record refused by the broker; dead-lettered', { topic: r.topic, reason }),
+          );
           ends.set(partition, next);
           resolve(next - 1);
           return done === records.length;

@@ -124,3 +124,46 @@ export async function collectAlerts(
   });
   return { alerts, consumption };
 }
+
+/** Every record of `topic` from the start (a group of its own), as they arrive. */
+export async function collectRecords(
+  t: Transport,
+  topic: string,
+): Promise<{ records: InRecord[]; consumption: Consumption }> {
+  const records: InRecord[] = [];
+  const consumption = await t.consume({
+    groupId: `${topic}-reader-${process.hrtime.bigint()}`,
+    topics: [topic],
+    start: 'earliest',
+    handler: async (batch) => {
+      records.push(...batch.records);
+    },
+  });
+  return { records, consumption };
+}
+
+/** Waits for `group` to reach the end of `topic`, then a second more, time for a duplicate output to show. */
+export async function drained(t: Transport, group: string, topic: string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!(await t.lag(group, topic)).every((l) => l.lag === 0)) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${group} to reach the end of ${topic}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await new Promise((r) => setTimeout(r, 1000));
+}
+
+/** The alerts and the dead letters of `topics` as they arrive; `close` stops both readers. */
+export async function watchOutputs(
+  t: Transport,
+  topics: { alerts: string; deadLetter: string },
+): Promise<{ alerts: Array<{ alert: Alert; record: InRecord }>; dead: InRecord[]; close(): Promise<void> }> {
+  const a = await collectAlerts(t, topics.alerts, `${topics.alerts}-reader-${process.hrtime.bigint()}`);
+  const d = await collectRecords(t, topics.deadLetter);
+  return {
+    alerts: a.alerts,
+    dead: d.records,
+    close: async () => {
+      await Promise.all([a.consumption.stop(), d.consumption.stop()]);
+    },
+  };
+}

@@ -9,9 +9,19 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import { repoRoot } from '../../infra/paths.js';
+import { deadLetterHeaders } from '../../infra/transport.js';
+import { projectCodec } from '../../schemas/codec.js';
 import { stopOwnBroker, testTransport } from '../harness/broker.js';
 import { unique, waitFor } from '../harness/names.js';
-import { alertN, publishAlerts, sinksConfig, sinkTopics, tempDir, writeYaml } from './sinks-harness.js';
+import {
+  alertN,
+  publishAlerts,
+  readTopic as readRecords,
+  sinksConfig,
+  sinkTopics,
+  tempDir,
+  writeYaml,
+} from './sinks-harness.js';
 
 const cli = path.join(repoRoot, 'dist', 'cli', 'edr.js');
 
@@ -143,6 +153,59 @@ describe('sinks: file', () => {
     const line = JSON.parse((await readFile(path.join(out, 'alerts.jsonl'), 'utf8')).split('\n')[0]!);
     assert.equal(typeof line.event.timeNs, 'string');
     assert.ok(line.event.argv.length > 0);
+  });
+
+  test('a crafted alert declaring 2^31 items is dead-lettered at once, the alerts around it delivered', {
+    timeout: 60_000,
+  }, async () => {
+    const topics = await sinkTopics(transport, 1);
+    const dir = await tempDir('edr-sinks-file-crafted');
+    const out = path.join(dir, 'out');
+    const name = unique('archive');
+    const file = await writeYaml(
+      dir,
+      await sinksConfig(topics, path.join(dir, 'state'), { [name]: { type: 'file', directory: out } }, [
+        { to: [name] },
+      ]),
+    );
+    const codec = projectCodec();
+    const good = codec.encode('dev.edr.v1.Alert', alertN(1));
+    // The Alert header, four empty strings and a null, then ruleTags declaring 2^31 - 1 items in 0 bytes: avsc
+    // alone loops and allocates an item per declared count (the sink ran out of memory on it).
+    const crafted = Buffer.concat([
+      good.subarray(0, 10),
+      Buffer.from([0, 0, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff, 0x0f]),
+    ]);
+    const producer = await transport.producer();
+    await producer.publish(
+      [good, crafted, codec.encode('dev.edr.v1.Alert', alertN(2))].map((value) => ({
+        topic: topics.alerts,
+        key: 'host-a',
+        value,
+      })),
+    );
+    await producer.close();
+    const p = startSinks(file);
+    try {
+      const dead = await readRecords(transport, topics.deadLetter, (r) => r.length >= 1, 30_000);
+      assert.equal(dead[0]!.headers[deadLetterHeaders.errorCode]?.toString(), 'EDR_SCHEMA_CORRUPT');
+      assert.match(
+        dead[0]!.headers[deadLetterHeaders.error]?.toString() ?? '',
+        /array block of 2147483647 items in 0 bytes/,
+      );
+      assert.deepEqual(dead[0]!.value, crafted);
+      await waitFor('both good alerts', async () => {
+        try {
+          return (await readOutput(out)).ids.length >= 2;
+        } catch {
+          return false;
+        }
+      });
+      assert.deepEqual((await readOutput(out)).ids, ['alert-1', 'alert-2']);
+    } finally {
+      p.child.kill('SIGTERM');
+      assert.equal(await p.exited, 0, p.stderr());
+    }
   });
 
   test('refuses a path outside its directory at start', { timeout: 30_000 }, async () => {
