@@ -117,13 +117,19 @@ test('a 900 KB argv gives one alert under maxAlertBytes, marked truncated, deliv
   // The file sink delivers it.
   const dir = await tempDir('edr-alert-size');
   const out = path.join(dir, 'out');
+  const sinkTopics = {
+    alerts: topics.alerts,
+    undeliverable: unique('undeliverable'),
+    deadLetter: unique('sinks-dead'),
+  };
+  // As the operator would have: the router does not create the topics it writes.
+  await t.createTopics(
+    [sinkTopics.undeliverable, sinkTopics.deadLetter].map((name) => ({ name, partitions: 1 })),
+  );
   const cfg = parseSinksConfig(
-    await sinksConfig(
-      { alerts: topics.alerts, undeliverable: unique('undeliverable'), deadLetter: unique('sinks-dead') },
-      path.join(dir, 'state'),
-      { archive: { type: 'file', directory: out } },
-      [{ to: ['archive'] }],
-    ),
+    await sinksConfig(sinkTopics, path.join(dir, 'state'), { archive: { type: 'file', directory: out } }, [
+      { to: ['archive'] },
+    ]),
   );
   const router = await runSinks(cfg, t, { log: quiet });
   opened.push({ close: () => router.stop() });
