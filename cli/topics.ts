@@ -154,7 +154,8 @@ export const command: Command = {
     const partitions = values.partitions === undefined ? {} : parsePartitions(values.partitions);
     const transport = new KafkaTransport(
       { ...kafka, replicationFactor: replication },
-      createLogger({ component: 'topics' }),
+      // Errors only: a topic just created answers "not the leader" for a moment, which is waited for, not news.
+      createLogger({ component: 'topics' }, 'error'),
     );
     try {
       const outcomes = await createTableTopics(transport, { partitions, replication });

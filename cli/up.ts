@@ -138,7 +138,7 @@ export const command: Command = {
     }
     const kafka = { ...section, brokers };
     const upConfig = parseConfig(kafkaConfigSchema, { ...kafka, clientId: 'edr-up' }, 'kafka settings');
-    const transport = new KafkaTransport(upConfig, createLogger({ component: 'up' }));
+    const transport = new KafkaTransport(upConfig, createLogger({ component: 'up' }, 'error'));
     try {
       for (const t of await createTableTopics(transport, { replication: upConfig.replicationFactor })) {
         const note = t.differences.length > 0 ? ` (differs: ${t.differences.join(', ')})` : '';
