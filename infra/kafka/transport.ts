@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import kafkajs, { type Admin, Kafka, type KafkaConfig, logLevel } from 'kafkajs';
 import { handleBatch, transformBatch } from '../batch-runner.js';
-import { EdrError, isRetryable } from '../errors.js';
+import { EdrError, errorMessage, isRetryable } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { settled } from '../retry.js';
 import type {
@@ -84,9 +84,12 @@ export class KafkaTransport implements Transport {
             this.tokenSubject = jwtSubject(value);
             return { value };
           } catch (err) {
-            // kafkajs retries what is not marked otherwise: a refused client id fails at once, a 503 is retried.
-            // toEdrError finds the EdrError again under kafkajs's wrapping.
-            throw Object.assign(new kafkajs.KafkaJSError(err as Error, { retriable: isRetryable(err) }), {
+            // kafkajs asks for the token after the SASL handshake, and a connection left there refuses any other
+            // request (ILLEGAL_SASL_STATE): as a connection error, it is dropped and a new one opened. kafkajs
+            // retries only what is `retriable` (a 503, a timeout), not a refused client. toEdrError finds the
+            // EdrError under kafkajs's wrapping.
+            throw Object.assign(new kafkajs.KafkaJSConnectionError(errorMessage(err)), {
+              retriable: isRetryable(err),
               cause: err,
             });
           }
@@ -117,7 +120,11 @@ export class KafkaTransport implements Transport {
       await kafkaCall('connecting admin client', () => a.connect(), this.access('DESCRIBE'));
       this.closers.add(() => a.disconnect());
       return a;
-    })();
+    })().catch((err: unknown) => {
+      // Not kept: the next call connects again (a token endpoint or a broker back from an outage).
+      this.adminClient = undefined;
+      throw err;
+    });
     return this.adminClient;
   }
 
