@@ -60,10 +60,8 @@ async function readCapped(res: Response, max: number): Promise<string | undefine
   let size = 0;
   for await (const chunk of res.body) {
     size += chunk.byteLength;
-    if (size > max) {
-      await res.body.cancel().catch(() => {});
-      return undefined;
-    }
+    // Leaving the loop cancels the rest of the stream.
+    if (size > max) return undefined;
     chunks.push(chunk);
   }
   return Buffer.concat(chunks).toString('utf8');
