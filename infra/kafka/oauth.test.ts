@@ -156,16 +156,32 @@ describe('client-credentials tokens', () => {
     assert.equal(server.seen.length, 3);
   });
 
-  it('keeps using a still valid token when the refresh fails, and fails once it has expired', async () => {
+  it('gives no token out with less than 15 s left', async () => {
+    server.seen.length = 0;
+    server.answers = [issue('tok-short', 30), issue('tok-next', 10), issue('tok-then')];
+    clock = 0;
+    const t = tokens();
+    assert.equal(await t.token(), 'tok-short');
+    clock = 14_000;
+    assert.equal(await t.token(), 'tok-short');
+    clock = 16_000;
+    assert.equal(await t.token(), 'tok-next');
+    // Shorter than that: asked again each time.
+    assert.equal(await t.token(), 'tok-then');
+    assert.equal(server.seen.length, 3);
+  });
+
+  it('keeps using a still valid token when the refresh fails, until its last 15 s', async () => {
     server.answers = [issue('tok-old', 100), json(503, { error: 'temporarily_unavailable' })];
     clock = 0;
     log = keptLog();
     const t = tokens();
     assert.equal(await t.token(), 'tok-old');
-    clock = 90_000;
+    clock = 84_000;
     assert.equal(await t.token(), 'tok-old');
     assert.match(log.lines.join('\n'), /refreshing the OAuth token failed.*temporarily_unavailable/);
-    clock = 100_001;
+    // Not to its last 15 s: kafkajs would re-authenticate on every request, which the broker refuses.
+    clock = 86_000;
     await assert.rejects(t.token(), oauthError(true, /HTTP 503: temporarily_unavailable/));
   });
 

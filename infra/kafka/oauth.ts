@@ -23,6 +23,13 @@ export interface BearerTokens {
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 const MAX_TOKEN_CHARS = 16 * 1024;
 const MAX_RESPONSE_BYTES = 64 * 1024;
+/**
+ * The least lifetime a token is given out with. The broker ends a session when its token expires (with
+ * connections.max.reauth.ms set); kafkajs authenticates a connection again once its session has less than 10 s
+ * left, and the broker refuses a second re-authentication within a second (ILLEGAL_SASL_STATE): a token nearer
+ * its end would have every request re-authenticate, and fail.
+ */
+const MIN_LEFT_MS = 15_000;
 /** Nothing longer than a year is a token lifetime; a larger number is a broken endpoint. */
 const MAX_LIFETIME_S = 365 * 24 * 3600;
 
@@ -109,7 +116,7 @@ export class ClientCredentialsTokens implements BearerTokens {
     } catch (err) {
       // The endpoint failing during the margin before expiry: the token still works, so a blip at the identity
       // provider does not cut the pipeline off.
-      if (current !== undefined && this.#now() < current.expiresAt) {
+      if (current !== undefined && current.expiresAt - this.#now() > MIN_LEFT_MS) {
         this.#o.log.warn('refreshing the OAuth token failed; using the current one until it expires', {
           error: errorMessage(err),
           expiresInMs: current.expiresAt - this.#now(),
@@ -188,9 +195,9 @@ export class ClientCredentialsTokens implements BearerTokens {
       throw fail(`not a token response (${quote(problems.join('; '), secret)})`, false);
     }
     const lifetimeMs = parsed.data.expires_in * 1000;
-    // Asked again a fifth of its life (at most a minute) before it expires, so new connections never carry an
-    // expired token; counted from when the request started, as the endpoint's clock began then at the latest.
-    const margin = Math.min(60_000, lifetimeMs / 5);
+    // Asked again a fifth of its life before it expires (at most a minute, at least MIN_LEFT_MS), counted from when
+    // the request started, as the endpoint's clock began then at the latest.
+    const margin = Math.max(MIN_LEFT_MS, Math.min(60_000, lifetimeMs / 5));
     this.#current = {
       value: parsed.data.access_token,
       refreshAt: started + lifetimeMs - margin,

@@ -44,6 +44,11 @@ export interface BrokerSecurity {
    * the identity provider's JWKS (infra/deploy/README.md).
    */
   unsecuredOAuthBearer?: boolean;
+  /**
+   * connections.max.reauth.ms: the longest SASL session before the client must authenticate again (0, Kafka's
+   * default: forever). An OAUTHBEARER session never outlives its token.
+   */
+  maxReauthMs?: number;
 }
 
 /** The principal of the broker's certificate: its inter-broker and controller identity. */
@@ -254,6 +259,7 @@ export function brokerSecurityProperties(
           'listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="edr-broker";',
         ]
       : []),
+    ...(security.maxReauthMs !== undefined ? [`connections.max.reauth.ms=${security.maxReauthMs}`] : []),
     'authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer',
     'allow.everyone.if.no.acl.found=false',
     `super.users=${supers.join(';')}`,

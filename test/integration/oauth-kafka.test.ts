@@ -29,10 +29,10 @@ const SECRET = `client-secret-${randomBytes(12).toString('hex')}`;
 process.env['EDR_TEST_OAUTH_CLIENT_SECRET'] = SECRET;
 
 /** An unsigned JWT (`alg: none`), as only the test broker's unsecured validator accepts. */
-function unsignedJwt(sub: string): string {
+function unsignedJwt(sub: string, lifetimeS: number): string {
   const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
   const now = Math.floor(Date.now() / 1000);
-  return `${b64({ alg: 'none' })}.${b64({ sub, iat: now, exp: now + 600 })}.`;
+  return `${b64({ alg: 'none' })}.${b64({ sub, iat: now, exp: now + lifetimeS })}.`;
 }
 
 /**
@@ -44,6 +44,8 @@ class TokenEndpoint {
   refuse = false;
   /** How many requests to come are answered 503. */
   unavailable = 0;
+  /** The lifetime of the tokens it issues (expires_in and the JWT's exp). */
+  lifetimeS = 600;
   private server!: Server;
   url!: string;
 
@@ -67,7 +69,13 @@ class TokenEndpoint {
           res.writeHead(401).end(JSON.stringify({ error: 'invalid_client' }));
           return;
         }
-        res.end(JSON.stringify({ access_token: unsignedJwt(id), token_type: 'Bearer', expires_in: 600 }));
+        res.end(
+          JSON.stringify({
+            access_token: unsignedJwt(id, this.lifetimeS),
+            token_type: 'Bearer',
+            expires_in: this.lifetimeS,
+          }),
+        );
       });
     });
     await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
@@ -118,6 +126,8 @@ describe('SASL OAUTHBEARER against the secured broker', () => {
         superUsers: [ADMIN],
         acls: aclTable(aclNames()),
         unsecuredOAuthBearer: true,
+        // Sessions end (and kafkajs authenticates again) within the refresh test below.
+        maxReauthMs: 12_000,
       },
     });
     // SCRAM still works beside OAUTHBEARER: the admin creates the topics with it.
@@ -185,6 +195,35 @@ describe('SASL OAUTHBEARER against the secured broker', () => {
         err.message.includes(`WRITE topic ${topics.raw.name} as User:edr-sink`),
     );
     await sink.close();
+  });
+
+  it('goes on past the expiry of its first token: a new one, connections authenticated again', {
+    timeout: 90_000,
+  }, async () => {
+    // Each token lives 20 s and is asked again 15 s before it expires; the broker ends each session after 12 s, or
+    // when its token expires, and refuses an expired token: the first token alone would not last the test.
+    endpoint.lifetimeS = 20;
+    endpoint.requests = 0;
+    const t = oauthAs('edr-collector');
+    try {
+      const collector = await t.producer();
+      const before = await total(topics.raw.name);
+      const started = Date.now();
+      let sent = 0;
+      while (Date.now() - started < 25_000) {
+        await collector.publish([
+          { topic: topics.raw.name, key: `host-${sent}`, value: Buffer.from('event') },
+        ]);
+        sent++;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      await collector.close();
+      assert.equal(await total(topics.raw.name), before + sent);
+      // 25 s of 20-second tokens asked again after 5 s: the first and at least two more, each on authenticating.
+      assert.ok(endpoint.requests >= 3, `${endpoint.requests} tokens issued`);
+    } finally {
+      endpoint.lifetimeS = 600;
+    }
   });
 
   it('connects once the token endpoint is back from a short outage (503)', { timeout: 60_000 }, async () => {
