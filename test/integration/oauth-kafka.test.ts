@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -195,6 +195,36 @@ describe('SASL OAUTHBEARER against the secured broker', () => {
         err.message.includes(`WRITE topic ${topics.raw.name} as User:edr-sink`),
     );
     await sink.close();
+  });
+
+  it('takes the token from a file, read again for each new connection', { timeout: 60_000 }, async () => {
+    const file = path.join(dir, 'token');
+    await writeFile(file, `${unsignedJwt('edr-collector', 600)}\n`, { mode: 0o600 });
+    const t = new KafkaTransport(
+      kafkaConfigSchema.parse({
+        brokers: broker!.brokers,
+        clientId: 'edr-collector',
+        tls: { caFile: broker!.caFile },
+        sasl: { mechanism: 'oauthbearer', tokenFile: file },
+      }),
+    );
+    open.push(t);
+    const collector = await t.producer();
+    const before = await total(topics.raw.name);
+    await collector.publish([{ topic: topics.raw.name, key: 'host-3', value: Buffer.from('event') }]);
+    assert.equal(await total(topics.raw.name), before + 1);
+    await collector.close();
+    // The sidecar now holds another identity's token: the next producer's connections authenticate with it.
+    await writeFile(file, unsignedJwt('edr-sink', 600));
+    const next = await t.producer();
+    await assert.rejects(
+      next.publish([{ topic: topics.raw.name, key: 'host-3', value: Buffer.from('event') }]),
+      (err: unknown) =>
+        err instanceof EdrError &&
+        err.code === 'EDR_KAFKA_TOPIC_AUTHORIZATION' &&
+        err.message.includes(`WRITE topic ${topics.raw.name} as User:edr-sink`),
+    );
+    await next.close();
   });
 
   it('goes on past the expiry of its first token: a new one, connections authenticated again', {
