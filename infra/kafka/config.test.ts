@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { parseConfig } from '../config.js';
-import { commandKafkaConfig, kafkaConfigSchema } from './config.js';
+import {
+  commandKafkaConfig,
+  type KafkaTransportConfig,
+  kafkaConfigSchema,
+  kafkaSectionFromEnv,
+} from './config.js';
 
 process.env['EDR_TEST_KAFKA_PASSWORD'] = 'not-a-real-password';
 const sasl = (mechanism: string, more: Record<string, unknown> = {}) => ({
@@ -10,6 +16,11 @@ const sasl = (mechanism: string, more: Record<string, unknown> = {}) => ({
   password: { env: 'EDR_TEST_KAFKA_PASSWORD' },
   ...more,
 });
+/** The user and password settings of a config (not OAUTHBEARER). */
+function userSasl(c: KafkaTransportConfig) {
+  assert.ok(c.sasl !== undefined && c.sasl.mechanism !== 'oauthbearer', 'SASL with a user and a password');
+  return c.sasl;
+}
 const parse = (kafka: Record<string, unknown>) =>
   parseConfig(kafkaConfigSchema, { brokers: ['kafka-1:9093'], ...kafka }, 'collector.yaml');
 
@@ -31,8 +42,8 @@ it('takes SASL PLAIN over TLS, or without it when explicitly allowed; SCRAM with
   assert.equal(parse({ tls: true, sasl: sasl('plain') }).sasl?.mechanism, 'plain');
   assert.equal(parse({ tls: { caFile: '/etc/edr/ca.pem' }, sasl: sasl('plain') }).sasl?.mechanism, 'plain');
   const allowed = parse({ sasl: sasl('plain', { allowPlainWithoutTls: true }) });
-  assert.equal(allowed.sasl?.allowPlainWithoutTls, true);
-  assert.equal(allowed.sasl?.password.reveal(), 'not-a-real-password');
+  assert.equal(userSasl(allowed).allowPlainWithoutTls, true);
+  assert.equal(userSasl(allowed).password.reveal(), 'not-a-real-password');
   assert.equal(parse({ sasl: sasl('scram-sha-512') }).sasl?.mechanism, 'scram-sha-512');
   assert.equal(parse({}).sasl, undefined);
 });
@@ -57,8 +68,8 @@ describe('the Kafka settings of a command', () => {
     assert.deepEqual(c.brokers, ['kafka-1:9093', 'kafka-2:9093']);
     assert.equal(c.clientId, 'edr-rules');
     assert.deepEqual(c.tls, { caFile: '/etc/edr/ca.pem', rejectUnauthorized: true });
-    assert.equal(c.sasl?.username, 'edr-operator');
-    assert.equal(c.sasl?.password.reveal(), 'not-a-real-password');
+    assert.equal(userSasl(c).username, 'edr-operator');
+    assert.equal(userSasl(c).password.reveal(), 'not-a-real-password');
     assert.deepEqual(commandKafkaConfig({ clientId: 'x', env, brokers: 'other:9092' }).brokers, [
       'other:9092',
     ]);
@@ -77,14 +88,14 @@ describe('the Kafka settings of a command', () => {
       clientId: 'x',
       env: { ...plain, EDR_KAFKA_SASL_ALLOW_PLAIN_WITHOUT_TLS: 'true' },
     });
-    assert.equal(allowed.sasl?.allowPlainWithoutTls, true);
+    assert.equal(userSasl(allowed).allowPlainWithoutTls, true);
   });
 
   it('take a config file first, with --brokers replacing its brokers', () => {
     const fromFile = parse({ sasl: sasl('scram-sha-512') });
     const c = commandKafkaConfig({ fromFile, clientId: 'x', env, brokers: 'b-1:9093,b-2:9093' });
     assert.deepEqual(c.brokers, ['b-1:9093', 'b-2:9093']);
-    assert.equal(c.sasl?.username, 'edr-collector');
+    assert.equal(userSasl(c).username, 'edr-collector');
     assert.throws(() => commandKafkaConfig({ fromFile, clientId: 'x', brokers: 'no port' }), /--brokers/);
   });
 
@@ -93,6 +104,133 @@ describe('the Kafka settings of a command', () => {
       () => commandKafkaConfig({ clientId: 'x', env: {} }),
       (err: Error & { code?: string }) =>
         err.code === 'EDR_KAFKA_NO_BROKERS' && /EDR_KAFKA_BROKERS/.test(err.message),
+    );
+  });
+});
+
+describe('SASL OAUTHBEARER settings', () => {
+  const endpoint = (more: Record<string, unknown> = {}) => ({
+    mechanism: 'oauthbearer',
+    tokenEndpoint: 'https://idp.example/oauth2/token',
+    clientId: 'edr-collector',
+    clientSecret: { env: 'EDR_TEST_KAFKA_PASSWORD' },
+    ...more,
+  });
+  const problems = (kafka: Record<string, unknown>) => {
+    try {
+      parse(kafka);
+    } catch (err) {
+      assert.equal((err as { code?: string }).code, 'EDR_CONFIG_INVALID');
+      assert.doesNotMatch((err as Error).message, /not-a-real-password/);
+      return (err as Error).message;
+    }
+    assert.fail('accepted');
+  };
+
+  it('refuses a bearer token without TLS unless explicitly allowed', () => {
+    assert.match(
+      problems({ sasl: endpoint() }),
+      /sasl\.mechanism: SASL OAUTHBEARER without TLS sends the bearer token in clear text.*allowWithoutTls/,
+    );
+    assert.match(problems({ sasl: { mechanism: 'oauthbearer', tokenFile: '/run/edr/token' } }), /clear text/);
+    const c = parse({ tls: true, sasl: endpoint({ scope: 'kafka' }) });
+    assert.ok(c.sasl?.mechanism === 'oauthbearer');
+    assert.equal(c.sasl.clientSecret?.reveal(), 'not-a-real-password');
+    assert.equal(c.sasl.tokenTimeoutMs, 10_000);
+    assert.equal(parse({ sasl: endpoint({ allowWithoutTls: true }) }).sasl?.mechanism, 'oauthbearer');
+  });
+
+  it('wants https for the token endpoint, unless explicitly allowed, and one token source, complete', () => {
+    const tls = { tls: true };
+    assert.match(
+      problems({ ...tls, sasl: endpoint({ tokenEndpoint: 'http://idp.example/token' }) }),
+      /sasl\.tokenEndpoint: an http token endpoint gets the client secret in clear text.*allowInsecureTokenEndpoint/,
+    );
+    assert.equal(
+      parse({
+        ...tls,
+        sasl: endpoint({ tokenEndpoint: 'http://127.0.0.1:8080/token', allowInsecureTokenEndpoint: true }),
+      }).sasl?.mechanism,
+      'oauthbearer',
+    );
+    assert.match(problems({ ...tls, sasl: endpoint({ tokenEndpoint: 'file:///etc/passwd' }) }), /https URL/);
+    assert.match(
+      problems({ ...tls, sasl: endpoint({ tokenEndpoint: 'https://u:p@idp.example/token' }) }),
+      /no user or password in the URL/,
+    );
+    assert.match(
+      problems({ ...tls, sasl: endpoint({ tokenFile: '/run/edr/token' }) }),
+      /either tokenEndpoint .* or tokenFile/,
+    );
+    assert.match(problems({ ...tls, sasl: { mechanism: 'oauthbearer' } }), /either tokenEndpoint/);
+    assert.match(
+      problems({ ...tls, sasl: endpoint({ clientSecret: undefined }) }),
+      /sasl\.clientSecret: the token endpoint needs the client secret/,
+    );
+    // A literal secret in a config file is refused, as a password is.
+    assert.match(problems({ ...tls, sasl: endpoint({ clientSecret: 'literal' }) }), /sasl\.clientSecret/);
+    assert.match(
+      problems({ ...tls, sasl: { mechanism: 'oauthbearer', tokenFile: '/run/edr/token', clientId: 'x' } }),
+      /sasl\.tokenFile: clientId, clientSecret and scope are for a tokenEndpoint/,
+    );
+    assert.match(problems({ ...tls, sasl: endpoint({ username: 'x' }) }), /username/);
+  });
+
+  it('come from the EDR_KAFKA_OAUTH_* environment, the secret by reference', () => {
+    const env = {
+      EDR_KAFKA_BROKERS: 'kafka-1:9093',
+      EDR_KAFKA_TLS: 'true',
+      EDR_KAFKA_SASL_MECHANISM: 'oauthbearer',
+      EDR_KAFKA_OAUTH_TOKEN_ENDPOINT: 'https://idp.example/oauth2/token',
+      EDR_KAFKA_OAUTH_CLIENT_ID: 'edr-replay',
+      EDR_KAFKA_OAUTH_SCOPE: 'kafka',
+    };
+    process.env['EDR_KAFKA_OAUTH_CLIENT_SECRET'] = 'not-a-real-password';
+    try {
+      const section = kafkaSectionFromEnv(env);
+      assert.deepEqual(section['sasl'], {
+        mechanism: 'oauthbearer',
+        tokenEndpoint: 'https://idp.example/oauth2/token',
+        clientId: 'edr-replay',
+        scope: 'kafka',
+        clientSecret: { env: 'EDR_KAFKA_OAUTH_CLIENT_SECRET' },
+      });
+      const c = commandKafkaConfig({ clientId: 'edr-replay', env });
+      assert.ok(c.sasl?.mechanism === 'oauthbearer');
+      assert.equal(c.sasl.clientSecret?.reveal(), 'not-a-real-password');
+    } finally {
+      delete process.env['EDR_KAFKA_OAUTH_CLIENT_SECRET'];
+    }
+    const fromFile = kafkaSectionFromEnv({
+      ...env,
+      EDR_KAFKA_OAUTH_CLIENT_SECRET_FILE: '/run/secrets/edr-client',
+    });
+    assert.deepEqual((fromFile['sasl'] as Record<string, unknown>)['clientSecret'], {
+      file: '/run/secrets/edr-client',
+    });
+    const tokenFile = commandKafkaConfig({
+      clientId: 'x',
+      env: {
+        EDR_KAFKA_BROKERS: 'kafka-1:9092',
+        EDR_KAFKA_SASL_MECHANISM: 'oauthbearer',
+        EDR_KAFKA_OAUTH_TOKEN_FILE: '/run/edr/token',
+        EDR_KAFKA_OAUTH_ALLOW_WITHOUT_TLS: 'true',
+      },
+    });
+    assert.ok(tokenFile.sasl?.mechanism === 'oauthbearer');
+    assert.equal(tokenFile.sasl.tokenFile, '/run/edr/token');
+    assert.equal(tokenFile.sasl.allowWithoutTls, true);
+    assert.throws(
+      () =>
+        commandKafkaConfig({
+          clientId: 'x',
+          env: {
+            ...env,
+            EDR_KAFKA_TLS: '',
+            EDR_KAFKA_OAUTH_CLIENT_SECRET_FILE: fileURLToPath(import.meta.url),
+          },
+        }),
+      /EDR_KAFKA_\* environment.*\n.*clear text/,
     );
   });
 });

@@ -10,6 +10,52 @@ const brokersSchema = z
   .array(z.string().regex(/^[^\s:]+:\d+$/, 'expected host:port'))
   .min(1, 'at least one broker');
 
+/**
+ * SASL OAUTHBEARER: a bearer token from an OAuth 2.0 token endpoint (client-credentials grant) or from a file that
+ * something else keeps fresh. Exactly one of the two.
+ */
+const oauthBearerSchema = z
+  .strictObject({
+    mechanism: z.literal('oauthbearer'),
+    tokenEndpoint: z.url().optional(),
+    clientId: z.string().min(1).optional(),
+    clientSecret: secret().optional(),
+    /** Space-separated scopes, as the endpoint expects them. */
+    scope: z.string().min(1).optional(),
+    /** A file holding the token (a JWT), read again whenever a connection authenticates. */
+    tokenFile: z.string().min(1).optional(),
+    /** How long one request to the token endpoint may take. */
+    tokenTimeoutMs: z.number().int().positive().default(10_000),
+    /** The endpoint over plain http: the client secret in clear text, so only when this says so (tests, labs). */
+    allowInsecureTokenEndpoint: z.boolean().default(false),
+    /** A bearer token is a password on the wire: without TLS only when this says so. */
+    allowWithoutTls: z.boolean().default(false),
+  })
+  .superRefine((o, ctx) => {
+    const issue = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+    if ((o.tokenEndpoint === undefined) === (o.tokenFile === undefined)) {
+      issue('tokenEndpoint', 'give either tokenEndpoint (with clientId and clientSecret) or tokenFile');
+    }
+    if (o.tokenEndpoint !== undefined) {
+      if (o.clientId === undefined) issue('clientId', 'the token endpoint needs the client id');
+      if (o.clientSecret === undefined) issue('clientSecret', 'the token endpoint needs the client secret');
+      const u = URL.parse(o.tokenEndpoint);
+      if (u === null) return;
+      if (u.protocol !== 'https:' && !(u.protocol === 'http:' && o.allowInsecureTokenEndpoint)) {
+        issue(
+          'tokenEndpoint',
+          u.protocol === 'http:'
+            ? 'an http token endpoint gets the client secret in clear text: use https, or set allowInsecureTokenEndpoint: true'
+            : 'expected an https URL',
+        );
+      }
+      // Credentials in the URL would be in every message that names the endpoint.
+      if (u.username !== '' || u.password !== '') issue('tokenEndpoint', 'no user or password in the URL');
+    } else if (o.clientId !== undefined || o.clientSecret !== undefined || o.scope !== undefined) {
+      issue('tokenFile', 'clientId, clientSecret and scope are for a tokenEndpoint, not a tokenFile');
+    }
+  });
+
 /** Connection settings, as they appear under `kafka:` in every service's config. */
 export const kafkaConfigSchema = z
   .strictObject({
@@ -27,13 +73,16 @@ export const kafkaConfigSchema = z
       ])
       .default(false),
     sasl: z
-      .strictObject({
-        mechanism: z.enum(['scram-sha-256', 'scram-sha-512', 'plain']),
-        username: z.string().min(1),
-        password: secret(),
-        /** PLAIN sends the password as it is: without TLS only when this says so (a lab, a sidecar proxy). */
-        allowPlainWithoutTls: z.boolean().default(false),
-      })
+      .discriminatedUnion('mechanism', [
+        z.strictObject({
+          mechanism: z.enum(['scram-sha-256', 'scram-sha-512', 'plain']),
+          username: z.string().min(1),
+          password: secret(),
+          /** PLAIN sends the password as it is: without TLS only when this says so (a lab, a sidecar proxy). */
+          allowPlainWithoutTls: z.boolean().default(false),
+        }),
+        oauthBearerSchema,
+      ])
       .optional(),
     /** Replication factor for topics this transport creates (1 for a single development broker). */
     replicationFactor: z.number().int().min(1).default(1),
@@ -49,16 +98,19 @@ export const kafkaConfigSchema = z
     maxRequestBytes: z.number().int().min(1024).default(900_000),
   })
   .superRefine((c, ctx) => {
-    // Anyone on the path between a host and the broker would read the password, then write the rules topic.
-    if (c.sasl?.mechanism === 'plain' && c.tls === false && !c.sasl.allowPlainWithoutTls) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['sasl', 'mechanism'],
-        message:
-          'SASL PLAIN without TLS sends the password in clear text: set tls, use scram-sha-512, ' +
-          'or set sasl.allowPlainWithoutTls: true',
-      });
-    }
+    if (c.tls !== false || c.sasl === undefined) return;
+    // Anyone on the path between a host and the broker would read the password, then write the rules topic; whoever
+    // reads a bearer token is the service until it expires.
+    const inClear =
+      c.sasl.mechanism === 'plain' && !c.sasl.allowPlainWithoutTls
+        ? 'SASL PLAIN without TLS sends the password in clear text: set tls, use scram-sha-512, ' +
+          'or set sasl.allowPlainWithoutTls: true'
+        : c.sasl.mechanism === 'oauthbearer' && !c.sasl.allowWithoutTls
+          ? 'SASL OAUTHBEARER without TLS sends the bearer token in clear text: set tls, ' +
+            'or set sasl.allowWithoutTls: true'
+          : undefined;
+    if (inClear !== undefined)
+      ctx.addIssue({ code: 'custom', path: ['sasl', 'mechanism'], message: inClear });
   });
 export type KafkaConfigInput = z.input<typeof kafkaConfigSchema>;
 export type KafkaTransportConfig = z.output<typeof kafkaConfigSchema>;
@@ -76,16 +128,25 @@ export const kafkaEnvironment = {
   EDR_KAFKA_TLS_CA_FILE: 'PEM file of the CA that signed the brokers (tls.caFile)',
   EDR_KAFKA_TLS_CERT_FILE: 'client certificate, PEM (tls.certFile)',
   EDR_KAFKA_TLS_KEY_FILE: 'client key, PEM (tls.keyFile)',
-  EDR_KAFKA_SASL_MECHANISM: 'scram-sha-512, scram-sha-256 or plain (sasl.mechanism)',
+  EDR_KAFKA_SASL_MECHANISM: 'scram-sha-512, scram-sha-256, plain or oauthbearer (sasl.mechanism)',
   EDR_KAFKA_SASL_USERNAME: 'the principal (sasl.username)',
   EDR_KAFKA_SASL_PASSWORD: 'its password (sasl.password), or',
   EDR_KAFKA_SASL_PASSWORD_FILE: 'a file holding it',
   EDR_KAFKA_SASL_ALLOW_PLAIN_WITHOUT_TLS: 'true to allow PLAIN without TLS (sasl.allowPlainWithoutTls)',
+  EDR_KAFKA_OAUTH_TOKEN_ENDPOINT: 'oauthbearer: the https token endpoint (sasl.tokenEndpoint), with',
+  EDR_KAFKA_OAUTH_CLIENT_ID: 'the client id (sasl.clientId) and',
+  EDR_KAFKA_OAUTH_CLIENT_SECRET: 'the client secret (sasl.clientSecret), or',
+  EDR_KAFKA_OAUTH_CLIENT_SECRET_FILE: 'a file holding it',
+  EDR_KAFKA_OAUTH_SCOPE: 'scopes to ask for (sasl.scope)',
+  EDR_KAFKA_OAUTH_TOKEN_FILE: 'oauthbearer: a file holding the token instead (sasl.tokenFile)',
+  EDR_KAFKA_OAUTH_ALLOW_INSECURE_TOKEN_ENDPOINT:
+    'true to allow an http endpoint (sasl.allowInsecureTokenEndpoint)',
+  EDR_KAFKA_OAUTH_ALLOW_WITHOUT_TLS: 'true to allow oauthbearer without TLS (sasl.allowWithoutTls)',
 } as const;
 
 /** The lines a command's --help gives about where its Kafka settings come from. */
 export function kafkaUsage(configWhat: string): string {
-  const env = Object.entries(kafkaEnvironment).map(([k, v]) => `      ${k.padEnd(40)}${v}`);
+  const env = Object.entries(kafkaEnvironment).map(([k, v]) => `      ${k.padEnd(46)}${v}`);
   return [
     `    --config FILE       ${configWhat}`,
     '    --brokers LIST      host:port,... (replaces the brokers of the config or the environment)',
@@ -125,7 +186,9 @@ export function kafkaSectionFromEnv(env: NodeJS.ProcessEnv = process.env): Recor
     section['tls'] = Object.fromEntries(Object.entries(files).filter(([, v]) => v !== undefined));
   } else if (tls !== undefined) section['tls'] = tls;
   const mechanism = get('EDR_KAFKA_SASL_MECHANISM');
-  if (mechanism !== undefined) {
+  if (mechanism === 'oauthbearer') {
+    section['sasl'] = oauthSectionFromEnv(get, flag);
+  } else if (mechanism !== undefined) {
     const file = get('EDR_KAFKA_SASL_PASSWORD_FILE');
     section['sasl'] = {
       mechanism,
@@ -138,6 +201,29 @@ export function kafkaSectionFromEnv(env: NodeJS.ProcessEnv = process.env): Recor
     };
   }
   return section;
+}
+
+/** `sasl:` for OAUTHBEARER from the environment; what is not set is left out, for the schema to name. */
+function oauthSectionFromEnv(
+  get: (name: keyof typeof kafkaEnvironment) => string | undefined,
+  flag: (name: keyof typeof kafkaEnvironment) => unknown,
+): Record<string, unknown> {
+  const entries: Array<[string, unknown]> = [
+    ['mechanism', 'oauthbearer'],
+    ['tokenEndpoint', get('EDR_KAFKA_OAUTH_TOKEN_ENDPOINT')],
+    ['clientId', get('EDR_KAFKA_OAUTH_CLIENT_ID')],
+    ['scope', get('EDR_KAFKA_OAUTH_SCOPE')],
+    ['tokenFile', get('EDR_KAFKA_OAUTH_TOKEN_FILE')],
+    ['allowInsecureTokenEndpoint', flag('EDR_KAFKA_OAUTH_ALLOW_INSECURE_TOKEN_ENDPOINT')],
+    ['allowWithoutTls', flag('EDR_KAFKA_OAUTH_ALLOW_WITHOUT_TLS')],
+  ];
+  const secretFile = get('EDR_KAFKA_OAUTH_CLIENT_SECRET_FILE');
+  // A reference, never the value, as for the password; only with an endpoint, which is what needs it.
+  if (secretFile !== undefined) entries.push(['clientSecret', { file: secretFile }]);
+  else if (get('EDR_KAFKA_OAUTH_TOKEN_ENDPOINT') !== undefined) {
+    entries.push(['clientSecret', { env: 'EDR_KAFKA_OAUTH_CLIENT_SECRET' }]);
+  }
+  return Object.fromEntries(entries.filter(([, v]) => v !== undefined));
 }
 
 /**

@@ -73,6 +73,15 @@ function errorType(err: unknown, matches: (type: string) => boolean): string | u
  */
 export function toEdrError(err: unknown, what: string, access?: Access): EdrError {
   if (err instanceof EdrError) return err;
+  // Ours, thrown from inside the client (the OAUTHBEARER token provider) and wrapped by its retries.
+  const ours = [...wrapped(err)].find((e): e is EdrError => e instanceof EdrError);
+  if (ours !== undefined) {
+    return new EdrError(ours.code, `${what}: ${ours.message}`, {
+      retryable: ours.retryable,
+      cause: ours,
+      details: ours.details,
+    });
+  }
   const deniedType = errorType(err, (t) => t in DENIED);
   if (deniedType !== undefined) {
     const d = DENIED[deniedType]!;

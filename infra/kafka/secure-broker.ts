@@ -4,7 +4,8 @@
  * and the ACL table applied once the broker answers.
  *
  * Listeners, all on loopback:
- * - SASL_SSL (clients): TLS, then SCRAM-SHA-512; the principal is the SCRAM user.
+ * - SASL_SSL (clients): TLS, then SCRAM-SHA-512; the principal is the SCRAM user. With `unsecuredOAuthBearer`
+ *   (tests only), OAUTHBEARER too; the principal is the token's `sub`.
  * - BROKER (inter-broker; the broker sends itself transaction markers) and CONTROLLER: TLS with a client
  *   certificate required. The only certificate the CA ever signed is the broker's (the CA key is deleted once it
  *   has), so the only principal these listeners admit is the broker's own, `User:CN=edr-broker`, a super user.
@@ -36,6 +37,18 @@ export interface BrokerSecurity {
   superUsers?: string[];
   /** Applied once the broker answers, through its own certificate principal. */
   acls?: AclRow[];
+  /**
+   * Also OAUTHBEARER on the SASL_SSL listener, checked by Kafka's default server-side validator: the UNSECURED one,
+   * which takes unsigned JWTs (`alg: none`) and makes the `sub` claim the principal, so anyone can be anyone.
+   * For tests only (a token endpoint in the test issues such tokens); a real broker validates signatures against
+   * the identity provider's JWKS (infra/deploy/README.md).
+   */
+  unsecuredOAuthBearer?: boolean;
+  /**
+   * connections.max.reauth.ms: the longest SASL session before the client must authenticate again (0, Kafka's
+   * default: forever). An OAUTHBEARER session never outlives its token.
+   */
+  maxReauthMs?: number;
 }
 
 /** The principal of the broker's certificate: its inter-broker and controller identity. */
@@ -220,6 +233,7 @@ export function brokerSecurityProperties(
 ): string[] {
   checkSecurity(security);
   const supers = [BROKER_PRINCIPAL, ...(security.superUsers ?? []).map((s) => `User:${s}`)];
+  const mechanisms = security.unsecuredOAuthBearer ? 'SCRAM-SHA-512,OAUTHBEARER' : 'SCRAM-SHA-512';
   return [
     `listeners=SASL_SSL://127.0.0.1:${port},BROKER://127.0.0.1:${brokerPort},CONTROLLER://127.0.0.1:${controllerPort}`,
     `advertised.listeners=SASL_SSL://127.0.0.1:${port},BROKER://127.0.0.1:${brokerPort}`,
@@ -235,9 +249,17 @@ export function brokerSecurityProperties(
     'listener.name.broker.ssl.client.auth=required',
     'listener.name.controller.ssl.client.auth=required',
     'listener.name.sasl_ssl.ssl.client.auth=none',
-    'sasl.enabled.mechanisms=SCRAM-SHA-512',
-    'listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512',
+    `sasl.enabled.mechanisms=${mechanisms}`,
+    `listener.name.sasl_ssl.sasl.enabled.mechanisms=${mechanisms}`,
     'listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;',
+    ...(security.unsecuredOAuthBearer
+      ? [
+          // No sasl.server.callback.handler.class: the unsecured validator (see BrokerSecurity). The login
+          // module's own (unsecured) token is never used: the broker talks to itself on the BROKER listener.
+          'listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="edr-broker";',
+        ]
+      : []),
+    ...(security.maxReauthMs !== undefined ? [`connections.max.reauth.ms=${security.maxReauthMs}`] : []),
     'authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer',
     'allow.everyone.if.no.acl.found=false',
     `super.users=${supers.join(';')}`,

@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import kafkajs, { type Admin, Kafka, type KafkaConfig, logLevel } from 'kafkajs';
 import { handleBatch, transformBatch } from '../batch-runner.js';
-import { EdrError } from '../errors.js';
+import { EdrError, errorMessage, isRetryable } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import { settled } from '../retry.js';
 import type {
@@ -27,6 +27,7 @@ import type {
 import type { KafkaTransportConfig } from './config.js';
 import { type Access, kafkaCall, toEdrError } from './errors.js';
 import { GroupMember, type MemberMode, type Slice } from './group-member.js';
+import { bearerTokens, jwtSubject } from './oauth.js';
 import { byTopic, keyPartitioner, sizedChunks } from './records.js';
 import { transactional, transactOutputs } from './transactional.js';
 
@@ -55,15 +56,14 @@ export class KafkaTransport implements Transport {
   private readonly log: Logger;
   private adminClient: Promise<Admin> | undefined;
   private readonly closers = new Set<() => Promise<void>>();
-  /** Who this client is to the broker, for the message of a refusal. */
-  private readonly principal: string;
+  /** With OAUTHBEARER: the `sub` of the last token, who the broker takes this client for. */
+  private tokenSubject: string | undefined;
 
   constructor(
     private readonly config: KafkaTransportConfig,
     log: Logger = createLogger({ component: 'kafka' }),
   ) {
     this.log = log;
-    this.principal = config.sasl ? `User:${config.sasl.username}` : 'this client (no SASL user)';
     const kc: KafkaConfig = {
       clientId: config.clientId,
       brokers: config.brokers,
@@ -74,11 +74,40 @@ export class KafkaTransport implements Transport {
       retry: { initialRetryTime: 100, retries: 8, maxRetryTime: 5000 },
     };
     if (config.tls !== false) kc.ssl = config.tls === true ? true : tlsOptions(config.tls);
-    if (config.sasl) {
+    if (config.sasl?.mechanism === 'oauthbearer') {
+      const tokens = bearerTokens(config.sasl, log);
+      kc.sasl = {
+        mechanism: 'oauthbearer',
+        oauthBearerProvider: async () => {
+          try {
+            const value = await tokens.token();
+            this.tokenSubject = jwtSubject(value);
+            return { value };
+          } catch (err) {
+            // kafkajs asks for the token after the SASL handshake, and a connection left there refuses any other
+            // request (ILLEGAL_SASL_STATE): as a connection error, it is dropped and a new one opened. kafkajs
+            // retries only what is `retriable` (a 503, a timeout), not a refused client. toEdrError finds the
+            // EdrError under kafkajs's wrapping.
+            throw Object.assign(new kafkajs.KafkaJSConnectionError(errorMessage(err)), {
+              retriable: isRetryable(err),
+              cause: err,
+            });
+          }
+        },
+      };
+    } else if (config.sasl) {
       const { mechanism, username, password } = config.sasl;
       kc.sasl = { mechanism, username, password: password.reveal() } as KafkaConfig['sasl'];
     }
     this.kafka = new Kafka(kc);
+  }
+
+  /** Who this client is to the broker, for the message of a refusal. */
+  private get principal(): string {
+    const sasl = this.config.sasl;
+    if (sasl === undefined) return 'this client (no SASL user)';
+    if (sasl.mechanism !== 'oauthbearer') return `User:${sasl.username}`;
+    return this.tokenSubject !== undefined ? `User:${this.tokenSubject}` : "the OAuth token's subject";
   }
 
   private access(operation: Access['operation'], more: Omit<Access, 'principal' | 'operation'> = {}): Access {
@@ -91,7 +120,11 @@ export class KafkaTransport implements Transport {
       await kafkaCall('connecting admin client', () => a.connect(), this.access('DESCRIBE'));
       this.closers.add(() => a.disconnect());
       return a;
-    })();
+    })().catch((err: unknown) => {
+      // Not kept: the next call connects again (a token endpoint or a broker back from an outage).
+      this.adminClient = undefined;
+      throw err;
+    });
     return this.adminClient;
   }
 

@@ -31,6 +31,7 @@ import { runSinks } from '../../sinks/main.js';
 import { sampleEvent } from '../fixtures/events.js';
 import { containsRule } from '../harness/detector.js';
 import { unique, waitFor } from '../harness/names.js';
+import { withStderr } from '../harness/stderr.js';
 import { transportContract } from '../harness/transport-contract.js';
 
 const ADMIN = 'edr-test-admin';
@@ -417,38 +418,23 @@ describe('secured pipeline: one principal per service', () => {
   it('fails fast on a wrong password, with the password in no error and no log line', async () => {
     const wrong = `wrong-${randomBytes(12).toString('hex')}`;
     process.env['EDR_TEST_SASL_WRONG'] = wrong;
-    const logged: string[] = [];
-    const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string | Uint8Array, ...rest: never[]) => {
-      logged.push(String(chunk));
-      return write(chunk, ...rest);
-    }) as typeof process.stderr.write;
     const t = new KafkaTransport(
       kafkaConfigSchema.parse(await kafkaSection(principals.sink, 'EDR_TEST_SASL_WRONG')),
       createLogger({ component: 'wrong-password' }, 'debug'),
     );
     const started = Date.now();
-    let failure: unknown;
-    try {
-      await t.endOffsets(topics.alerts.name);
-    } catch (err) {
-      failure = err;
-    } finally {
-      process.stderr.write = write;
-      await t.close();
-    }
+    const { outcome, logged } = await withStderr(() => t.endOffsets(topics.alerts.name));
+    await t.close();
+    const failure = outcome.status === 'rejected' ? (outcome.reason as unknown) : undefined;
     const took = Date.now() - started;
     assert.ok(failure instanceof EdrError, `an EdrError, not ${String(failure)}`);
     assert.equal(failure.code, 'EDR_KAFKA_AUTHENTICATION', failure.message);
     assert.equal(failure.retryable, false);
     assert.match(failure.message, /SASL authentication failed as User:edr-sink/);
     assert.ok(took < 10_000, `failed after ${took} ms, not at once`);
-    const everything = [
-      failure.message,
-      failure.stack ?? '',
-      JSON.stringify(failure.details),
-      ...logged,
-    ].join('\n');
+    const everything = [failure.message, failure.stack ?? '', JSON.stringify(failure.details), logged].join(
+      '\n',
+    );
     for (const pw of [wrong, passwords.get(principals.sink)!]) {
       assert.ok(!everything.includes(pw), 'no password in the error or the logs');
     }
