@@ -6,7 +6,7 @@ import { after, it } from 'node:test';
 import { parseConfig } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/log.js';
 import { projectCodec } from '../schemas/codec.js';
-import type { CollectorRecord, ExecveEvent } from '../schemas/types.js';
+import { decodeAudit, execEvent } from '../test/harness/collector-fixtures.js';
 import { FlakyTransport, readAll } from '../test/harness/flaky-transport.js';
 import { Collector } from './collector.js';
 import { collectorConfigSchema } from './config.js';
@@ -30,17 +30,6 @@ function config(name: string, over: Record<string, unknown> = {}) {
     publish: { lossCheckIntervalMs: 60_000 },
     ...over,
   });
-}
-
-function decodeAudit(values: Buffer[]) {
-  const events: ExecveEvent[] = [];
-  const records: CollectorRecord[] = [];
-  for (const v of values) {
-    const d = codec.decode(v);
-    if (d.name === 'dev.edr.v1.CollectorRecord') records.push(d.value);
-    else if (d.name === 'dev.edr.v1.ExecveEvent') events.push(d.value);
-  }
-  return { events, records };
 }
 
 it('replays a file: numbered events on raw and audit, STARTED (config, no secrets) and STOPPED, schemas', async () => {
@@ -125,31 +114,7 @@ class ScriptedSource implements Source {
   }
 }
 
-const exec = (pid: number): SourceEvent => ({
-  kind: 'exec',
-  pid,
-  tid: pid,
-  ppid: 1,
-  uid: 0,
-  euid: 0,
-  gid: 0,
-  loginUid: 4294967295,
-  sessionId: 4294967295,
-  comm: 'true',
-  cgroupId: 0n,
-  startTimeNs: 1n,
-  timeNs: 2n,
-  filename: '/bin/true',
-  exePath: '/usr/bin/true',
-  argv: ['true'],
-  argvTruncated: false,
-  argvBytes: 5,
-  cwd: '/',
-  cwdTruncated: false,
-  filenameTruncated: false,
-  exePathTruncated: false,
-  readError: false,
-});
+const exec = (pid: number): SourceEvent => execEvent(pid);
 
 it('publishes a LOSS record on every change of the kernel or queue drop counters, with running totals', async () => {
   const transport = new FlakyTransport();

@@ -73,6 +73,9 @@ export class Collector {
       segmentBytes: config.spool.segmentBytes,
       fsync: config.spool.fsync,
       fsyncIntervalMs: config.spool.fsyncIntervalMs,
+      // Once per kind of failure until it clears; what the spool cannot hold is counted and reported in LOSS.
+      onError: (err) =>
+        this.#log.warn('spool failing; events it cannot hold are counted as dropped', { err }),
     });
     this.#publisher = new Publisher(
       options.transport,
