@@ -141,6 +141,50 @@ it('publishes a LOSS record on every change of the kernel or queue drop counters
   await transport.close();
 });
 
+it('counts a batch whose decode throws as dropped, with its reason in LOSS, and goes on', async () => {
+  const transport = new FlakyTransport();
+  // An event whose argv cannot be read, as a record that fails to decode: enriching its batch throws.
+  const broken = exec(201);
+  Object.defineProperty(broken, 'argv', {
+    get: () => {
+      throw new Error('argv is not valid UTF-8');
+    },
+  });
+  // One that enriches but cannot be encoded (an argv length beyond Avro's int).
+  const unencodable = { ...exec(203), argvBytes: 2 ** 40 };
+  const source = new ScriptedSource([
+    { events: [exec(200)], counts: { kernelSeen: 1 } },
+    { events: [exec(202), broken, exec(204)], counts: { kernelSeen: 4 } },
+    { events: [exec(205), unencodable, exec(206)], counts: { kernelSeen: 7 } },
+  ]);
+  const c = config('undecodable');
+  const collector = new Collector({ config: c, transport, log, source: () => source });
+  await collector.run();
+  assert.equal(collector.counters().decodeDropped, 4, 'the whole batch of 3, and the one event');
+  const { events, records } = decodeAudit((await readAll(transport, c.topics.audit, 6)).map((r) => r.value!));
+  assert.deepEqual(
+    events.map((e) => [e.pid, e.seq]),
+    [
+      [200, 1n],
+      [205, 2n],
+      [206, 3n],
+    ],
+    'later batches delivered, seq without gaps',
+  );
+  const losses = records.filter((r) => r.kind === 'LOSS');
+  assert.deepEqual(
+    losses.map((r) => r.losses?.queueDropped),
+    [3n, 4n],
+  );
+  assert.match(losses[0]!.message ?? '', /enriching a batch failed: argv is not valid UTF-8/);
+  assert.match(losses[1]!.message ?? '', /encoding an event failed/);
+  const stopped = records[records.length - 1]!;
+  assert.equal(stopped.kind, 'STOPPED');
+  assert.equal(stopped.losses?.queueDropped, 4n);
+  assert.equal(stopped.message, null, 'the collector did not fail');
+  await transport.close();
+});
+
 it('reports spool drops in a LOSS record once the broker is back', async () => {
   const transport = new FlakyTransport();
   transport.down = true;
