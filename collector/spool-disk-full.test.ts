@@ -103,6 +103,36 @@ describe('spool on a full disk', { skip: !isRoot }, () => {
     s.close();
   });
 
+  it('a cursor that cannot be saved on a full disk is counted; delivered segments still give space back', () => {
+    const { dir } = smallDisk(64 * 1024, 40 * 1024);
+    const errors: EdrError[] = [];
+    const o = { dir, maxBytes: 1 << 20, segmentBytes: 4096, fsync: 'never' as const };
+    const s = new Spool({ ...o, onError: (e) => errors.push(e) });
+    const rec = (i: number): Buffer => Buffer.concat([Buffer.from(`c${i}:`), Buffer.alloc(1000, 7)]);
+    let stored = 0;
+    while (s.append([rec(stored)]) === 1) stored++;
+    assert.ok(stored > 8, `filled the disk with ${stored} records`);
+    // Mid-segment: no segment can go, and the cursor file needs a page the disk does not have.
+    const first = s.read(2);
+    s.commit(first.end);
+    assert.equal(s.cursorErrors, 1);
+    assert.deepEqual(
+      errors.map((e) => e.code),
+      ['EDR_COLLECTOR_SPOOL_WRITE', 'EDR_COLLECTOR_SPOOL_CURSOR'],
+    );
+    // The rest, read and committed: whole segments are deleted, the space comes back, the cursor is saved.
+    const rest = drainSpool(s, 3);
+    assert.equal(first.payloads.length + rest.length, stored, 'everything stored is read back');
+    assert.equal(s.empty, true);
+    // Saving needs a page for the new cursor beside the old one: commits fail (counted) until two pages are free.
+    assert.ok(s.cursorErrors >= 1);
+    console.log(`full disk: ${stored} records drained, ${s.cursorErrors} cursor saves refused on the way`);
+    s.close();
+    const reopened = new Spool(o);
+    assert.deepEqual(reopened.read(100).payloads, [], 'the saved cursor says everything was delivered');
+    reopened.close();
+  });
+
   it('fsync errors from the interval timer are counted and reported once, never thrown', async () => {
     // tmpfs's fsync cannot fail: the fsync call is injected (the spool's seam for it).
     const { dir } = smallDisk(64 * 1024, 60 * 1024);

@@ -274,8 +274,10 @@ export class Spool {
       this.#committed = { segment: last + 1, offset: 0 };
       if (this.#read.segment === last) this.#read = { ...this.#committed };
     }
-    this.#saveCursor();
+    // Delivered segments go first, so a full disk has room for the cursor. A crash in between is safe: a cursor
+    // naming a removed segment starts at the next one (re-sending part of it, losing nothing).
     for (const s of this.#segments.filter((x) => x < this.#committed.segment)) this.#remove(s);
+    this.#saveCursor();
   }
 
   /** Forgets what was read but not committed: the next read starts at the committed cursor again. */
