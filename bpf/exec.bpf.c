@@ -59,9 +59,12 @@ static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
 
-	/* Per-CPU slot: no other CPU writes it, a plain add is enough. */
+	/* Per-CPU slot, but not per-program: a program preempted between the load and the store of a
+	 * plain `+= 1` (tracing programs run with only migration disabled on PREEMPT_RT and some paths)
+	 * would overwrite the count of the one that ran meanwhile on the same CPU. An atomic add (one
+	 * uncontended locked instruction) loses nothing. */
 	if (v)
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline void fill_common(struct edr_event *e, struct task_struct *t, __u32 kind)

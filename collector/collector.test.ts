@@ -6,7 +6,7 @@ import { after, it } from 'node:test';
 import { parseConfig } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/log.js';
 import { projectCodec } from '../schemas/codec.js';
-import type { CollectorRecord, ExecveEvent } from '../schemas/types.js';
+import { decodeAudit, execEvent } from '../test/harness/collector-fixtures.js';
 import { FlakyTransport, readAll } from '../test/harness/flaky-transport.js';
 import { Collector } from './collector.js';
 import { collectorConfigSchema } from './config.js';
@@ -30,17 +30,6 @@ function config(name: string, over: Record<string, unknown> = {}) {
     publish: { lossCheckIntervalMs: 60_000 },
     ...over,
   });
-}
-
-function decodeAudit(values: Buffer[]) {
-  const events: ExecveEvent[] = [];
-  const records: CollectorRecord[] = [];
-  for (const v of values) {
-    const d = codec.decode(v);
-    if (d.name === 'dev.edr.v1.CollectorRecord') records.push(d.value);
-    else if (d.name === 'dev.edr.v1.ExecveEvent') events.push(d.value);
-  }
-  return { events, records };
 }
 
 it('replays a file: numbered events on raw and audit, STARTED (config, no secrets) and STOPPED, schemas', async () => {
@@ -125,31 +114,7 @@ class ScriptedSource implements Source {
   }
 }
 
-const exec = (pid: number): SourceEvent => ({
-  kind: 'exec',
-  pid,
-  tid: pid,
-  ppid: 1,
-  uid: 0,
-  euid: 0,
-  gid: 0,
-  loginUid: 4294967295,
-  sessionId: 4294967295,
-  comm: 'true',
-  cgroupId: 0n,
-  startTimeNs: 1n,
-  timeNs: 2n,
-  filename: '/bin/true',
-  exePath: '/usr/bin/true',
-  argv: ['true'],
-  argvTruncated: false,
-  argvBytes: 5,
-  cwd: '/',
-  cwdTruncated: false,
-  filenameTruncated: false,
-  exePathTruncated: false,
-  readError: false,
-});
+const exec = (pid: number): SourceEvent => execEvent(pid);
 
 it('publishes a LOSS record on every change of the kernel or queue drop counters, with running totals', async () => {
   const transport = new FlakyTransport();
@@ -173,6 +138,50 @@ it('publishes a LOSS record on every change of the kernel or queue drop counters
   );
   assert.equal(records[records.length - 1]!.kind, 'STOPPED');
   assert.equal(records[records.length - 1]!.losses?.kernelSeen, 9n);
+  await transport.close();
+});
+
+it('counts a batch whose decode throws as dropped, with its reason in LOSS, and goes on', async () => {
+  const transport = new FlakyTransport();
+  // An event whose argv cannot be read, as a record that fails to decode: enriching its batch throws.
+  const broken = exec(201);
+  Object.defineProperty(broken, 'argv', {
+    get: () => {
+      throw new Error('argv is not valid UTF-8');
+    },
+  });
+  // One that enriches but cannot be encoded (an argv length beyond Avro's int).
+  const unencodable = { ...exec(203), argvBytes: 2 ** 40 };
+  const source = new ScriptedSource([
+    { events: [exec(200)], counts: { kernelSeen: 1 } },
+    { events: [exec(202), broken, exec(204)], counts: { kernelSeen: 4 } },
+    { events: [exec(205), unencodable, exec(206)], counts: { kernelSeen: 7 } },
+  ]);
+  const c = config('undecodable');
+  const collector = new Collector({ config: c, transport, log, source: () => source });
+  await collector.run();
+  assert.equal(collector.counters().decodeDropped, 4, 'the whole batch of 3, and the one event');
+  const { events, records } = decodeAudit((await readAll(transport, c.topics.audit, 6)).map((r) => r.value!));
+  assert.deepEqual(
+    events.map((e) => [e.pid, e.seq]),
+    [
+      [200, 1n],
+      [205, 2n],
+      [206, 3n],
+    ],
+    'later batches delivered, seq without gaps',
+  );
+  const losses = records.filter((r) => r.kind === 'LOSS');
+  assert.deepEqual(
+    losses.map((r) => r.losses?.queueDropped),
+    [3n, 4n],
+  );
+  assert.match(losses[0]!.message ?? '', /enriching a batch failed: argv is not valid UTF-8/);
+  assert.match(losses[1]!.message ?? '', /encoding an event failed/);
+  const stopped = records[records.length - 1]!;
+  assert.equal(stopped.kind, 'STOPPED');
+  assert.equal(stopped.losses?.queueDropped, 4n);
+  assert.equal(stopped.message, null, 'the collector did not fail');
   await transport.close();
 });
 

@@ -16,7 +16,7 @@ import { COLLECTOR_VERSION, Enricher, type EnricherCounters } from './enrich/enr
 import { type HostIdentity, hostIdentity } from './enrich/host.js';
 import { type Outgoing, Publisher, type PublisherCounters } from './publish.js';
 import { ReplaySource } from './replay-source.js';
-import type { Source, SourceCounters } from './source.js';
+import type { Source, SourceCounters, SourceEvent } from './source.js';
 import { Spool } from './spool.js';
 
 export interface CollectorCounters {
@@ -25,6 +25,8 @@ export interface CollectorCounters {
   enrich: EnricherCounters;
   /** Events numbered and handed to the publisher this run. */
   events: number;
+  /** Events of batches the source handed over that could not be enriched or encoded (in LOSS as queue drops). */
+  decodeDropped: number;
   lastSeq: number;
 }
 
@@ -53,6 +55,11 @@ export class Collector {
   readonly #key: Buffer;
   #seq = 0n;
   #events = 0;
+  /** Events of batches taken from the source that could not be enriched or encoded: lost, counted here. */
+  #decodeDropped = 0;
+  /** Why, for the next LOSS record; the last distinct reason logged. */
+  #dropReason: string | undefined;
+  #loggedReason: string | undefined;
   #reported: LossCounters | undefined;
   #lossUndelivered = false;
   #lossTimer: NodeJS.Timeout | undefined;
@@ -73,6 +80,9 @@ export class Collector {
       segmentBytes: config.spool.segmentBytes,
       fsync: config.spool.fsync,
       fsyncIntervalMs: config.spool.fsyncIntervalMs,
+      // Once per kind of failure until it clears; what the spool cannot hold is counted and reported in LOSS.
+      onError: (err) =>
+        this.#log.warn('spool failing; events it cannot hold are counted as dropped', { err }),
     });
     this.#publisher = new Publisher(
       options.transport,
@@ -109,6 +119,7 @@ export class Collector {
       publish: this.#publisher.counters(),
       enrich: this.#enricher.counters(),
       events: this.#events,
+      decodeDropped: this.#decodeDropped,
       lastSeq: Number(this.#seq),
     };
   }
@@ -138,8 +149,8 @@ export class Collector {
     let failure: unknown;
     try {
       for await (const batch of this.#source) {
-        const events = await this.#enricher.enrich(batch);
-        if (events.length > 0) await this.#publisher.submit(events.map((e) => this.#encodeEvent(e)));
+        const out = await this.#process(batch);
+        if (out.length > 0) await this.#publisher.submit(out);
         await this.#checkLosses();
         if (this.#stop.signal.aborted && this.#source.name === 'replay') break;
       }
@@ -172,17 +183,46 @@ export class Collector {
     }
   }
 
+  /**
+   * Enriches and encodes a batch the source handed over (it is off the native queue: nobody else will count it).
+   * A batch that cannot be enriched, or an event that cannot be encoded, is dropped and counted with its reason
+   * (reported as queue drops in the next LOSS record) instead of ending the collector.
+   */
+  async #process(batch: SourceEvent[]): Promise<Outgoing[]> {
+    let events: ExecveEvent[];
+    try {
+      events = await this.#enricher.enrich(batch);
+    } catch (err) {
+      this.#undecodable(batch.length, 'enriching a batch', err);
+      return [];
+    }
+    const out: Outgoing[] = [];
+    for (const e of events) {
+      try {
+        out.push(this.#encodeEvent(e));
+      } catch (err) {
+        this.#undecodable(1, 'encoding an event', err);
+      }
+    }
+    return out;
+  }
+
+  #undecodable(count: number, what: string, err: unknown): void {
+    this.#decodeDropped += count;
+    const reason = `${what} failed: ${(err as Error)?.message ?? String(err)}`;
+    this.#dropReason = `${reason} (${this.#decodeDropped} events dropped so far)`;
+    if (reason !== this.#loggedReason) this.#log.error('events dropped', { err, dropped: count, what });
+    this.#loggedReason = reason;
+  }
+
+  /** `seq` moves only once the event is encoded, so a failure leaves no gap. */
   #encodeEvent(e: ExecveEvent): Outgoing {
-    this.#seq += 1n;
+    const seq = this.#seq + 1n;
+    e.seq = seq;
+    const value = this.#codec.encode('dev.edr.v1.ExecveEvent', e);
+    this.#seq = seq;
     this.#events++;
-    e.seq = this.#seq;
-    return {
-      key: this.#key,
-      value: this.#codec.encode('dev.edr.v1.ExecveEvent', e),
-      toRaw: true,
-      toAudit: true,
-      event: true,
-    };
+    return { key: this.#key, value, toRaw: true, toAudit: true, event: true };
   }
 
   #losses(): LossCounters {
@@ -193,7 +233,7 @@ export class Collector {
       kernelRingFull: BigInt(s.kernelDrops),
       kernelTruncated: BigInt(s.kernelTruncated),
       kernelReadErrors: BigInt(s.kernelReadErrors),
-      queueDropped: BigInt(s.queueDrops),
+      queueDropped: BigInt(s.queueDrops + this.#decodeDropped),
       spoolDropped: BigInt(p.spoolDropped),
     };
   }
@@ -216,7 +256,9 @@ export class Collector {
       queueDrops: Number(now.queueDropped),
       spoolDropped: Number(now.spoolDropped),
     });
-    await this.#lifecycle('LOSS', { losses: now });
+    const message = this.#dropReason;
+    this.#dropReason = undefined;
+    await this.#lifecycle('LOSS', { losses: now, ...(message === undefined ? {} : { message }) });
   }
 
   #isLoss(o: Outgoing): boolean {

@@ -22,7 +22,8 @@ export class EbpfSource implements Source {
       kernelDrops: s.ringDrops + s.kernelMisses,
       kernelTruncated: s.argvTruncated + s.pathTruncated,
       kernelReadErrors: s.readErrors,
-      queueDrops: s.queueDrops,
+      // Both lost between the drain thread and JavaScript.
+      queueDrops: s.queueDrops + s.decodeDrops,
     };
   }
 

@@ -60,6 +60,10 @@ export interface PublisherCounters {
   pendingEvents: number;
   spoolBytes: number;
   spoolCorruptSegments: number;
+  /** Spool writes the disk refused (full, I/O error); their records are in `spoolDropped`. */
+  spoolWriteErrors: number;
+  /** Spool fsyncs that failed (the data stays readable; its durability across a crash is in doubt). */
+  spoolSyncErrors: number;
 }
 
 const FLAG_RAW = 1;
@@ -151,6 +155,8 @@ export class Publisher {
       pendingEvents: countEvents(this.#pending),
       spoolBytes: this.spool.bytes,
       spoolCorruptSegments: this.spool.corruptSegments,
+      spoolWriteErrors: this.spool.writeErrors,
+      spoolSyncErrors: this.spool.syncErrors,
     };
   }
 

@@ -26,7 +26,7 @@ export interface SourceCounters {
   kernelDrops: number;
   kernelTruncated: number;
   kernelReadErrors: number;
-  /** Lost between the drain thread and JavaScript (native queue full). */
+  /** Lost between the drain thread and JavaScript (native queue full, or a record whose decoding threw). */
   queueDrops: number;
 }
 

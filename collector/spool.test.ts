@@ -12,6 +12,7 @@ import {
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, it } from 'node:test';
+import { drainSpool } from '../test/harness/collector-fixtures.js';
 import { Spool, type SpoolOptions } from './spool.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'edr-spool-'));
@@ -35,13 +36,7 @@ it('reads back in order across segments, and gives the space back once committed
   assert.equal(s.append(Array.from({ length: 100 }, (_, i) => rec(i))), 100);
   assert.ok(segments(o.dir).length > 3, 'rolled over into several segments');
   assert.equal(s.empty, false);
-  const got: Buffer[] = [];
-  for (;;) {
-    const r = s.read(7);
-    if (r.payloads.length === 0) break;
-    got.push(...r.payloads);
-    s.commit(r.end);
-  }
+  const got = drainSpool(s);
   assert.deepEqual(texts(got), texts(Array.from({ length: 100 }, (_, i) => rec(i))));
   assert.equal(s.empty, true);
   assert.equal(s.bytes, 0);

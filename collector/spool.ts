@@ -12,6 +12,12 @@
  * were not yet acknowledged are sent twice.
  *
  * Full: an append that would take the spool past `maxBytes` is refused and counted in `dropped`.
+ * Disk full or failing (ENOSPC, EIO, ...): a write that fails keeps the records written whole before it, cuts the
+ * segment back to the last of them (ftruncate, so no torn record sits in front of later appends), and counts the
+ * rest in `dropped` and `writeErrors`; the next append tries again, so the spool resumes once there is space. An
+ * fsync or cursor write that fails is counted (`syncErrors`, `cursorErrors`) and the spool goes on: the data is
+ * still readable by this process, only its durability across a crash is in doubt. Each kind of failure is reported
+ * once through `onError` until that operation succeeds again.
  * Corruption: a record whose checksum or length does not hold ends its segment (the lengths after it cannot be
  * trusted): counted in `corruptSegments`, the reader moves on to the next segment.
  */
@@ -19,6 +25,7 @@ import {
   closeSync,
   fstatSync,
   fsyncSync,
+  ftruncateSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -42,7 +49,13 @@ export interface SpoolOptions {
   segmentBytes: number;
   fsync: FsyncPolicy;
   fsyncIntervalMs?: number;
+  /** A write, fsync or cursor failure began (called once until that operation succeeds again). */
+  onError?: (err: EdrError) => void;
+  /** The fsync call (a seam for tests: tmpfs cannot be made to fail an fsync). */
+  fsync_?: (fd: number) => void;
 }
+
+type Failure = 'write' | 'sync' | 'cursor';
 
 export interface SpoolPosition {
   segment: number;
@@ -76,7 +89,11 @@ const SEGMENT = /^(\d{16})\.seg$/;
 const segName = (index: number): string => `${String(index).padStart(16, '0')}.seg`;
 
 export class Spool {
-  readonly #opts: Required<SpoolOptions>;
+  readonly #opts: Required<Omit<SpoolOptions, 'onError' | 'fsync_'>>;
+  readonly #onError: (err: EdrError) => void;
+  readonly #fsync: (fd: number) => void;
+  /** Failures reported and not yet followed by a success of the same operation. */
+  readonly #failing = new Set<Failure>();
   /** Indexes of the segments on disk, ascending; the last one is being written. */
   #segments: number[] = [];
   #sizes = new Map<number, number>();
@@ -87,14 +104,23 @@ export class Spool {
   #read: SpoolPosition;
   #dirty = false;
   #timer: NodeJS.Timeout | undefined;
-  /** Payloads refused because the spool was full. */
+  /** Payloads refused because the spool was full (maxBytes) or its disk refused the write. */
   dropped = 0;
+  /** Appends cut short by a failed write (disk full, I/O error). */
+  writeErrors = 0;
+  /** fsync calls that failed. */
+  syncErrors = 0;
+  /** Cursor writes that failed (the cursor on disk lags: a restart re-sends, never loses). */
+  cursorErrors = 0;
   /** Segments cut short by a record whose checksum or length did not hold. */
   corruptSegments = 0;
   appended = 0;
 
   constructor(options: SpoolOptions) {
-    this.#opts = { fsyncIntervalMs: 1000, ...options };
+    const { onError, fsync_, ...rest } = options;
+    this.#opts = { fsyncIntervalMs: 1000, ...rest };
+    this.#onError = onError ?? (() => {});
+    this.#fsync = fsync_ ?? fsyncSync;
     const dir = this.#opts.dir;
     try {
       mkdirSync(dir, { recursive: true });
@@ -113,7 +139,13 @@ export class Spool {
     // Segments before the cursor were delivered; a crash may have left them behind.
     for (const s of this.#segments.filter((x) => x < this.#committed.segment)) this.#remove(s);
     this.#read = { ...this.#committed };
-    this.#startSegment((this.#segments[this.#segments.length - 1] ?? this.#committed.segment - 1) + 1);
+    try {
+      this.#startSegment((this.#segments[this.#segments.length - 1] ?? this.#committed.segment - 1) + 1);
+    } catch (err) {
+      throw new EdrError('EDR_COLLECTOR_SPOOL_OPEN', `cannot open spool ${dir}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
     if (this.#segments.length === 1)
       this.#read = this.#committed = { segment: this.#segments[0]!, offset: 0 };
     if (this.#opts.fsync === 'interval') {
@@ -151,13 +183,22 @@ export class Spool {
     // One write per segment touched, not per record: an outage under an exec storm appends thousands a second.
     let frames: Buffer[] = [];
     let segmentSize = this.#sizes.get(this.#segments[this.#segments.length - 1]!) ?? 0;
+    // Records of `frames` before the one that failed to write are stored; `pending` is how many are in `frames`.
+    let pending = 0;
+    let failed = false;
+    const flush = (): void => {
+      const written = this.#writeRecords(frames, pending);
+      stored += written;
+      if (written < pending) failed = true;
+      frames = [];
+      pending = 0;
+    };
     for (const p of payloads) {
       const size = HEADER + p.length;
       if (used + size > this.#opts.maxBytes || p.length > MAX_RECORD) break;
       if (segmentSize >= this.#opts.segmentBytes) {
-        this.#writeAll(Buffer.concat(frames));
-        frames = [];
-        this.#startSegment(this.#segments[this.#segments.length - 1]! + 1);
+        flush();
+        if (failed || !this.#tryStartSegment(this.#segments[this.#segments.length - 1]! + 1)) break;
         segmentSize = 0;
       }
       const header = Buffer.allocUnsafe(HEADER);
@@ -166,9 +207,9 @@ export class Spool {
       frames.push(header, p);
       segmentSize += size;
       used += size;
-      stored++;
+      pending++;
     }
-    if (frames.length > 0) this.#writeAll(Buffer.concat(frames));
+    if (!failed && pending > 0) flush();
     this.appended += stored;
     this.dropped += payloads.length - stored;
     if (stored > 0) {
@@ -223,14 +264,20 @@ export class Spool {
   commit(end: SpoolPosition): void {
     this.#committed = { ...end };
     const last = this.#segments[this.#segments.length - 1]!;
-    if (end.segment === last && end.offset >= (this.#sizes.get(last) ?? 0) && end.offset > 0) {
+    if (
+      end.segment === last &&
+      end.offset >= (this.#sizes.get(last) ?? 0) &&
+      end.offset > 0 &&
+      this.#tryStartSegment(last + 1)
+    ) {
       // Everything delivered: start an empty segment so the space is given back.
-      this.#startSegment(last + 1);
       this.#committed = { segment: last + 1, offset: 0 };
       if (this.#read.segment === last) this.#read = { ...this.#committed };
     }
-    this.#saveCursor();
+    // Delivered segments go first, so a full disk has room for the cursor. A crash in between is safe: a cursor
+    // naming a removed segment starts at the next one (re-sending part of it, losing nothing).
     for (const s of this.#segments.filter((x) => x < this.#committed.segment)) this.#remove(s);
+    this.#saveCursor();
   }
 
   /** Forgets what was read but not committed: the next read starts at the committed cursor again. */
@@ -238,10 +285,17 @@ export class Spool {
     this.#read = { ...this.#committed };
   }
 
+  /** fsyncs what was appended; a failure is counted and reported, never thrown (the interval timer calls it). */
   sync(): void {
     if (!this.#dirty || this.#writeFd < 0) return;
-    fsyncSync(this.#writeFd);
-    this.#dirty = false;
+    try {
+      this.#fsync(this.#writeFd);
+      this.#dirty = false;
+      this.#recovered('sync');
+    } catch (err) {
+      this.syncErrors++;
+      this.#failed('sync', 'EDR_COLLECTOR_SPOOL_SYNC', 'cannot fsync the spool', err);
+    }
   }
 
   close(): void {
@@ -254,25 +308,86 @@ export class Spool {
     this.#closeReadFd();
   }
 
+  #failed(kind: Failure, code: string, what: string, err: unknown): void {
+    if (this.#failing.has(kind)) return;
+    this.#failing.add(kind);
+    const reason = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    this.#onError(
+      new EdrError(code, `${what} in ${this.#opts.dir}: ${reason}`, { retryable: true, cause: err }),
+    );
+  }
+
+  #recovered(kind: Failure): void {
+    this.#failing.delete(kind);
+  }
+
   #file(index: number): string {
     return path.join(this.#opts.dir, segName(index));
   }
 
+  /** #startSegment, a failure (no inode or space for the file) counted as a failed write. */
+  #tryStartSegment(index: number): boolean {
+    try {
+      this.#startSegment(index);
+      return true;
+    } catch (err) {
+      this.writeErrors++;
+      this.#failed('write', 'EDR_COLLECTOR_SPOOL_WRITE', 'cannot start a spool segment', err);
+      return false;
+    }
+  }
+
+  /** Opens the new segment before closing the old one: a failure leaves the old one the one written. */
   #startSegment(index: number): void {
+    const fd = openSync(this.#file(index), 'a');
     if (this.#writeFd >= 0) {
       if (this.#opts.fsync !== 'never') this.sync();
       closeSync(this.#writeFd);
     }
-    this.#writeFd = openSync(this.#file(index), 'a');
+    this.#writeFd = fd;
     this.#segments.push(index);
-    this.#sizes.set(index, fstatSync(this.#writeFd).size);
+    this.#sizes.set(index, fstatSync(fd).size);
   }
 
-  #writeAll(frame: Buffer): void {
-    let off = 0;
-    while (off < frame.length) off += writeSync(this.#writeFd, frame, off, frame.length - off);
+  /**
+   * Writes `count` records (header and payload buffers, in pairs) to the newest segment; returns how many are on
+   * disk whole. A write that fails (ENOSPC after a partial write, say) is undone back to the last whole record,
+   * so the segment never holds a torn record that later appends would follow.
+   */
+  #writeRecords(frames: Buffer[], count: number): number {
+    if (count === 0) return 0;
     const last = this.#segments[this.#segments.length - 1]!;
-    this.#sizes.set(last, (this.#sizes.get(last) ?? 0) + frame.length);
+    const base = this.#sizes.get(last) ?? 0;
+    const data = Buffer.concat(frames);
+    let off = 0;
+    try {
+      while (off < data.length) off += writeSync(this.#writeFd, data, off, data.length - off);
+      this.#sizes.set(last, base + data.length);
+      this.#recovered('write');
+      return count;
+    } catch (err) {
+      this.writeErrors++;
+      // Whole records among the bytes that made it.
+      let whole = 0;
+      let good = 0;
+      for (let i = 0; i < count; i++) {
+        const next = good + frames[2 * i]!.length + frames[2 * i + 1]!.length;
+        if (next > off) break;
+        good = next;
+        whole++;
+      }
+      try {
+        ftruncateSync(this.#writeFd, base + good);
+        this.#sizes.set(last, base + good);
+      } catch (truncErr) {
+        // The torn bytes stay: write on in a new segment, and read this one only up to its last whole record.
+        this.#sizes.set(last, base + good);
+        this.#tryStartSegment(last + 1);
+        this.#failed('write', 'EDR_COLLECTOR_SPOOL_WRITE', 'cannot cut a torn spool record', truncErr);
+      }
+      this.#failed('write', 'EDR_COLLECTOR_SPOOL_WRITE', 'cannot write to the spool', err);
+      return whole;
+    }
   }
 
   #nextSegment(seg: number): number {
@@ -319,15 +434,26 @@ export class Spool {
     return { segment: first ?? 0, offset: 0 };
   }
 
+  /** A cursor that cannot be written (disk full) leaves the older one: a restart re-sends, and loses nothing. */
   #saveCursor(): void {
     const file = path.join(this.#opts.dir, 'cursor');
     const tmp = `${file}.tmp`;
-    writeFileSync(tmp, JSON.stringify(this.#committed));
-    if (this.#opts.fsync === 'always') {
-      const fd = openSync(tmp, 'r');
-      fsyncSync(fd);
-      closeSync(fd);
+    try {
+      writeFileSync(tmp, JSON.stringify(this.#committed));
+      if (this.#opts.fsync === 'always') {
+        const fd = openSync(tmp, 'r');
+        try {
+          this.#fsync(fd);
+        } finally {
+          closeSync(fd);
+        }
+      }
+      renameSync(tmp, file);
+      this.#recovered('cursor');
+    } catch (err) {
+      this.cursorErrors++;
+      rmSync(tmp, { force: true });
+      this.#failed('cursor', 'EDR_COLLECTOR_SPOOL_CURSOR', 'cannot save the spool cursor', err);
     }
-    renameSync(tmp, file);
   }
 }

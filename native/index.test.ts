@@ -75,6 +75,7 @@ describe('reconcile', () => {
     readErrors: 0,
     received: 95,
     queueDrops: 10,
+    decodeDrops: 0,
     queued: 5,
     delivered: 80,
     batches: 7,
@@ -88,5 +89,7 @@ describe('reconcile', () => {
   it('shows events in flight or lost per stage', () => {
     assert.deepEqual(reconcile({ ...base, seen: 103 }), { kernel: 3, queue: 0 });
     assert.deepEqual(reconcile({ ...base, delivered: 79 }), { kernel: 0, queue: 1 });
+    // A record whose decoding threw is accounted for, not missing.
+    assert.deepEqual(reconcile({ ...base, delivered: 79, decodeDrops: 1 }), { kernel: 0, queue: 0 });
   });
 });

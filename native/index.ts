@@ -98,7 +98,7 @@ export interface ExecCaptureOptions {
 }
 
 /** Every counter of the capture. After close, seen == received + ringDrops and
- * received == delivered + queueDrops + queued (see `reconcile`). */
+ * received == delivered + queueDrops + decodeDrops + queued (see `reconcile`). */
 export interface ExecCaptureStats {
   /** Events the kernel programs tried to emit (exec + fork + exit). */
   seen: number;
@@ -117,6 +117,8 @@ export interface ExecCaptureStats {
   received: number;
   /** Records dropped because the native queue was full (JavaScript too slow). */
   queueDrops: number;
+  /** Records taken off the queue whose decoding threw: counted, never handed over. */
+  decodeDrops: number;
   /** Records waiting in the native queue. */
   queued: number;
   /** Events handed to JavaScript. */
@@ -177,7 +179,7 @@ export function resolveOptions(options: ExecCaptureOptions = {}): NativeOptions 
 export function reconcile(stats: ExecCaptureStats): { kernel: number; queue: number } {
   return {
     kernel: stats.seen - stats.received - stats.ringDrops,
-    queue: stats.received - stats.delivered - stats.queueDrops - stats.queued,
+    queue: stats.received - stats.delivered - stats.queueDrops - stats.decodeDrops - stats.queued,
   };
 }
 

@@ -223,6 +223,7 @@ struct Shared {
 
   std::atomic<uint64_t> received{0};     // records read from the ring
   std::atomic<uint64_t> queue_drops{0};  // records dropped because the queue was full
+  std::atomic<uint64_t> decode_drops{0};  // records taken off the queue whose decoding threw
   std::atomic<uint64_t> delivered{0};    // records handed to JavaScript
   std::atomic<uint64_t> batches{0};
   std::atomic<bool> stop{false};
@@ -390,6 +391,8 @@ class Capture : public Napi::ObjectWrap<Capture> {
     Napi::Env env = info.Env();
     shared_->notify_pending.store(false);
     size_t max = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 4096;
+    // Made before anything leaves the queue: a throw here loses nothing.
+    Napi::Array out = Napi::Array::New(env);
     std::deque<Batch> taken;
     std::string error;
     {
@@ -409,14 +412,20 @@ class Capture : public Napi::ObjectWrap<Capture> {
       if (!error.empty()) throw CodedError(env, "EDR_NATIVE_DRAIN", error);
       if (closed_) return env.Null();
     }
-    Napi::Array out = Napi::Array::New(env);
     uint32_t k = 0;
     for (const Batch& b : taken) {
       size_t off = 0;
       for (uint32_t i = 0; i < b.events; i++) {
         edr_event head;
         memcpy(&head, b.bytes.data() + off, sizeof(head));
-        out.Set(k++, Decode(env, b.bytes.data() + off, head.size));
+        // These records are off the queue: one whose decoding throws (out of memory, a JS exception pending)
+        // is counted, not lost with the rest of the batch. Napi::Error is a std::exception.
+        try {
+          out.Set(k, Decode(env, b.bytes.data() + off, head.size));
+          k++;
+        } catch (const std::exception&) {
+          shared_->decode_drops.fetch_add(1, std::memory_order_relaxed);
+        }
         off += head.size;
       }
     }
@@ -463,6 +472,7 @@ class Capture : public Napi::ObjectWrap<Capture> {
     num("readErrors", kernel_[EDR_C_READ_ERRORS]);
     num("received", shared_->received.load());
     num("queueDrops", shared_->queue_drops.load());
+    num("decodeDrops", shared_->decode_drops.load());
     num("delivered", shared_->delivered.load());
     num("batches", shared_->batches.load());
     size_t queued;
