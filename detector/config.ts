@@ -7,6 +7,11 @@ import { z } from 'zod';
 import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import { LEVEL_ORDER } from '../schemas/levels.js';
 import { topics } from '../schemas/topics.js';
+import {
+  DEFAULT_MAX_CHANGELOG_RECORD_BYTES,
+  DEFAULT_MAX_CLOCK_SKEW_MS,
+  DEFAULT_MAX_EVENTS_PER_GROUP,
+} from './correlations.js';
 import { readPublicKey, type SigningKey } from './rule-signing.js';
 import { DEFAULT_RULE_LIMITS } from './sigma/limits.js';
 
@@ -132,6 +137,20 @@ export const detectorConfigSchema = z.strictObject({
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */
       maxGroups: z.number().int().positive().default(10_000),
+      /** Entries kept per group; beyond it the oldest are dropped (and counted): one flooding host stays bounded. */
+      maxEventsPerGroup: z.number().int().positive().default(DEFAULT_MAX_EVENTS_PER_GROUP),
+      /**
+       * How far an event's own time may lie from its Kafka record's timestamp before the record's is used for
+       * windowing instead (counted): a host's clock, or a forged event, cannot move windows past other hosts' state.
+       */
+      maxClockSkewMs: z.number().int().positive().default(DEFAULT_MAX_CLOCK_SKEW_MS),
+      /** Bound of one changelog record (a group's entries); larger groups lose their oldest entries (counted). */
+      maxChangelogRecordBytes: z
+        .number()
+        .int()
+        .min(1024)
+        .max(900_000)
+        .default(DEFAULT_MAX_CHANGELOG_RECORD_BYTES),
       /** How long a worker waits for the state of a partition it took over before starting empty. */
       restoreTimeoutMs: z.number().int().positive().default(15_000),
     })

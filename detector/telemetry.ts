@@ -14,6 +14,10 @@ export interface DetectorMetrics {
   evaluationMs(ms: number): void;
   deadLetters(n: number): void;
   correlationEvictions(n: number, correlationId: string): void;
+  /** Entries dropped from one correlation group (per-group bound, or to fit a changelog record). */
+  correlationTrimmed(n: number, correlationId: string): void;
+  /** An event whose time strayed past the clock-skew bound from its record's timestamp (skew in ms, signed). */
+  eventTimeClamped(skewMs: number): void;
   /** A rules-topic record refused (unsigned, bad signature, unknown key, stale version, ...). */
   ruleRefused(reason: string): void;
   /** Latest lag per partition, read by the gauge when scraped. */
@@ -33,6 +37,12 @@ export function detectorMetrics(name = 'edr-detector'): DetectorMetrics {
   const dead = meter.createCounter('edr_detector_dead_letters', { description: 'records dead-lettered' });
   const evictions = meter.createCounter('edr_detector_correlation_evictions', {
     description: 'correlation groups evicted to bound memory',
+  });
+  const trimmed = meter.createCounter('edr_detector_correlation_entries_trimmed', {
+    description: 'correlation entries dropped to bound one group (count, or changelog record size)',
+  });
+  const clamped = meter.createCounter('edr_detector_event_time_clamped', {
+    description: 'events whose time lay beyond the clock-skew bound of their record timestamp, by direction',
   });
   const refused = meter.createCounter('edr_detector_rules_refused', {
     description: 'rules-topic records refused, by reason',
@@ -60,6 +70,8 @@ export function detectorMetrics(name = 'edr-detector'): DetectorMetrics {
     evaluationMs: (ms) => evalTime.record(ms),
     deadLetters: (n) => dead.add(n),
     correlationEvictions: (n, correlationId) => evictions.add(n, { correlationId }),
+    correlationTrimmed: (n, correlationId) => trimmed.add(n, { correlationId }),
+    eventTimeClamped: (skewMs) => clamped.add(1, { direction: skewMs > 0 ? 'future' : 'past' }),
     ruleRefused: (reason) => refused.add(1, { reason }),
     setLag: (topic, partition, lag) => lags.set(`${topic}/${partition}`, { topic, partition, lag }),
     setRuleSetVersion: (v) => {

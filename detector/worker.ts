@@ -77,6 +77,10 @@ export interface WorkerOptions {
   /** Tests only: see EvalPool's testHook. */
   evalThreadHook?: URL;
   maxGroups: number;
+  /** See CorrelationStoreOptions. */
+  maxEventsPerGroup?: number;
+  maxClockSkewMs?: number;
+  maxChangelogRecordBytes?: number;
   restoreTimeoutMs: number;
   metrics: DetectorMetrics;
   log: Logger;
@@ -272,6 +276,11 @@ export class DetectorWorker {
       changelogTopic: o.topics.changelog,
       changelogPartitions: o.changelogPartitions,
       maxGroups: o.maxGroups,
+      ...(o.maxEventsPerGroup === undefined ? {} : { maxEventsPerGroup: o.maxEventsPerGroup }),
+      ...(o.maxClockSkewMs === undefined ? {} : { maxClockSkewMs: o.maxClockSkewMs }),
+      ...(o.maxChangelogRecordBytes === undefined
+        ? {}
+        : { maxChangelogRecordBytes: o.maxChangelogRecordBytes }),
       restoreTimeoutMs: o.restoreTimeoutMs,
       metrics: o.metrics,
       log: o.log,
@@ -492,11 +501,12 @@ export class DetectorWorker {
     const { partition, snap, derived: d, match: m, event: ev, source, out, localReady } = c;
     let n = 0;
     const get = (f: string) => eventField(ev, f);
+    const time = { eventMs: eventTimeMs(ev), recordMs: source.timestampMs };
     if (localReady) {
       for (const c of d.local) {
         const ref = ruleRef(c, m.rule);
         if (ref === undefined) continue;
-        for (const cm of this.local.step(partition, c, ref, eventTimeMs(ev), get)) {
+        for (const cm of this.local.step(partition, c, ref, time, get)) {
           if (belowLevel(c.level, snap.minLevel)) continue;
           out.push(
             alertRecord(
@@ -551,7 +561,8 @@ export class DetectorWorker {
       const ref = r.headers['edr-rule-ref']?.toString('utf8');
       if (c === undefined || ref === undefined) continue; // correlation removed since
       const ev = base.event;
-      for (const cm of this.remote.step(batch.partition, c, ref, eventTimeMs(ev), (f) => eventField(ev, f))) {
+      const time = { eventMs: eventTimeMs(ev), recordMs: r.timestampMs };
+      for (const cm of this.remote.step(batch.partition, c, ref, time, (f) => eventField(ev, f))) {
         if (belowLevel(c.level, snap.minLevel)) continue;
         out.push(
           alertRecord(
