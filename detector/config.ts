@@ -133,6 +133,13 @@ export const detectorConfigSchema = z.strictObject({
    * one host is what an attacker controls, and a crafted record must not switch detection off.
    */
   disableRuleAfterHosts: z.number().int().positive().default(3),
+  /**
+   * Rule alerts one batch carries at most; beyond it only the first alert of each rule and host is kept, the
+   * repeats dropped and counted (edr_detector_alerts_dropped): a flood of matches cannot grow a transaction
+   * without bound, and every distinct detection still surfaces. (The literal keeps worker.ts, and its threads,
+   * out of the config's imports; the worker's DEFAULT_MAX_ALERTS_PER_BATCH is the same.)
+   */
+  maxAlertsPerBatch: z.number().int().positive().default(50_000),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */

@@ -107,6 +107,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       disableRuleAfterHosts: config.disableRuleAfterHosts,
       maxAlertBytes: config.maxAlertBytes,
       maxGroups: config.correlation.maxGroups,
+      maxAlertsPerBatch: config.maxAlertsPerBatch,
       maxEventsPerGroup: config.correlation.maxEventsPerGroup,
       maxClockSkewMs: config.correlation.maxClockSkewMs,
       maxChangelogRecordBytes: config.correlation.maxChangelogRecordBytes,

@@ -13,6 +13,8 @@ export interface DetectorMetrics {
   ruleMatched(ruleId: string): void;
   evaluationMs(ms: number): void;
   deadLetters(n: number): void;
+  /** Rule alerts dropped by the per-batch bound (repeats of a rule and host). */
+  alertsDropped(n: number): void;
   correlationEvictions(n: number, correlationId: string): void;
   /** Entries dropped from one correlation group (per-group bound, or to fit a changelog record). */
   correlationTrimmed(n: number, correlationId: string): void;
@@ -37,6 +39,9 @@ export function detectorMetrics(name = 'edr-detector'): DetectorMetrics {
   const dead = meter.createCounter('edr_detector_dead_letters', { description: 'records dead-lettered' });
   const evictions = meter.createCounter('edr_detector_correlation_evictions', {
     description: 'correlation groups evicted to bound memory',
+  });
+  const dropped = meter.createCounter('edr_detector_alerts_dropped', {
+    description: 'rule alerts beyond maxAlertsPerBatch dropped (repeats of a rule and host in one batch)',
   });
   const trimmed = meter.createCounter('edr_detector_correlation_entries_trimmed', {
     description: 'correlation entries dropped to bound one group (count, or changelog record size)',
@@ -69,6 +74,7 @@ export function detectorMetrics(name = 'edr-detector'): DetectorMetrics {
     ruleMatched: (ruleId) => matches.add(1, { ruleId }),
     evaluationMs: (ms) => evalTime.record(ms),
     deadLetters: (n) => dead.add(n),
+    alertsDropped: (n) => dropped.add(n),
     correlationEvictions: (n, correlationId) => evictions.add(n, { correlationId }),
     correlationTrimmed: (n, correlationId) => trimmed.add(n, { correlationId }),
     eventTimeClamped: (skewMs) => clamped.add(1, { direction: skewMs > 0 ? 'future' : 'past' }),

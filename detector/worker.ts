@@ -74,6 +74,13 @@ export interface WorkerOptions {
   disableRuleAfterHosts?: number;
   /** Bound of an encoded alert (default DEFAULT_MAX_ALERT_BYTES): larger ones are cut short, marked truncated. */
   maxAlertBytes?: number;
+  /**
+   * Rule alerts one batch's transaction carries at most (DEFAULT_MAX_ALERTS_PER_BATCH). Beyond it an alert is
+   * kept only when its rule and host have none in the batch yet (each distinct detection still surfaces; the
+   * sinks fold the rest anyway); the others are dropped and counted (edr_detector_alerts_dropped). Their events
+   * stay on the audit topic for `edr replay`.
+   */
+  maxAlertsPerBatch?: number;
   /** Tests only: see EvalPool's testHook. */
   evalThreadHook?: URL;
   maxGroups: number;
@@ -84,6 +91,28 @@ export interface WorkerOptions {
   restoreTimeoutMs: number;
   metrics: DetectorMetrics;
   log: Logger;
+}
+
+export const DEFAULT_MAX_ALERTS_PER_BATCH = 50_000;
+
+/** Admits a batch's alerts up to `max`, then only the first of each rule and host. */
+function alertBound(max: number): { admit(ruleId: string, hostId: string): boolean; dropped: number } {
+  const pairs = new Set<string>();
+  let admitted = 0;
+  const b = {
+    dropped: 0,
+    admit(ruleId: string, hostId: string): boolean {
+      const k = `${ruleId}\u0000${hostId}`;
+      if (admitted >= max && pairs.has(k)) {
+        b.dropped++;
+        return false;
+      }
+      pairs.add(k);
+      admitted++;
+      return true;
+    },
+  };
+  return b;
 }
 
 function correlationInfo(c: CompiledCorrelation): RuleInfo {
@@ -364,6 +393,7 @@ export class DetectorWorker {
     const outcomes = await this.evaluate(this.threads === 0 ? undefined : this.pool, batch, out);
     let alerts = 0;
     let dead = 0;
+    const bound = alertBound(o.maxAlertsPerBatch ?? DEFAULT_MAX_ALERTS_PER_BATCH);
     for (const x of outcomes) {
       const r = batch.records[x.index]!;
       if (x.kind !== 'matched') {
@@ -376,7 +406,7 @@ export class DetectorWorker {
       for (let j = 0; j < x.matches.length; j++) {
         const m = x.matches[j]!;
         o.metrics.ruleMatched(m.rule.id);
-        if (!d.silent.has(m.rule.id)) {
+        if (!d.silent.has(m.rule.id) && bound.admit(m.rule.id, x.hostId)) {
           const ctx = { ruleSetVersion: snap.version, replayRunId: null };
           out.push(encodedAlertRecord(o.topics.alerts, x.hostId, x.alerts[j]!, r, ctx));
           alerts++;
@@ -403,6 +433,14 @@ export class DetectorWorker {
     o.metrics.eventsConsumed(batch.records.length, { topic: batch.topic });
     if (alerts > 0) o.metrics.alertsEmitted(alerts);
     if (dead > 0) o.metrics.deadLetters(dead);
+    if (bound.dropped > 0) {
+      o.metrics.alertsDropped(bound.dropped);
+      o.log.warn('alerts per batch at their bound: repeats of a rule and host dropped', {
+        topic: batch.topic,
+        partition: batch.partition,
+        dropped: bound.dropped,
+      });
+    }
     return out;
   }
 
