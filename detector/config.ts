@@ -140,6 +140,12 @@ export const detectorConfigSchema = z.strictObject({
    * out of the config's imports; the worker's DEFAULT_MAX_ALERTS_PER_BATCH is the same.)
    */
   maxAlertsPerBatch: z.number().int().positive().default(50_000),
+  /**
+   * Self-monitoring (pipeline-health.ts): read the audit topic and raise alerts, with the project's stable
+   * `edr-pipeline-*` rule ids, for collectors' loss and STOPPED records, disabled rules, rules-topic pushes and
+   * refusals.
+   */
+  health: z.strictObject({ enabled: z.boolean().default(true) }).prefault({}),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */

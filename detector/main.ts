@@ -108,6 +108,7 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       maxAlertBytes: config.maxAlertBytes,
       maxGroups: config.correlation.maxGroups,
       maxAlertsPerBatch: config.maxAlertsPerBatch,
+      health: config.health.enabled,
       maxEventsPerGroup: config.correlation.maxEventsPerGroup,
       maxClockSkewMs: config.correlation.maxClockSkewMs,
       maxChangelogRecordBytes: config.correlation.maxChangelogRecordBytes,

@@ -34,6 +34,7 @@ import { CorrelationStore, eventTimeMs, groupKey, isHostScoped } from './correla
 import { EvalPool } from './eval-pool.js';
 import { type Evaluation, evaluateRecords } from './evaluate.js';
 import { autoThreads, HostPeers } from './host-peers.js';
+import { detectorReport, healthTransform } from './pipeline-health.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
 import { type CompiledCorrelation, type CorrelationMatch, ruleRef } from './sigma/correlations.js';
 import type { CompiledRule, Match } from './sigma/engine.js';
@@ -81,6 +82,11 @@ export interface WorkerOptions {
    * stay on the audit topic for `edr replay`.
    */
   maxAlertsPerBatch?: number;
+  /**
+   * Whether this worker also runs the health stage on the audit topic (pipeline-health.ts): collectors' LOSS and
+   * STOPPED records, rule-disabled, rules-accepted and rule-refused reports become alerts.
+   */
+  health?: boolean;
   /** Tests only: see EvalPool's testHook. */
   evalThreadHook?: URL;
   maxGroups: number;
@@ -168,25 +174,14 @@ function derived(snap: RuleSnapshot): SnapDerived {
   return d;
 }
 
-/** The audit record reporting a disabled rule: a CollectorRecord (kind CONFIG) so audit readers decode it. */
+/** The audit record reporting a disabled rule (the health stage alerts on it). */
 function disabledReport(codec: Codec, o: WorkerOptions, rule: CompiledRule, err: unknown): OutRecord {
-  return {
-    topic: o.topics.audit,
-    key: o.detectorId,
-    value: codec.encode('dev.edr.v1.CollectorRecord', {
-      hostId: o.detectorId,
-      hostname: o.detectorId,
-      bootId: '',
-      timeNs: BigInt(Date.now()) * 1_000_000n,
-      collectorVersion: 'edr-detector',
-      kind: 'CONFIG',
-      config: JSON.stringify({ event: 'rule-disabled', ruleId: rule.id, reason: errorMessage(err) }),
-      losses: null,
-      lastSeq: 0n,
-      message: `detector ${o.detectorId} disabled rule ${rule.id} (${rule.title}): it threw at evaluation: ${errorMessage(err)}`,
-    }),
-    headers: { 'edr-record': 'rule-disabled' },
-  };
+  return detectorReport(
+    codec,
+    { detectorId: o.detectorId, auditTopic: o.topics.audit },
+    { event: 'rule-disabled', ruleId: rule.id, reason: errorMessage(err) },
+    `detector ${o.detectorId} disabled rule ${rule.id} (${rule.title}): it threw at evaluation: ${errorMessage(err)}`,
+  );
 }
 
 function correlationAlert(
@@ -344,17 +339,34 @@ export class DetectorWorker {
         }),
       );
     }
-    this.consumptions.push(
-      await o.transport.consumeTransform({
-        groupId: `${o.groupId}-correlate`,
-        topics: [o.topics.correlation],
-        start: 'earliest',
-        maxBatchRecords: o.maxBatchRecords,
-        deadLetterTopic: o.topics.deadLetter,
-        transactionalIdPrefix: `${o.groupId}-correlate`,
-        transform: (batch) => this.transformRepartitioned(batch),
-      }),
-    );
+    // One more member per stage, each in a group of its own: matches repartitioned by group-by values, and the
+    // audit topic's records about the pipeline itself.
+    const stage = async (suffix: string, topic: string, transform: (b: Batch) => Promise<OutRecord[]>) => {
+      this.consumptions.push(
+        await o.transport.consumeTransform({
+          groupId: `${o.groupId}-${suffix}`,
+          topics: [topic],
+          start: 'earliest',
+          maxBatchRecords: o.maxBatchRecords,
+          deadLetterTopic: o.topics.deadLetter,
+          transactionalIdPrefix: `${o.groupId}-${suffix}`,
+          transform,
+        }),
+      );
+    };
+    await stage('correlate', o.topics.correlation, (batch) => this.transformRepartitioned(batch));
+    if (o.health === true) {
+      const health = {
+        alertsTopic: o.topics.alerts,
+        detectorId: o.detectorId,
+        maxAlertBytes: o.maxAlertBytes,
+      };
+      await stage('health', o.topics.audit, async (batch) =>
+        healthTransform(this.codec, health, batch.records, (err, r) =>
+          o.log.warn('pipeline alert not raised', { err, partition: r.partition, offset: r.offset }),
+        ),
+      );
+    }
   }
 
   /** Settles when a consumption ends (rejects on a fatal error). */
