@@ -145,7 +145,18 @@ export const detectorConfigSchema = z.strictObject({
    * `edr-pipeline-*` rule ids, for collectors' loss and STOPPED records, disabled rules, rules-topic pushes and
    * refusals.
    */
-  health: z.strictObject({ enabled: z.boolean().default(true) }).prefault({}),
+  health: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      /**
+       * A known host (one whose CollectorHeartbeat was read) silent for this long raises edr-pipeline-host-silent:
+       * killed, hung or cut off. Several times the collectors' `publish.heartbeatIntervalMs` (30 s).
+       */
+      silentAfterMs: z.number().int().min(1000).default(120_000),
+      /** Hosts tracked at most; beyond it the one heard from longest ago is forgotten (logged with the count). */
+      maxHosts: z.number().int().positive().default(100_000),
+    })
+    .prefault({}),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */

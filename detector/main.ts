@@ -109,6 +109,8 @@ export async function runDetector(config: DetectorConfig, signal: AbortSignal): 
       maxGroups: config.correlation.maxGroups,
       maxAlertsPerBatch: config.maxAlertsPerBatch,
       health: config.health.enabled,
+      silentAfterMs: config.health.silentAfterMs,
+      maxTrackedHosts: config.health.maxHosts,
       maxEventsPerGroup: config.correlation.maxEventsPerGroup,
       maxClockSkewMs: config.correlation.maxClockSkewMs,
       maxChangelogRecordBytes: config.correlation.maxChangelogRecordBytes,

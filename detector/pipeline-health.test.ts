@@ -5,10 +5,10 @@ import { MemoryTransport } from '../infra/memory-transport.js';
 import type { InRecord, OutRecord } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
 import type { Alert } from '../schemas/types.js';
-import { sampleCollectorRecord, sampleEvent } from '../test/fixtures/events.js';
+import { sampleCollectorRecord, sampleEvent, sampleHeartbeat } from '../test/fixtures/events.js';
 import { containsRule } from '../test/harness/detector.js';
 import { adjustRules, POISON, THROWING_RULE_ID } from '../test/harness/throwing-rule.js';
-import { HEALTH_RULES, healthTransform } from './pipeline-health.js';
+import { HEALTH_RULES, healthTransform, SilentHosts } from './pipeline-health.js';
 import { RuleStore } from './rule-store.js';
 import { acceptedReport, refusalReport } from './rules-topic.js';
 import { detectorMetrics } from './telemetry.js';
@@ -181,4 +181,46 @@ test('rules-topic changes: each accepted record and each refusal raises an alert
     [r!.ruleId, r!.event.hostId, field(r!, 'refusedRuleId'), field(r!, 'reason')],
     [HEALTH_RULES.ruleRefused.id, 'w1', 'r-evil', 'unsigned'],
   );
+});
+
+test('a known host silent past silentAfterMs raises one alert per silence, on partitions owned; bounded; stopped hosts and future dates excluded', () => {
+  let now = 1_000_000;
+  const silent = new SilentHosts({ silentAfterMs: 10_000, maxHosts: 3, now: () => now });
+  const beat = (hostId: string, lastSeq: bigint) =>
+    sampleHeartbeat({ hostId, lastSeq, timeNs: BigInt(now) * 1_000_000n });
+  silent.heartbeat(0, beat('quiet', 5n), now);
+  silent.heartbeat(1, beat('elsewhere', 1n), now);
+  silent.heartbeat(0, beat('stops', 1n), now);
+  const owned = (p: number) => p === 0;
+  now += 5000;
+  silent.heartbeat(0, beat('alive', 1n), now);
+  assert.equal(silent.evicted, 1, 'four hosts, at most three kept: the one heard from longest ago went');
+  silent.stopped('stops');
+  // A host dating its heartbeat an hour ahead is heard from now, not an hour later.
+  silent.heartbeat(0, beat('liar', 1n), now + 3_600_000);
+  assert.deepEqual(silent.due(owned, 'd1'), [], 'nobody silent yet');
+  now += 6000;
+  const first = silent.due(owned, 'd1');
+  // 'quiet' was evicted (first heard), 'elsewhere' is not owned, 'stops' stopped: none of them.
+  assert.deepEqual(first, []);
+  now += 5000;
+  const second = silent.due(owned, 'd1');
+  assert.deepEqual(
+    second.map((a) => [a.ruleId, a.event.hostId]),
+    [
+      [HEALTH_RULES.silent.id, 'alive'],
+      [HEALTH_RULES.silent.id, 'liar'],
+    ],
+  );
+  assert.equal(field(second[0]!, 'silentForMs'), '11000');
+  assert.deepEqual(silent.due(owned, 'd1'), [], 'once per silence');
+  // Heard from again, then silent again: a new alert (a new id, from the new heartbeat).
+  silent.heartbeat(0, beat('alive', 9n), now);
+  now += 10_001;
+  const third = silent.due(owned, 'd1');
+  assert.deepEqual(
+    third.map((a) => a.event.hostId),
+    ['alive'],
+  );
+  assert.notEqual(third[0]!.alertId, second[0]!.alertId);
 });

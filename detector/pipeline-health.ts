@@ -11,7 +11,14 @@
 import { errorMessage } from '../infra/errors.js';
 import type { InRecord, OutRecord } from '../infra/transport.js';
 import type { Codec } from '../schemas/codec.js';
-import type { Alert, CollectorRecord, ExecveEvent, MatchedField, RuleRefused } from '../schemas/types.js';
+import type {
+  Alert,
+  CollectorHeartbeat,
+  CollectorRecord,
+  ExecveEvent,
+  MatchedField,
+  RuleRefused,
+} from '../schemas/types.js';
 import { alertRecord, buildAlert, type RuleInfo } from './alerts.js';
 
 const rule = (id: string, title: string, level: string, tags: string[]): RuleInfo => ({
@@ -32,6 +39,7 @@ export const HEALTH_RULES = {
   ruleRefused: rule('edr-pipeline-rule-refused', 'EDR rules-topic record refused', 'medium', [
     'attack.t1562',
   ]),
+  silent: rule('edr-pipeline-host-silent', 'EDR collector host fell silent', 'high', ['attack.t1562.001']),
   rulesChanged: rule('edr-pipeline-rules-changed', 'EDR rule set changed from the rules topic', 'medium', []),
 } as const;
 
@@ -201,29 +209,123 @@ function refusedAlert(r: RuleRefused, detectorId: string): Alert {
 
 /** The alerts an audit record raises (none for events and for records that do not decode). */
 export function healthAlerts(codec: Codec, value: Buffer | null, detectorId: string): Alert[] {
-  if (value === null) return [];
-  let d: ReturnType<Codec['view']>;
+  return alertsFor(decoded(codec, value), detectorId);
+}
+
+function decoded(codec: Codec, value: Buffer | null): ReturnType<Codec['view']> | undefined {
+  if (value === null) return undefined;
   try {
-    d = codec.view(value);
+    return codec.view(value);
   } catch {
-    return []; // not the pipeline's to judge: the audit topic's own readers report it
+    return undefined; // not the pipeline's to judge: the audit topic's own readers report it
   }
-  if (d.name === 'dev.edr.v1.CollectorRecord') return collectorAlerts(d.value, detectorId);
-  if (d.name === 'dev.edr.v1.RuleRefused') return [refusedAlert(d.value, detectorId)];
+}
+
+function alertsFor(d: ReturnType<Codec['view']> | undefined, detectorId: string): Alert[] {
+  if (d?.name === 'dev.edr.v1.CollectorRecord') return collectorAlerts(d.value, detectorId);
+  if (d?.name === 'dev.edr.v1.RuleRefused') return [refusedAlert(d.value, detectorId)];
   return [];
+}
+
+interface Known {
+  partition: number;
+  beat: CollectorHeartbeat;
+  /** When it was last heard of (record time, never later than the detector's clock). */
+  lastMs: number;
+  alerted: boolean;
+}
+
+/**
+ * Hosts known from their heartbeats, per audit partition (a host's records share one: the topic is keyed by
+ * host id), and the alert for each that falls silent past `silentAfterMs`: once per silence, again only after it
+ * was heard from again. At most `maxHosts` are kept; beyond it the one heard from longest ago is forgotten, counted.
+ */
+export class SilentHosts {
+  readonly #hosts = new Map<string, Known>();
+  /** Hosts forgotten because of maxHosts. */
+  evicted = 0;
+
+  constructor(private readonly o: { silentAfterMs: number; maxHosts: number; now?: () => number }) {}
+
+  get size(): number {
+    return this.#hosts.size;
+  }
+
+  /**
+   * A heartbeat read from `partition` in a record stamped `recordMs` (the collector's clock: a time ahead of the
+   * detector's is taken as now, so a host cannot postpone its own silence alert by dating its heartbeats ahead).
+   */
+  heartbeat(partition: number, beat: CollectorHeartbeat, recordMs: number): void {
+    const now = this.o.now?.() ?? Date.now();
+    this.#hosts.delete(beat.hostId); // re-inserted last: the map's order is the order last heard from
+    this.#hosts.set(beat.hostId, { partition, beat, lastMs: Math.min(recordMs, now), alerted: false });
+    if (this.#hosts.size > this.o.maxHosts) {
+      const oldest = this.#hosts.keys().next().value as string;
+      this.#hosts.delete(oldest);
+      this.evicted++;
+    }
+  }
+
+  /** A host that stopped (its STOPPED record is alerted on by itself): no silence alert for it. */
+  stopped(hostId: string): void {
+    this.#hosts.delete(hostId);
+  }
+
+  /** The alerts of hosts silent past the bound, on partitions this worker owns (`owned`). */
+  due(owned: (partition: number) => boolean, detectorId: string): Alert[] {
+    const now = this.o.now?.() ?? Date.now();
+    const out: Alert[] = [];
+    for (const k of this.#hosts.values()) {
+      if (now - k.lastMs <= this.o.silentAfterMs) break; // in order of last heard from: the rest are younger
+      if (k.alerted) continue;
+      if (!owned(k.partition)) continue; // moved to another worker, which alerts on it
+      k.alerted = true;
+      const b = k.beat;
+      // The id comes from the last heartbeat: every reader of it raises the same alert for this silence.
+      const e = standIn({
+        hostId: b.hostId,
+        hostname: b.hostname,
+        bootId: b.bootId,
+        timeNs: b.timeNs,
+        seq: b.lastSeq,
+      });
+      const f = fields({
+        lastHeardAt: new Date(k.lastMs).toISOString(),
+        silentForMs: now - k.lastMs,
+        heartbeatIntervalMs: b.intervalMs,
+        lastSeq: b.lastSeq,
+        kernelRingFull: b.kernelRingFull,
+        queueDropped: b.queueDropped,
+        spoolDropped: b.spoolDropped,
+      });
+      out.push(
+        buildAlert(HEALTH_RULES.silent, { ...e, collectorVersion: b.collectorVersion }, f, {
+          ruleSetVersion: 'pipeline-health',
+          detectorId,
+          runId: null,
+        }),
+      );
+    }
+    return out;
+  }
 }
 
 /** One batch of the audit topic → its pipeline alerts, for the health stage's transaction. */
 export function healthTransform(
   codec: Codec,
-  o: { alertsTopic: string; detectorId: string; maxAlertBytes?: number | undefined },
+  o: { alertsTopic: string; detectorId: string; maxAlertBytes?: number | undefined; silent?: SilentHosts },
   records: readonly InRecord[],
   onError: (err: unknown, r: InRecord) => void,
 ): OutRecord[] {
   const out: OutRecord[] = [];
   for (const r of records) {
     try {
-      for (const a of healthAlerts(codec, r.value, o.detectorId))
+      const d = decoded(codec, r.value);
+      if (d?.name === 'dev.edr.v1.CollectorHeartbeat')
+        o.silent?.heartbeat(r.partition, d.value, r.timestampMs);
+      if (d?.name === 'dev.edr.v1.CollectorRecord' && d.value.kind === 'STOPPED')
+        o.silent?.stopped(d.value.hostId);
+      for (const a of alertsFor(d, o.detectorId))
         out.push(alertRecord(codec, o.alertsTopic, a, r, o.maxAlertBytes));
     } catch (err) {
       onError(new Error(`pipeline alert for audit record: ${errorMessage(err)}`), r);

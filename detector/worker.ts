@@ -15,6 +15,7 @@ import {
   deadLetterRecord,
   type InRecord,
   type OutRecord,
+  type Producer,
   type Transport,
 } from '../infra/transport.js';
 import { type Codec, projectCodec } from '../schemas/codec.js';
@@ -34,7 +35,7 @@ import { CorrelationStore, eventTimeMs, groupKey, isHostScoped } from './correla
 import { EvalPool } from './eval-pool.js';
 import { type Evaluation, evaluateRecords } from './evaluate.js';
 import { autoThreads, HostPeers } from './host-peers.js';
-import { detectorReport, healthTransform } from './pipeline-health.js';
+import { detectorReport, healthTransform, SilentHosts } from './pipeline-health.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
 import { type CompiledCorrelation, type CorrelationMatch, ruleRef } from './sigma/correlations.js';
 import type { CompiledRule, Match } from './sigma/engine.js';
@@ -87,6 +88,10 @@ export interface WorkerOptions {
    * STOPPED records, rule-disabled, rules-accepted and rule-refused reports become alerts.
    */
   health?: boolean;
+  /** Health stage: a host whose heartbeats stop for this long raises edr-pipeline-host-silent (default 120 s). */
+  silentAfterMs?: number;
+  /** Health stage: hosts tracked at most (default 100 000); beyond it the one heard from longest ago is forgotten. */
+  maxTrackedHosts?: number;
   /** Tests only: see EvalPool's testHook. */
   evalThreadHook?: URL;
   maxGroups: number;
@@ -265,6 +270,7 @@ export class DetectorWorker {
   private readonly local: CorrelationStore;
   private readonly remote: CorrelationStore;
   private consumptions: Consumption[] = [];
+  private stopSilence: (() => Promise<void>) | undefined;
   /** Per rule, the distinct hosts whose events it threw on (at most the disable threshold's count kept). */
   private readonly threwOn = new Map<string, Set<string>>();
 
@@ -342,31 +348,84 @@ export class DetectorWorker {
     // One more member per stage, each in a group of its own: matches repartitioned by group-by values, and the
     // audit topic's records about the pipeline itself.
     const stage = async (suffix: string, topic: string, transform: (b: Batch) => Promise<OutRecord[]>) => {
-      this.consumptions.push(
-        await o.transport.consumeTransform({
-          groupId: `${o.groupId}-${suffix}`,
-          topics: [topic],
-          start: 'earliest',
-          maxBatchRecords: o.maxBatchRecords,
-          deadLetterTopic: o.topics.deadLetter,
-          transactionalIdPrefix: `${o.groupId}-${suffix}`,
-          transform,
-        }),
-      );
+      const c = await o.transport.consumeTransform({
+        groupId: `${o.groupId}-${suffix}`,
+        topics: [topic],
+        start: 'earliest',
+        maxBatchRecords: o.maxBatchRecords,
+        deadLetterTopic: o.topics.deadLetter,
+        transactionalIdPrefix: `${o.groupId}-${suffix}`,
+        transform,
+      });
+      this.consumptions.push(c);
+      return c;
     };
     await stage('correlate', o.topics.correlation, (batch) => this.transformRepartitioned(batch));
     if (o.health === true) {
+      const silentAfterMs = o.silentAfterMs ?? 120_000;
+      const silent = new SilentHosts({ silentAfterMs, maxHosts: o.maxTrackedHosts ?? 100_000 });
       const health = {
         alertsTopic: o.topics.alerts,
         detectorId: o.detectorId,
         maxAlertBytes: o.maxAlertBytes,
+        silent,
       };
-      await stage('health', o.topics.audit, async (batch) =>
+      const member = await stage('health', o.topics.audit, async (batch) =>
         healthTransform(this.codec, health, batch.records, (err, r) =>
           o.log.warn('pipeline alert not raised', { err, partition: r.partition, offset: r.offset }),
         ),
       );
+      this.watchSilence(silent, member, Math.min(5000, Math.max(100, silentAfterMs / 4)));
     }
+  }
+
+  /**
+   * Checks for silent hosts every `everyMs`: their alerts are published outside any transaction (no input record
+   * is behind them), with ids from the last heartbeat, so a repeat after a crash or a rebalance is de-duplicated.
+   */
+  private watchSilence(silent: SilentHosts, member: Consumption, everyMs: number): void {
+    const o = this.o;
+    let producer: Promise<Producer> | undefined;
+    let evicted = 0;
+    let running = false;
+    const check = async () => {
+      if (running) return;
+      running = true;
+      try {
+        const owned = new Set(
+          member
+            .assignments()
+            .filter((a) => a.topic === o.topics.audit)
+            .map((a) => a.partition),
+        );
+        const alerts = silent.due((p) => owned.has(p), o.detectorId);
+        if (silent.evicted !== evicted) {
+          evicted = silent.evicted;
+          o.log.warn('tracked hosts at their bound: the one heard from longest ago forgotten', { evicted });
+        }
+        if (alerts.length === 0) return;
+        o.log.warn('hosts fell silent', {
+          hosts: alerts.map((a) => a.event.hostId).slice(0, 20),
+          count: alerts.length,
+        });
+        producer ??= o.transport.producer();
+        const p = await producer;
+        await p.publish(
+          alerts.map((a) => alertRecord(this.codec, o.topics.alerts, a, undefined, o.maxAlertBytes)),
+        );
+        o.metrics.alertsEmitted(alerts.length);
+      } catch (err) {
+        o.log.error('silent-host alerts not published', { err });
+      } finally {
+        running = false;
+      }
+    };
+    const timer = setInterval(() => void check(), everyMs);
+    timer.unref();
+    this.stopSilence = async () => {
+      clearInterval(timer);
+      await (await producer)?.close();
+    };
   }
 
   /** Settles when a consumption ends (rejects on a fatal error). */
@@ -379,6 +438,7 @@ export class DetectorWorker {
   }
 
   async stop(): Promise<void> {
+    await this.stopSilence?.();
     await Promise.all(this.consumptions.map((c) => c.stop()));
     await this.pool?.close();
     if (this.peers !== undefined) {
