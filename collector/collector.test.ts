@@ -116,6 +116,42 @@ class ScriptedSource implements Source {
 
 const exec = (pid: number): SourceEvent => execEvent(pid);
 
+it('sends a heartbeat to the audit topic every heartbeatIntervalMs, with its loss counters', async () => {
+  const transport = new FlakyTransport();
+  const source = new ScriptedSource([{ events: [exec(100)], counts: { kernelSeen: 4, kernelDrops: 1 } }]);
+  // The source stays open for 400 ms after its batch, as a live one would.
+  const slow: Source = {
+    name: 'slow',
+    counters: () => source.counters(),
+    async *[Symbol.asyncIterator]() {
+      yield* source;
+      await new Promise((r) => setTimeout(r, 400));
+    },
+  };
+  const c = config('heartbeat', { publish: { lossCheckIntervalMs: 60_000, heartbeatIntervalMs: 50 } });
+  const collector = new Collector({ config: c, transport, log, source: () => slow });
+  await collector.run();
+  const audit = await readAll(transport, c.topics.audit, 6);
+  const beats = audit.flatMap((r) => {
+    const d = codec.decode(r.value!);
+    return d.name === 'dev.edr.v1.CollectorHeartbeat' ? [{ beat: d.value, key: r.key?.toString() }] : [];
+  });
+  assert.ok(beats.length >= 3, `${beats.length} heartbeats in 400 ms at 50 ms`);
+  const last = beats[beats.length - 1]!;
+  assert.equal(last.key, 'host-a');
+  assert.deepEqual(
+    [
+      last.beat.hostId,
+      last.beat.intervalMs,
+      last.beat.lastSeq,
+      last.beat.kernelSeen,
+      last.beat.kernelRingFull,
+    ],
+    ['host-a', 50n, 1n, 4n, 1n],
+  );
+  await transport.close();
+});
+
 it('publishes a LOSS record on every change of the kernel or queue drop counters, with running totals', async () => {
   const transport = new FlakyTransport();
   const source = new ScriptedSource([

@@ -9,7 +9,13 @@ import { createLogger, type Logger } from '../infra/log.js';
 import { type Producer, requireTopics, type Transport } from '../infra/transport.js';
 import { projectCodec } from '../schemas/codec.js';
 import { topics as topicTable } from '../schemas/topics.js';
-import type { CollectorRecord, CollectorRecordKind, ExecveEvent, LossCounters } from '../schemas/types.js';
+import type {
+  CollectorHeartbeat,
+  CollectorRecord,
+  CollectorRecordKind,
+  ExecveEvent,
+  LossCounters,
+} from '../schemas/types.js';
 import type { CollectorConfig } from './config.js';
 import { EbpfSource } from './ebpf-source.js';
 import { COLLECTOR_VERSION, Enricher, type EnricherCounters } from './enrich/enrich.js';
@@ -63,6 +69,7 @@ export class Collector {
   #reported: LossCounters | undefined;
   #lossUndelivered = false;
   #lossTimer: NodeJS.Timeout | undefined;
+  #heartbeatTimer: NodeJS.Timeout | undefined;
   #done: Promise<void> | undefined;
   #topicsReady = false;
 
@@ -146,6 +153,12 @@ export class Collector {
     });
     this.#lossTimer = setInterval(() => void this.#checkLosses(), this.#config.publish.lossCheckIntervalMs);
     this.#lossTimer.unref();
+    // A heartbeat says this host is alive: a detector alerts when a known host falls silent (killed, or cut off).
+    this.#heartbeatTimer = setInterval(
+      () => void this.#heartbeat(),
+      this.#config.publish.heartbeatIntervalMs,
+    );
+    this.#heartbeatTimer.unref();
     let failure: unknown;
     try {
       for await (const batch of this.#source) {
@@ -159,6 +172,7 @@ export class Collector {
       this.#log.error('source failed', { err });
     } finally {
       clearInterval(this.#lossTimer);
+      clearInterval(this.#heartbeatTimer);
       await this.#checkLosses();
       await this.#lifecycle('STOPPED', {
         message: failure === undefined ? null : `source failed: ${(failure as Error).message}`,
@@ -261,6 +275,26 @@ export class Collector {
     await this.#lifecycle('LOSS', { losses: now, ...(message === undefined ? {} : { message }) });
   }
 
+  async #heartbeat(): Promise<void> {
+    const l = this.#losses();
+    const beat: CollectorHeartbeat = {
+      ...this.host,
+      timeNs: BigInt(Date.now()) * 1_000_000n,
+      collectorVersion: COLLECTOR_VERSION,
+      intervalMs: BigInt(this.#config.publish.heartbeatIntervalMs),
+      lastSeq: this.#seq === 0n ? -1n : this.#seq,
+      kernelSeen: l.kernelSeen,
+      kernelRingFull: l.kernelRingFull,
+      queueDropped: l.queueDropped,
+      spoolDropped: l.spoolDropped,
+    };
+    try {
+      await this.#submitAudit(this.#codec.encode('dev.edr.v1.CollectorHeartbeat', beat));
+    } catch (err) {
+      this.#log.warn('heartbeat not sent', { err });
+    }
+  }
+
   #isLoss(o: Outgoing): boolean {
     try {
       return this.#codec.decodeAs('dev.edr.v1.CollectorRecord', o.value).kind === 'LOSS';
@@ -283,15 +317,12 @@ export class Collector {
       lastSeq: this.#seq === 0n ? -1n : this.#seq,
       message: fields.message ?? null,
     };
-    await this.#publisher.submit([
-      {
-        key: this.#key,
-        value: this.#codec.encode('dev.edr.v1.CollectorRecord', record),
-        toRaw: false,
-        toAudit: true,
-        event: false,
-      },
-    ]);
+    await this.#submitAudit(this.#codec.encode('dev.edr.v1.CollectorRecord', record));
+  }
+
+  /** A record of the collector's own, for the audit topic only. */
+  #submitAudit(value: Buffer): Promise<void> {
+    return this.#publisher.submit([{ key: this.#key, value, toRaw: false, toAudit: true, event: false }]);
   }
 
   /** On each connection: create the topics (once per run) and publish the writer schemas (compacted topic). */

@@ -71,6 +71,8 @@ export const collectorConfigSchema = z.strictObject({
       maxPendingEvents: z.number().int().positive().default(50000),
       /** How often loss counters are checked between batches. */
       lossCheckIntervalMs: z.number().int().positive().default(1000),
+      /** How often a CollectorHeartbeat (alive, with the loss counters) goes to the audit topic. */
+      heartbeatIntervalMs: z.number().int().positive().default(30_000),
       /** On SIGTERM: how long to wait for the broker before leaving the rest in the spool. */
       shutdownTimeoutMs: z.number().int().positive().default(15000),
     })

@@ -7,6 +7,11 @@ import { z } from 'zod';
 import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import { LEVEL_ORDER } from '../schemas/levels.js';
 import { topics } from '../schemas/topics.js';
+import {
+  DEFAULT_MAX_CHANGELOG_RECORD_BYTES,
+  DEFAULT_MAX_CLOCK_SKEW_MS,
+  DEFAULT_MAX_EVENTS_PER_GROUP,
+} from './correlations.js';
 import { readPublicKey, type SigningKey } from './rule-signing.js';
 import { DEFAULT_RULE_LIMITS } from './sigma/limits.js';
 
@@ -128,10 +133,48 @@ export const detectorConfigSchema = z.strictObject({
    * one host is what an attacker controls, and a crafted record must not switch detection off.
    */
   disableRuleAfterHosts: z.number().int().positive().default(3),
+  /**
+   * Rule alerts one batch carries at most; beyond it only the first alert of each rule and host is kept, the
+   * repeats dropped and counted (edr_detector_alerts_dropped): a flood of matches cannot grow a transaction
+   * without bound, and every distinct detection still surfaces. (The literal keeps worker.ts, and its threads,
+   * out of the config's imports; the worker's DEFAULT_MAX_ALERTS_PER_BATCH is the same.)
+   */
+  maxAlertsPerBatch: z.number().int().positive().default(50_000),
+  /**
+   * Self-monitoring (pipeline-health.ts): read the audit topic and raise alerts, with the project's stable
+   * `edr-pipeline-*` rule ids, for collectors' loss and STOPPED records, disabled rules, rules-topic pushes and
+   * refusals.
+   */
+  health: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      /**
+       * A known host (one whose CollectorHeartbeat was read) silent for this long raises edr-pipeline-host-silent:
+       * killed, hung or cut off. Several times the collectors' `publish.heartbeatIntervalMs` (30 s).
+       */
+      silentAfterMs: z.number().int().min(1000).default(120_000),
+      /** Hosts tracked at most; beyond it the one heard from longest ago is forgotten (logged with the count). */
+      maxHosts: z.number().int().positive().default(100_000),
+    })
+    .prefault({}),
   correlation: z
     .strictObject({
       /** Groups kept per correlation and partition; beyond it the stalest group is evicted (and counted). */
       maxGroups: z.number().int().positive().default(10_000),
+      /** Entries kept per group; beyond it the oldest are dropped (and counted): one flooding host stays bounded. */
+      maxEventsPerGroup: z.number().int().positive().default(DEFAULT_MAX_EVENTS_PER_GROUP),
+      /**
+       * How far an event's own time may lie from its Kafka record's timestamp before the record's is used for
+       * windowing instead (counted): a host's clock, or a forged event, cannot move windows past other hosts' state.
+       */
+      maxClockSkewMs: z.number().int().positive().default(DEFAULT_MAX_CLOCK_SKEW_MS),
+      /** Bound of one changelog record (a group's entries); larger groups lose their oldest entries (counted). */
+      maxChangelogRecordBytes: z
+        .number()
+        .int()
+        .min(1024)
+        .max(900_000)
+        .default(DEFAULT_MAX_CHANGELOG_RECORD_BYTES),
       /** How long a worker waits for the state of a partition it took over before starting empty. */
       restoreTimeoutMs: z.number().int().positive().default(15_000),
     })

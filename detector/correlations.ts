@@ -63,9 +63,29 @@ export interface CorrelationStoreOptions {
   changelogTopic: string;
   changelogPartitions: number;
   maxGroups: number;
+  /** Entries kept per group (default DEFAULT_MAX_EVENTS_PER_GROUP): beyond it the oldest go, counted. */
+  maxEventsPerGroup?: number;
+  /** How far event time may stray from the record's timestamp before it is clamped (DEFAULT_MAX_CLOCK_SKEW_MS). */
+  maxClockSkewMs?: number;
+  /** Bound of one changelog record's value (DEFAULT_MAX_CHANGELOG_RECORD_BYTES), under the broker's limit. */
+  maxChangelogRecordBytes?: number;
   restoreTimeoutMs: number;
   metrics: DetectorMetrics;
   log: Logger;
+}
+
+export const DEFAULT_MAX_EVENTS_PER_GROUP = 1000;
+export const DEFAULT_MAX_CLOCK_SKEW_MS = 5 * 60_000;
+export const DEFAULT_MAX_CHANGELOG_RECORD_BYTES = 256 * 1024;
+
+/**
+ * The time an event is windowed at: its own time while within `maxSkewMs` of the Kafka record's timestamp (the
+ * broker's or the producer's clock, not the host's), else the record's. A host's clock, or a crafted event, dated
+ * a year ahead would otherwise move a partition's windows past every other host's entries and wipe them.
+ */
+export function trustedTimeMs(eventMs: number, recordMs: number, maxSkewMs: number): number {
+  if (!Number.isFinite(eventMs)) return recordMs;
+  return Math.abs(eventMs - recordMs) > maxSkewMs ? recordMs : eventMs;
 }
 
 const corrKey = (c: CompiledCorrelation): string => `${c.id}@${docHash(c.doc).slice(0, 12)}`;
@@ -105,20 +125,38 @@ export class CorrelationStore {
     return lag.find((l) => l.partition === partition)?.committed ?? -1;
   }
 
-  /** Feeds a rule match; returns the correlation matches it completes. */
+  /**
+   * Feeds a rule match of an event dated `eventMs`, read from a record with timestamp `recordMs`; returns the
+   * correlation matches it completes.
+   */
   step(
     partition: number,
     c: CompiledCorrelation,
     ref: string,
-    timeMs: number,
+    time: { eventMs: number; recordMs: number },
     get: (f: string) => unknown,
   ): CorrelationMatch[] {
     const p = this.parts.get(partition);
     if (p === undefined) return [];
     const k = corrKey(c);
     const before = p.states.get(k) ?? emptyCorrelationState();
+    const timeMs = trustedTimeMs(
+      time.eventMs,
+      time.recordMs,
+      this.o.maxClockSkewMs ?? DEFAULT_MAX_CLOCK_SKEW_MS,
+    );
+    if (timeMs !== time.eventMs) this.o.metrics.eventTimeClamped(time.eventMs - time.recordMs);
     const r = stepCorrelation(c, before, { timeMs, rule: ref, get });
     let groups = r.state.groups;
+    const perGroup = this.o.maxEventsPerGroup ?? DEFAULT_MAX_EVENTS_PER_GROUP;
+    for (const [g, es] of groups) {
+      if (es.length <= perGroup) continue;
+      // One busy group (a flood from one host) keeps its newest entries only.
+      const m = new Map(groups);
+      m.set(g, es.slice(es.length - perGroup));
+      groups = m;
+      this.o.metrics.correlationTrimmed(es.length - perGroup, c.id);
+    }
     if (groups.size > this.o.maxGroups) {
       // Evict the groups seen longest ago (event time) until back at the bound.
       const order = [...groups].sort(
@@ -148,12 +186,11 @@ export class CorrelationStore {
     const target = partition % this.o.changelogPartitions;
     for (const dk of this.dirty.get(partition) ?? []) {
       const [k, g] = dk.split('\u0000') as [string, string];
-      const entries = p.states.get(k)?.groups.get(g);
       out.push({
         topic: this.o.changelogTopic,
         partition: target,
         key: `${this.o.stage}|${partition}|${k}|${g}`,
-        value: entries === undefined ? null : Buffer.from(JSON.stringify({ entries })),
+        value: this.fittedEntries(p, k, g),
       });
     }
     this.dirty.delete(partition);
@@ -164,6 +201,33 @@ export class CorrelationStore {
       value: Buffer.from(JSON.stringify({ next })),
     });
     return out;
+  }
+
+  /**
+   * A group's changelog value, under maxChangelogRecordBytes: the oldest entries are dropped until it fits (from
+   * the memory state too, so a restored state equals the one kept), and a group that cannot fit even with one
+   * entry (a huge aggregated value) is dropped whole (a tombstone). Both are counted.
+   */
+  private fittedEntries(p: PartitionState, k: string, g: string): Buffer | null {
+    const state = p.states.get(k);
+    let entries = state?.groups.get(g);
+    if (state === undefined || entries === undefined) return null;
+    const max = this.o.maxChangelogRecordBytes ?? DEFAULT_MAX_CHANGELOG_RECORD_BYTES;
+    let value = Buffer.from(JSON.stringify({ entries }));
+    if (value.length <= max) return value;
+    const all = entries.length;
+    while (entries.length > 0 && value.length > max) {
+      // Cut in proportion to the excess (at least one entry), not one at a time.
+      const drop = Math.max(1, Math.ceil((entries.length * (value.length - max)) / value.length));
+      entries = entries.slice(drop);
+      value = Buffer.from(JSON.stringify({ entries }));
+    }
+    const groups = new Map(state.groups);
+    if (entries.length === 0) groups.delete(g);
+    else groups.set(g, entries);
+    p.states.set(k, { groups });
+    this.o.metrics.correlationTrimmed(all - entries.length, k);
+    return entries.length === 0 ? null : value;
   }
 
   /** Forgets partitions (not needed for correctness: a stale state is never used, see prepare). */

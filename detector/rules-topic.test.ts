@@ -86,11 +86,22 @@ test('a refusal is reported once the audit topic is back, and the accepted rule 
       store.current.rules.map((r) => r.id),
       ['r-good'],
     );
-    const reports = await readAll(t, AUDIT, 2);
+    const reports = await readAll(t, AUDIT, 3);
     assert.equal(t.failed, 3, 'three publishes failed before the fourth went through');
     const codec = projectCodec();
+    const kind = (r: { headers: Record<string, Buffer> }) => r.headers['edr-record']?.toString();
+    // The accepted push is reported too (the health stage alerts on it).
+    const accepted = reports.filter((r) => kind(r) === 'rules-accepted');
+    assert.equal(accepted.length, 1);
+    const config = codec.decodeAs('dev.edr.v1.CollectorRecord', accepted[0]!.value!).config!;
+    assert.deepEqual(JSON.parse(config), {
+      event: 'rules-accepted',
+      count: 1,
+      rules: [{ ruleId: 'r-good', version: '1', keyId: signer.id, offset: 0, deleted: false }],
+    });
     assert.deepEqual(
       reports
+        .filter((r) => kind(r) === 'rule-refused')
         .map((r) => codec.decodeAs('dev.edr.v1.RuleRefused', r.value!))
         .map((r) => [r.ruleId, r.reason, r.offset]),
       [

@@ -12,6 +12,7 @@ import type { Logger } from '../infra/log.js';
 import { retry, settled } from '../infra/retry.js';
 import type { Consumption, InRecord, OutRecord, Transport } from '../infra/transport.js';
 import { type Codec, projectCodec } from '../schemas/codec.js';
+import { type AcceptedEntry, detectorReport, MAX_ACCEPTED_LISTED } from './pipeline-health.js';
 import { type RefusalReason, type TrustedKeys, verifyRecord } from './rule-signing.js';
 import type { RuleStore } from './rule-store.js';
 import type { DetectorMetrics } from './telemetry.js';
@@ -91,6 +92,30 @@ export class RuleGate {
 /** A record's key as a rule id for reports and logs, cut to 256 characters (a hostile key may be megabytes). */
 export function reportedId(r: InRecord): string | null {
   return r.key === null ? null : r.key.toString('utf8').slice(0, 256);
+}
+
+/**
+ * The audit record of accepted rules-topic records (a CollectorRecord, kind CONFIG, as a rule-disabled report
+ * is): which rules, versions and signing keys, listed up to MAX_ACCEPTED_LISTED, the count beside.
+ */
+export function acceptedReport(
+  codec: Codec,
+  o: { detectorId: string; auditTopic: string },
+  accepted: readonly AcceptedRule[],
+): OutRecord {
+  const rules: AcceptedEntry[] = accepted.slice(0, MAX_ACCEPTED_LISTED).map((a) => ({
+    ruleId: a.key.slice(0, 256),
+    version: a.version.toString(),
+    keyId: a.keyId.slice(0, 256),
+    offset: a.offset,
+    deleted: a.value === null,
+  }));
+  return detectorReport(
+    codec,
+    o,
+    { event: 'rules-accepted', count: accepted.length, rules },
+    `detector ${o.detectorId} accepted ${accepted.length} rules-topic record(s)`,
+  );
 }
 
 /** The audit record of a refusal: what and why, and a hash of the refused value (never the bytes). */
@@ -206,6 +231,8 @@ export async function followTrustedRules(
   const codec = projectCodec();
   const reporter = await o.transport.producer();
   let unreported: OutRecord[] = [];
+  // Pushes after the start-up read are reported (and alerted on): the start-up read itself changes nothing.
+  let caughtUp = false;
   const { ready, consumption } = await followRulesTopic(
     o.transport,
     o.topic,
@@ -213,6 +240,7 @@ export async function followTrustedRules(
     async (records, signal) => {
       const { accepted, refused } = gate.admit(records);
       if (accepted.length > 0) o.store.applyTopic(accepted);
+      if (accepted.length > 0 && caughtUp) unreported.push(acceptedReport(codec, o, accepted));
       for (const f of refused) {
         o.log.warn('rule record refused', {
           topic: f.record.topic,
@@ -239,6 +267,12 @@ export async function followTrustedRules(
       unreported = [];
     },
     o.readyTimeoutMs,
+  );
+  void ready.then(
+    () => {
+      caughtUp = true;
+    },
+    () => {},
   );
   const stop = consumption.stop.bind(consumption);
   return {

@@ -13,7 +13,13 @@ export interface DetectorMetrics {
   ruleMatched(ruleId: string): void;
   evaluationMs(ms: number): void;
   deadLetters(n: number): void;
+  /** Rule alerts dropped by the per-batch bound (repeats of a rule and host). */
+  alertsDropped(n: number): void;
   correlationEvictions(n: number, correlationId: string): void;
+  /** Entries dropped from one correlation group (per-group bound, or to fit a changelog record). */
+  correlationTrimmed(n: number, correlationId: string): void;
+  /** An event whose time strayed past the clock-skew bound from its record's timestamp (skew in ms, signed). */
+  eventTimeClamped(skewMs: number): void;
   /** A rules-topic record refused (unsigned, bad signature, unknown key, stale version, ...). */
   ruleRefused(reason: string): void;
   /** Latest lag per partition, read by the gauge when scraped. */
@@ -33,6 +39,15 @@ export function detectorMetrics(name = 'edr-detector'): DetectorMetrics {
   const dead = meter.createCounter('edr_detector_dead_letters', { description: 'records dead-lettered' });
   const evictions = meter.createCounter('edr_detector_correlation_evictions', {
     description: 'correlation groups evicted to bound memory',
+  });
+  const dropped = meter.createCounter('edr_detector_alerts_dropped', {
+    description: 'rule alerts beyond maxAlertsPerBatch dropped (repeats of a rule and host in one batch)',
+  });
+  const trimmed = meter.createCounter('edr_detector_correlation_entries_trimmed', {
+    description: 'correlation entries dropped to bound one group (count, or changelog record size)',
+  });
+  const clamped = meter.createCounter('edr_detector_event_time_clamped', {
+    description: 'events whose time lay beyond the clock-skew bound of their record timestamp, by direction',
   });
   const refused = meter.createCounter('edr_detector_rules_refused', {
     description: 'rules-topic records refused, by reason',
@@ -59,7 +74,10 @@ export function detectorMetrics(name = 'edr-detector'): DetectorMetrics {
     ruleMatched: (ruleId) => matches.add(1, { ruleId }),
     evaluationMs: (ms) => evalTime.record(ms),
     deadLetters: (n) => dead.add(n),
+    alertsDropped: (n) => dropped.add(n),
     correlationEvictions: (n, correlationId) => evictions.add(n, { correlationId }),
+    correlationTrimmed: (n, correlationId) => trimmed.add(n, { correlationId }),
+    eventTimeClamped: (skewMs) => clamped.add(1, { direction: skewMs > 0 ? 'future' : 'past' }),
     ruleRefused: (reason) => refused.add(1, { reason }),
     setLag: (topic, partition, lag) => lags.set(`${topic}/${partition}`, { topic, partition, lag }),
     setRuleSetVersion: (v) => {

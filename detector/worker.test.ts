@@ -48,7 +48,12 @@ function batchOf(values: Array<Buffer | null>, headers: Record<string, Buffer> =
   };
 }
 
-function worker(store: RuleStore, evaluationThreads = 0, transport = new MemoryTransport()): DetectorWorker {
+function worker(
+  store: RuleStore,
+  evaluationThreads = 0,
+  transport = new MemoryTransport(),
+  extra: { maxAlertsPerBatch?: number; metrics?: ReturnType<typeof detectorMetrics> } = {},
+): DetectorWorker {
   return new DetectorWorker({
     evaluationThreads,
     transport,
@@ -65,6 +70,7 @@ function worker(store: RuleStore, evaluationThreads = 0, transport = new MemoryT
     evalThreadHook: HOOK_URL,
     metrics: detectorMetrics(),
     log: quiet,
+    ...extra,
   });
 }
 
@@ -350,4 +356,28 @@ test('an alert that fits nowhere reports its record, blames no rule, and the bat
       [1, [], true],
     ],
   );
+});
+
+test('alerts per batch are bounded: beyond maxAlertsPerBatch only the first of each rule and host is kept, the rest counted', async () => {
+  const codec = projectCodec();
+  const store = new RuleStore({ log: quiet });
+  store.applyTopic([{ key: A, value: rule(A, 'needle') }]);
+  const dropped: number[] = [];
+  const metrics = { ...detectorMetrics(), alertsDropped: (n: number) => dropped.push(n) };
+  const w = worker(store, 0, new MemoryTransport(), { maxAlertsPerBatch: 3, metrics });
+  const ev = (host: string, i: number) =>
+    codec.encode(
+      'dev.edr.v1.ExecveEvent',
+      sampleEvent({ hostId: host, pid: 100 + i, argv: ['echo', 'needle'] }),
+    );
+  // Ten matches of one host, then one of another host.
+  const values = [...Array.from({ length: 10 }, (_, i) => ev('h1', i)), ev('h2', 0)];
+  const out = await w.transform(batchOf(values));
+  assert.deepEqual(
+    out.map((r) => r.key),
+    ['h1', 'h1', 'h1', 'h2'],
+    'three alerts, then only the first of a new rule and host',
+  );
+  assert.deepEqual(dropped, [7]);
+  await w.stop();
 });

@@ -15,6 +15,7 @@ import {
   deadLetterRecord,
   type InRecord,
   type OutRecord,
+  type Producer,
   type Transport,
 } from '../infra/transport.js';
 import { type Codec, projectCodec } from '../schemas/codec.js';
@@ -34,6 +35,7 @@ import { CorrelationStore, eventTimeMs, groupKey, isHostScoped } from './correla
 import { EvalPool } from './eval-pool.js';
 import { type Evaluation, evaluateRecords } from './evaluate.js';
 import { autoThreads, HostPeers } from './host-peers.js';
+import { detectorReport, healthTransform, SilentHosts } from './pipeline-health.js';
 import type { RuleSnapshot, RuleStore } from './rule-store.js';
 import { type CompiledCorrelation, type CorrelationMatch, ruleRef } from './sigma/correlations.js';
 import type { CompiledRule, Match } from './sigma/engine.js';
@@ -74,12 +76,54 @@ export interface WorkerOptions {
   disableRuleAfterHosts?: number;
   /** Bound of an encoded alert (default DEFAULT_MAX_ALERT_BYTES): larger ones are cut short, marked truncated. */
   maxAlertBytes?: number;
+  /**
+   * Rule alerts one batch's transaction carries at most (DEFAULT_MAX_ALERTS_PER_BATCH). Beyond it an alert is
+   * kept only when its rule and host have none in the batch yet (each distinct detection still surfaces; the
+   * sinks fold the rest anyway); the others are dropped and counted (edr_detector_alerts_dropped). Their events
+   * stay on the audit topic for `edr replay`.
+   */
+  maxAlertsPerBatch?: number;
+  /**
+   * Whether this worker also runs the health stage on the audit topic (pipeline-health.ts): collectors' LOSS and
+   * STOPPED records, rule-disabled, rules-accepted and rule-refused reports become alerts.
+   */
+  health?: boolean;
+  /** Health stage: a host whose heartbeats stop for this long raises edr-pipeline-host-silent (default 120 s). */
+  silentAfterMs?: number;
+  /** Health stage: hosts tracked at most (default 100 000); beyond it the one heard from longest ago is forgotten. */
+  maxTrackedHosts?: number;
   /** Tests only: see EvalPool's testHook. */
   evalThreadHook?: URL;
   maxGroups: number;
+  /** See CorrelationStoreOptions. */
+  maxEventsPerGroup?: number;
+  maxClockSkewMs?: number;
+  maxChangelogRecordBytes?: number;
   restoreTimeoutMs: number;
   metrics: DetectorMetrics;
   log: Logger;
+}
+
+export const DEFAULT_MAX_ALERTS_PER_BATCH = 50_000;
+
+/** Admits a batch's alerts up to `max`, then only the first of each rule and host. */
+function alertBound(max: number): { admit(ruleId: string, hostId: string): boolean; dropped: number } {
+  const pairs = new Set<string>();
+  let admitted = 0;
+  const b = {
+    dropped: 0,
+    admit(ruleId: string, hostId: string): boolean {
+      const k = `${ruleId}\u0000${hostId}`;
+      if (admitted >= max && pairs.has(k)) {
+        b.dropped++;
+        return false;
+      }
+      pairs.add(k);
+      admitted++;
+      return true;
+    },
+  };
+  return b;
 }
 
 function correlationInfo(c: CompiledCorrelation): RuleInfo {
@@ -135,25 +179,14 @@ function derived(snap: RuleSnapshot): SnapDerived {
   return d;
 }
 
-/** The audit record reporting a disabled rule: a CollectorRecord (kind CONFIG) so audit readers decode it. */
+/** The audit record reporting a disabled rule (the health stage alerts on it). */
 function disabledReport(codec: Codec, o: WorkerOptions, rule: CompiledRule, err: unknown): OutRecord {
-  return {
-    topic: o.topics.audit,
-    key: o.detectorId,
-    value: codec.encode('dev.edr.v1.CollectorRecord', {
-      hostId: o.detectorId,
-      hostname: o.detectorId,
-      bootId: '',
-      timeNs: BigInt(Date.now()) * 1_000_000n,
-      collectorVersion: 'edr-detector',
-      kind: 'CONFIG',
-      config: JSON.stringify({ event: 'rule-disabled', ruleId: rule.id, reason: errorMessage(err) }),
-      losses: null,
-      lastSeq: 0n,
-      message: `detector ${o.detectorId} disabled rule ${rule.id} (${rule.title}): it threw at evaluation: ${errorMessage(err)}`,
-    }),
-    headers: { 'edr-record': 'rule-disabled' },
-  };
+  return detectorReport(
+    codec,
+    { detectorId: o.detectorId, auditTopic: o.topics.audit },
+    { event: 'rule-disabled', ruleId: rule.id, reason: errorMessage(err) },
+    `detector ${o.detectorId} disabled rule ${rule.id} (${rule.title}): it threw at evaluation: ${errorMessage(err)}`,
+  );
 }
 
 function correlationAlert(
@@ -237,6 +270,7 @@ export class DetectorWorker {
   private readonly local: CorrelationStore;
   private readonly remote: CorrelationStore;
   private consumptions: Consumption[] = [];
+  private stopSilence: (() => Promise<void>) | undefined;
   /** Per rule, the distinct hosts whose events it threw on (at most the disable threshold's count kept). */
   private readonly threwOn = new Map<string, Set<string>>();
 
@@ -272,6 +306,11 @@ export class DetectorWorker {
       changelogTopic: o.topics.changelog,
       changelogPartitions: o.changelogPartitions,
       maxGroups: o.maxGroups,
+      ...(o.maxEventsPerGroup === undefined ? {} : { maxEventsPerGroup: o.maxEventsPerGroup }),
+      ...(o.maxClockSkewMs === undefined ? {} : { maxClockSkewMs: o.maxClockSkewMs }),
+      ...(o.maxChangelogRecordBytes === undefined
+        ? {}
+        : { maxChangelogRecordBytes: o.maxChangelogRecordBytes }),
       restoreTimeoutMs: o.restoreTimeoutMs,
       metrics: o.metrics,
       log: o.log,
@@ -306,17 +345,87 @@ export class DetectorWorker {
         }),
       );
     }
-    this.consumptions.push(
-      await o.transport.consumeTransform({
-        groupId: `${o.groupId}-correlate`,
-        topics: [o.topics.correlation],
+    // One more member per stage, each in a group of its own: matches repartitioned by group-by values, and the
+    // audit topic's records about the pipeline itself.
+    const stage = async (suffix: string, topic: string, transform: (b: Batch) => Promise<OutRecord[]>) => {
+      const c = await o.transport.consumeTransform({
+        groupId: `${o.groupId}-${suffix}`,
+        topics: [topic],
         start: 'earliest',
         maxBatchRecords: o.maxBatchRecords,
         deadLetterTopic: o.topics.deadLetter,
-        transactionalIdPrefix: `${o.groupId}-correlate`,
-        transform: (batch) => this.transformRepartitioned(batch),
-      }),
-    );
+        transactionalIdPrefix: `${o.groupId}-${suffix}`,
+        transform,
+      });
+      this.consumptions.push(c);
+      return c;
+    };
+    await stage('correlate', o.topics.correlation, (batch) => this.transformRepartitioned(batch));
+    if (o.health === true) {
+      const silentAfterMs = o.silentAfterMs ?? 120_000;
+      const silent = new SilentHosts({ silentAfterMs, maxHosts: o.maxTrackedHosts ?? 100_000 });
+      const health = {
+        alertsTopic: o.topics.alerts,
+        detectorId: o.detectorId,
+        maxAlertBytes: o.maxAlertBytes,
+        silent,
+      };
+      const member = await stage('health', o.topics.audit, async (batch) =>
+        healthTransform(this.codec, health, batch.records, (err, r) =>
+          o.log.warn('pipeline alert not raised', { err, partition: r.partition, offset: r.offset }),
+        ),
+      );
+      this.watchSilence(silent, member, Math.min(5000, Math.max(100, silentAfterMs / 4)));
+    }
+  }
+
+  /**
+   * Checks for silent hosts every `everyMs`: their alerts are published outside any transaction (no input record
+   * is behind them), with ids from the last heartbeat, so a repeat after a crash or a rebalance is de-duplicated.
+   */
+  private watchSilence(silent: SilentHosts, member: Consumption, everyMs: number): void {
+    const o = this.o;
+    let producer: Promise<Producer> | undefined;
+    let evicted = 0;
+    let running = false;
+    const check = async () => {
+      if (running) return;
+      running = true;
+      try {
+        const owned = new Set(
+          member
+            .assignments()
+            .filter((a) => a.topic === o.topics.audit)
+            .map((a) => a.partition),
+        );
+        const alerts = silent.due((p) => owned.has(p), o.detectorId);
+        if (silent.evicted !== evicted) {
+          evicted = silent.evicted;
+          o.log.warn('tracked hosts at their bound: the one heard from longest ago forgotten', { evicted });
+        }
+        if (alerts.length === 0) return;
+        o.log.warn('hosts fell silent', {
+          hosts: alerts.map((a) => a.event.hostId).slice(0, 20),
+          count: alerts.length,
+        });
+        producer ??= o.transport.producer();
+        const p = await producer;
+        await p.publish(
+          alerts.map((a) => alertRecord(this.codec, o.topics.alerts, a, undefined, o.maxAlertBytes)),
+        );
+        o.metrics.alertsEmitted(alerts.length);
+      } catch (err) {
+        o.log.error('silent-host alerts not published', { err });
+      } finally {
+        running = false;
+      }
+    };
+    const timer = setInterval(() => void check(), everyMs);
+    timer.unref();
+    this.stopSilence = async () => {
+      clearInterval(timer);
+      await (await producer)?.close();
+    };
   }
 
   /** Settles when a consumption ends (rejects on a fatal error). */
@@ -329,6 +438,7 @@ export class DetectorWorker {
   }
 
   async stop(): Promise<void> {
+    await this.stopSilence?.();
     await Promise.all(this.consumptions.map((c) => c.stop()));
     await this.pool?.close();
     if (this.peers !== undefined) {
@@ -355,6 +465,7 @@ export class DetectorWorker {
     const outcomes = await this.evaluate(this.threads === 0 ? undefined : this.pool, batch, out);
     let alerts = 0;
     let dead = 0;
+    const bound = alertBound(o.maxAlertsPerBatch ?? DEFAULT_MAX_ALERTS_PER_BATCH);
     for (const x of outcomes) {
       const r = batch.records[x.index]!;
       if (x.kind !== 'matched') {
@@ -367,7 +478,7 @@ export class DetectorWorker {
       for (let j = 0; j < x.matches.length; j++) {
         const m = x.matches[j]!;
         o.metrics.ruleMatched(m.rule.id);
-        if (!d.silent.has(m.rule.id)) {
+        if (!d.silent.has(m.rule.id) && bound.admit(m.rule.id, x.hostId)) {
           const ctx = { ruleSetVersion: snap.version, replayRunId: null };
           out.push(encodedAlertRecord(o.topics.alerts, x.hostId, x.alerts[j]!, r, ctx));
           alerts++;
@@ -394,6 +505,14 @@ export class DetectorWorker {
     o.metrics.eventsConsumed(batch.records.length, { topic: batch.topic });
     if (alerts > 0) o.metrics.alertsEmitted(alerts);
     if (dead > 0) o.metrics.deadLetters(dead);
+    if (bound.dropped > 0) {
+      o.metrics.alertsDropped(bound.dropped);
+      o.log.warn('alerts per batch at their bound: repeats of a rule and host dropped', {
+        topic: batch.topic,
+        partition: batch.partition,
+        dropped: bound.dropped,
+      });
+    }
     return out;
   }
 
@@ -492,11 +611,12 @@ export class DetectorWorker {
     const { partition, snap, derived: d, match: m, event: ev, source, out, localReady } = c;
     let n = 0;
     const get = (f: string) => eventField(ev, f);
+    const time = { eventMs: eventTimeMs(ev), recordMs: source.timestampMs };
     if (localReady) {
       for (const c of d.local) {
         const ref = ruleRef(c, m.rule);
         if (ref === undefined) continue;
-        for (const cm of this.local.step(partition, c, ref, eventTimeMs(ev), get)) {
+        for (const cm of this.local.step(partition, c, ref, time, get)) {
           if (belowLevel(c.level, snap.minLevel)) continue;
           out.push(
             alertRecord(
@@ -551,7 +671,8 @@ export class DetectorWorker {
       const ref = r.headers['edr-rule-ref']?.toString('utf8');
       if (c === undefined || ref === undefined) continue; // correlation removed since
       const ev = base.event;
-      for (const cm of this.remote.step(batch.partition, c, ref, eventTimeMs(ev), (f) => eventField(ev, f))) {
+      const time = { eventMs: eventTimeMs(ev), recordMs: r.timestampMs };
+      for (const cm of this.remote.step(batch.partition, c, ref, time, (f) => eventField(ev, f))) {
         if (belowLevel(c.level, snap.minLevel)) continue;
         out.push(
           alertRecord(

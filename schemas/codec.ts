@@ -11,7 +11,7 @@ import { EdrError, errorMessage } from '../infra/errors.js';
 import { repoRoot } from '../infra/paths.js';
 import { checkBody } from './avro-bounds.js';
 import { ExecveLayout, ExecveView } from './execve-view.js';
-import type { Alert, CollectorRecord, ExecveEvent, RuleRefused } from './types.js';
+import type { Alert, CollectorHeartbeat, CollectorRecord, ExecveEvent, RuleRefused } from './types.js';
 
 const MAGIC0 = 0xc3;
 const MAGIC1 = 0x01;
@@ -74,6 +74,7 @@ export interface RecordTypes {
   'dev.edr.v1.Alert': Alert;
   'dev.edr.v1.CollectorRecord': CollectorRecord;
   'dev.edr.v1.RuleRefused': RuleRefused;
+  'dev.edr.v1.CollectorHeartbeat': CollectorHeartbeat;
 }
 export type RecordName = keyof RecordTypes;
 
@@ -361,7 +362,13 @@ function header(fp: bigint): Buffer {
 /** The project's schemas, read from schemas/*.avsc, in dependency order (ExecveEvent before Alert). */
 export function projectSchemas(): Schema[] {
   const dir = path.join(repoRoot, 'schemas');
-  const order = ['execve-event.avsc', 'collector-record.avsc', 'alert.avsc', 'rule-refused.avsc'];
+  const order = [
+    'execve-event.avsc',
+    'collector-record.avsc',
+    'alert.avsc',
+    'rule-refused.avsc',
+    'collector-heartbeat.avsc',
+  ];
   const files = readdirSync(dir).filter((f) => f.endsWith('.avsc'));
   files.sort((a, b) => order.indexOf(a) - order.indexOf(b));
   return files.map((f) => JSON.parse(readFileSync(path.join(dir, f), 'utf8')) as Schema);

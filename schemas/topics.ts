@@ -37,11 +37,16 @@ export const topics = {
   audit: {
     name: 'edr.execve.audit.v1',
     key: 'host id',
-    values: ['dev.edr.v1.ExecveEvent', 'dev.edr.v1.CollectorRecord', 'dev.edr.v1.RuleRefused'],
+    values: [
+      'dev.edr.v1.ExecveEvent',
+      'dev.edr.v1.CollectorRecord',
+      'dev.edr.v1.RuleRefused',
+      'dev.edr.v1.CollectorHeartbeat',
+    ],
     partitions: 6,
     cleanupPolicy: 'delete',
     retentionMs: 90 * day,
-    doc: 'The durable record: events plus the collector lifecycle and loss records, and the rules-topic records detectors refused; replayed with new rules.',
+    doc: 'The durable record: events plus the collector lifecycle, loss and heartbeat records, and the rules-topic records detectors refused; replayed with new rules.',
   },
   alerts: {
     name: 'edr.alerts.v1',

@@ -98,3 +98,18 @@ export interface RuleRefused {
   valueSha256: string | null;
   valueBytes: bigint;
 }
+
+/** A collector is alive (schemas/collector-heartbeat.avsc). */
+export interface CollectorHeartbeat {
+  hostId: string;
+  hostname: string;
+  bootId: string;
+  timeNs: bigint;
+  collectorVersion: string;
+  intervalMs: bigint;
+  lastSeq: bigint;
+  kernelSeen: bigint;
+  kernelRingFull: bigint;
+  queueDropped: bigint;
+  spoolDropped: bigint;
+}

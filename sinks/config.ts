@@ -14,11 +14,14 @@
  *   - { to: [soc-slack], minLevel: high, source: live }
  * ```
  */
+
 import { z } from 'zod';
 import { loadConfig, parseConfig } from '../infra/config.js';
 import { kafkaConfigSchema } from '../infra/kafka/config.js';
 import { LEVEL_ORDER } from '../schemas/levels.js';
 import { topics } from '../schemas/topics.js';
+import { DEFAULT_MAX_THROTTLE_WINDOWS } from './deliver/throttle.js';
+import { DEFAULT_MAX_DEDUP_ENTRIES } from './delivered-store.js';
 import { registry, type SinkModule, type SinkType, sinkTypes } from './registry.js';
 
 const regex = z.string().refine((s) => {
@@ -66,8 +69,15 @@ export const deliveryShape = {
         .int()
         .positive()
         .default(7 * 24 * 3_600_000),
+      /** Ids remembered at most; beyond it the oldest are forgotten early (logged with the count). */
+      maxEntries: z.number().int().positive().default(DEFAULT_MAX_DEDUP_ENTRIES),
     })
     .prefault({}),
+  /**
+   * Throttle windows (one per rule and host) open at most; beyond it the oldest closes early, sending what it
+   * holds (logged with the count).
+   */
+  maxThrottleWindows: z.number().int().positive().default(DEFAULT_MAX_THROTTLE_WINDOWS),
   /** Redact secrets in command lines; extra patterns (regex; a capture group masks only the group). */
   redact: z.union([z.boolean(), z.strictObject({ patterns: z.array(regex).default([]) })]).optional(),
   /** Where a new instance starts reading; default: the type's (earliest for files, latest for notifications). */

@@ -28,6 +28,29 @@ describe('delivered store', () => {
     await s2.close();
   });
 
+  it('remembers at most maxEntries ids (the newest), never forgetting a held alert; counted; the journal follows', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'edr-delivered-'));
+    const s1 = await DeliveredStore.open({ dir, name: 's', windowMs: 3_600_000, maxEntries: 3 });
+    const held = { id: 'h', key: 'k', topic: 't', partition: 0, offset: 0, recordKey: null, value: '' };
+    await s1.hold([held]);
+    await s1.add(['a', 'b', 'c', 'd', 'e']);
+    assert.equal(s1.size, 3);
+    assert.deepEqual(
+      ['h', 'a', 'b', 'c', 'd', 'e'].map((id) => s1.has(id)),
+      [true, false, false, false, true, true],
+    );
+    assert.equal(s1.evicted, 3);
+    await s1.close();
+    const s2 = await DeliveredStore.open({ dir, name: 's', windowMs: 3_600_000, maxEntries: 3 });
+    assert.deepEqual(
+      ['h', 'a', 'd', 'e'].map((id) => s2.has(id)),
+      [true, false, true, true],
+    );
+    assert.equal(s2.held().length, 1);
+    assert.equal((await readFile(path.join(dir, 's.delivered'), 'utf8')).trim().split('\n').length, 3);
+    await s2.close();
+  });
+
   it('refuses a state directory a live process holds', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'edr-delivered-'));
     await writeFile(path.join(dir, 's.lock'), String(process.ppid));

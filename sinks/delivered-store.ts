@@ -14,14 +14,23 @@ import { closeSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSyn
 import { type FileHandle, mkdir, open, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { EdrError } from '../infra/errors.js';
+import type { Logger } from '../infra/log.js';
 
 export interface DeliveredStoreOptions {
   dir: string;
   name: string;
   /** How long an id is remembered. Kafka redelivers within minutes; replays may come later. */
   windowMs: number;
+  /**
+   * How many ids are remembered at most (DEFAULT_MAX_DEDUP_ENTRIES): beyond it the oldest are forgotten before
+   * their window ends, and counted (`evicted`). Held alerts are never forgotten: they are owed a delivery.
+   */
+  maxEntries?: number;
+  log?: Logger;
   now?: () => number;
 }
+
+export const DEFAULT_MAX_DEDUP_ENTRIES = 1_000_000;
 
 /** An alert held for a throttle window's summary: enough to send it, or park it, after a restart. */
 export interface HeldEntry {
@@ -40,6 +49,8 @@ export class DeliveredStore {
   private readonly seen = new Map<string, number>();
   private readonly heldEntries = new Map<string, HeldEntry>();
   private appended = 0;
+  /** Ids forgotten because of maxEntries (before their window ended). */
+  evicted = 0;
   private queue: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -47,7 +58,9 @@ export class DeliveredStore {
     private readonly lockFile: string,
     private handle: FileHandle,
     private readonly windowMs: number,
+    private readonly maxEntries: number,
     private readonly now: () => number,
+    private readonly log: Logger | undefined,
   ) {}
 
   static async open(opts: DeliveredStoreOptions): Promise<DeliveredStore> {
@@ -56,7 +69,15 @@ export class DeliveredStore {
     const lockFile = path.join(opts.dir, `${opts.name}.lock`);
     takeLock(lockFile, opts.name);
     const now = opts.now ?? Date.now;
-    const store = new DeliveredStore(file, lockFile, undefined as unknown as FileHandle, opts.windowMs, now);
+    const store = new DeliveredStore(
+      file,
+      lockFile,
+      undefined as unknown as FileHandle,
+      opts.windowMs,
+      opts.maxEntries ?? DEFAULT_MAX_DEDUP_ENTRIES,
+      now,
+      opts.log,
+    );
     let text = '';
     try {
       text = await readFile(file, 'utf8');
@@ -88,6 +109,7 @@ export class DeliveredStore {
       store.seen.set(id, at);
       store.heldEntries.set(id, e);
     }
+    store.bound();
     await store.rewrite();
     return store;
   }
@@ -120,7 +142,34 @@ export class DeliveredStore {
       this.seen.set(id, at);
       text += `${at} ${id}\n`;
     }
+    this.bound();
     return this.append(text);
+  }
+
+  /**
+   * Forgets the oldest delivered ids beyond maxEntries (a fleet's alert storm must not grow memory, or the
+   * journal, without bound). The map keeps insertion order, which is time order. The journal loses them at the
+   * next rewrite.
+   */
+  private bound(): void {
+    let over = this.seen.size - this.maxEntries;
+    if (over <= 0) return;
+    let n = 0;
+    for (const id of this.seen.keys()) {
+      if (over <= 0) break;
+      if (this.heldEntries.has(id)) continue;
+      this.seen.delete(id);
+      over--;
+      n++;
+    }
+    const before = this.evicted;
+    this.evicted += n;
+    // Logged the first time, then once per 10 000 forgotten (a storm is not a log flood).
+    if (n > 0 && (before === 0 || Math.floor(before / 10_000) !== Math.floor(this.evicted / 10_000)))
+      this.log?.warn('dedup journal at its bound: the oldest ids forgotten early', {
+        maxEntries: this.maxEntries,
+        evicted: this.evicted,
+      });
   }
 
   /** Records alerts as held for a later summary; resolves when they are on disk. */

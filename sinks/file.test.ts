@@ -24,6 +24,7 @@ function config(directory: string, over: Partial<FileConfig> = {}): FileConfig {
     fsync: 'always',
     fsyncIntervalMs: 1000,
     rotate: { maxBytes: 1 << 20, keep: 2 },
+    startupReadBytes: 16 << 20,
     ...over,
   };
 }
@@ -100,6 +101,23 @@ describe('file sink', () => {
     });
     assert.deepEqual([...(await again.delivered!())], ['g']);
     await again.close();
+  });
+
+  it('reads only the last startupReadBytes of the file at start-up, skipping the partial first line', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'edr-file-sink-'));
+    const ids = Array.from({ length: 3000 }, (_, i) => `id-${String(i).padStart(4, '0')}`);
+    const text = fileLines(msg(...ids).folds.flatMap((f) => f.alerts));
+    const lineBytes = Buffer.byteLength(text) / ids.length;
+    assert.ok(Buffer.byteLength(text) > 2 << 20, 'the file is larger than the bound');
+    await writeFile(path.join(dir, 'alerts.jsonl'), text);
+    const sink = create(config(dir, { startupReadBytes: 1 << 20 }), { name: 'f', log, timeoutMs: 1000 });
+    const got = [...(await sink.delivered!())];
+    // The tail holds floor(bound / line) whole lines (every line is as long here), the newest ones.
+    const whole = Math.floor((1 << 20) / lineBytes);
+    assert.equal(got.length, whole);
+    assert.deepEqual(got, ids.slice(ids.length - whole));
+    await sink.close();
+    assert.equal((await stat(path.join(dir, 'alerts.jsonl'))).size, Buffer.byteLength(text), 'nothing cut');
   });
 
   it('cuts a line torn by a kill, so the alert is written again whole', async () => {

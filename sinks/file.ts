@@ -44,6 +44,15 @@ export const configSchema = z.strictObject({
       keep: z.number().int().min(0).default(10),
     })
     .prefault({}),
+  /**
+   * Bytes of the current file read at start-up for the alert ids it holds (its tail): the dedup journal holds the
+   * earlier ones. Must exceed the longest alert line. Hitting it is logged with the bytes skipped.
+   */
+  startupReadBytes: z
+    .number()
+    .int()
+    .min(1 << 20)
+    .default(16 << 20),
 });
 export type FileConfig = z.output<typeof configSchema>;
 
@@ -133,8 +142,6 @@ class FileSink implements Sink {
    */
   async delivered(): Promise<Iterable<string>> {
     const ids: string[] = [];
-    let text: string;
-    let end: number;
     let handle: FileHandle;
     try {
       // Through a handle opened without following a symlink: cutting a torn line must never cut another file.
@@ -143,22 +150,43 @@ class FileSink implements Sink {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return ids;
       throw fileError(err, this.target);
     }
+    let text: string;
     try {
-      text = await handle.readFile('utf8');
-      end = text.length;
-      if (!text.endsWith('\n') && text.length > 0) {
+      // Only the file's tail is read (startupReadBytes): the last write before a crash is at its end, and a file
+      // grown past its rotation size (by hand, or a lowered maxBytes) must not be read whole into memory.
+      const size = (await handle.stat()).size;
+      const from = Math.max(0, size - this.config.startupReadBytes);
+      const buf = Buffer.alloc(size - from);
+      for (let got = 0; got < buf.length; ) {
+        const { bytesRead } = await handle.read(buf, got, buf.length - got, from + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      const lastNl = buf.lastIndexOf(10);
+      let end = buf.length;
+      if (buf.length > 0 && buf[buf.length - 1] !== 10 && (lastNl >= 0 || from === 0)) {
         // A line torn by a kill mid-write: cut it, its alert was not recorded and comes again.
-        end = text.lastIndexOf('\n') + 1;
-        await handle.truncate(Buffer.byteLength(text.slice(0, end)));
+        end = lastNl + 1;
+        await handle.truncate(from + end);
         this.ctx.log.warn('cut a torn last line', { file: this.target });
       }
+      // Reading from the middle of a line: that first partial line is not an alert.
+      const start = from === 0 ? 0 : buf.indexOf(10) + 1;
+      if (from > 0)
+        this.ctx.log.warn('start-up read bounded: alert ids before the file tail are not read', {
+          file: this.target,
+          skippedBytes: from + start,
+          startupReadBytes: this.config.startupReadBytes,
+        });
+      // No line end at all in a tail read: one partial line, no alert id to learn.
+      text = from > 0 && start === 0 ? '' : buf.toString('utf8', start, end);
     } catch (err) {
       throw fileError(err, this.target);
     } finally {
       await handle.close();
     }
     const prefix = '{"alertId":"';
-    for (const line of text.slice(0, end).split('\n')) {
+    for (const line of text.split('\n')) {
       if (line === '') continue;
       // Lines start with the alert id (the schema's first field): no need to parse megabytes of JSON.
       const close = line.startsWith(prefix) ? line.indexOf('"', prefix.length) : -1;

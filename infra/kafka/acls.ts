@@ -120,7 +120,12 @@ export function aclTable(names: AclNames = aclNames()): AclRow[] {
     topic('detector', 'rules', ['READ'], 'follows the rule set'),
     topic('detector', 'alerts', ['WRITE'], 'alerts, in the batch transaction'),
     topic('detector', 'deadLetter', ['WRITE'], 'undecodable records, in the batch transaction'),
-    topic('detector', 'audit', ['WRITE'], 'reports of rule records it refused'),
+    topic(
+      'detector',
+      'audit',
+      ['READ', 'WRITE'],
+      'reports of rule records refused, accepted or disabled; read by the health stage (pipeline alerts)',
+    ),
     topic('detector', 'correlation', ['READ', 'WRITE'], 'matches repartitioned by group-by values'),
     topic(
       'detector',
@@ -133,7 +138,7 @@ export function aclTable(names: AclNames = aclNames()): AclRow[] {
       'group',
       g,
       ['READ'],
-      `its group ${g}, ${g}-correlate and the rules follower's ${g}-rules-<id>-<random> (detector/worker.ts, main.ts)`,
+      `its group ${g}, ${g}-correlate, ${g}-health and the rules follower's ${g}-rules-<id>-<random> (detector/worker.ts, main.ts)`,
     ),
     prefixed(
       'detector',

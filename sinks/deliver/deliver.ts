@@ -68,6 +68,7 @@ interface Policy {
   bucket: TokenBucket;
   retry: RetryPolicy;
   timeoutMs: number;
+  maxThrottleWindows: number;
 }
 
 export function resolvePolicy(c: SinkInstanceConfig, d: SinkDefaults): Policy {
@@ -81,6 +82,7 @@ export function resolvePolicy(c: SinkInstanceConfig, d: SinkDefaults): Policy {
     bucket: new TokenBucket(c.messagesPerSecond ?? d.messagesPerSecond, c.burst),
     retry: c.retry,
     timeoutMs: c.timeoutMs,
+    maxThrottleWindows: c.maxThrottleWindows,
   };
 }
 
@@ -94,7 +96,13 @@ export async function startSink(
   const module = registry[config.type];
   const policy = resolvePolicy(config, module.defaults);
   const wants = router(deps.routes, name);
-  const store = await DeliveredStore.open({ dir: deps.stateDir, name, windowMs: config.dedup.windowMs });
+  const store = await DeliveredStore.open({
+    dir: deps.stateDir,
+    name,
+    windowMs: config.dedup.windowMs,
+    maxEntries: config.dedup.maxEntries,
+    log,
+  });
   let sink: Sink;
   try {
     const ctx: SinkContext = { name, log, timeoutMs: config.timeoutMs };
@@ -167,6 +175,7 @@ class SinkLoop {
       windowMs: policy.fold === false ? 0 : policy.fold,
       send: (held, signal) => this.#sendHeld(held, signal),
       stillHeld: (id) => o.store.isHeld(id),
+      maxWindows: policy.maxThrottleWindows,
       log: o.log,
     });
   }

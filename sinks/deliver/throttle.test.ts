@@ -3,9 +3,11 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { createLogger } from '../../infra/log.js';
 import { waitFor } from '../../test/harness/names.js';
 import { alertsOf } from '../sink.js';
 import { alert, memorySink } from './deliver.testing.js';
+import { type Held, ThrottleWindows } from './throttle.js';
 
 describe('throttle windows (memory transport)', () => {
   async function setup(stateDir: string, windowMs: number) {
@@ -57,5 +59,35 @@ describe('throttle windows (memory transport)', () => {
     await second.stop();
     await t.transport.close();
     assert.deepEqual(t.sent, [['a1'], ['a2', 'a3']]);
+  });
+
+  it('keeps at most maxWindows open: the oldest closes early (held alerts sent now, an empty one forgotten), counted', async () => {
+    const sent: string[][] = [];
+    const w = new ThrottleWindows({
+      windowMs: 3_600_000,
+      maxWindows: 2,
+      send: async (held) => {
+        sent.push(held.map((h) => h.alert.alertId));
+      },
+      stillHeld: () => true,
+      log: createLogger({}, 'error'),
+    });
+    const held = (i: number): Held => ({
+      alert: alert(i),
+      record: { topic: 't', partition: 0, offset: i, key: null, value: null, headers: {}, timestampMs: 0 },
+    });
+    w.hold('rule|h1', [held(1), held(2)]);
+    w.open('rule|h2');
+    assert.equal(w.size, 2);
+    w.open('rule|h3');
+    assert.equal(w.size, 2);
+    assert.equal(w.has('rule|h1'), false);
+    await waitFor('the summary of the closed window', () => sent.length === 1);
+    assert.deepEqual(sent, [['a1', 'a2']]);
+    w.open('rule|h4'); // closes h2, which holds nothing: nothing to send
+    assert.deepEqual([w.has('rule|h2'), w.has('rule|h3'), w.has('rule|h4'), w.size], [false, true, true, 2]);
+    assert.equal(w.evicted, 2);
+    assert.equal(await w.stop(), 0);
+    assert.deepEqual(sent, [['a1', 'a2']]);
   });
 });

@@ -22,8 +22,16 @@ export interface ThrottleOptions {
   send: (held: readonly Held[], signal: AbortSignal) => Promise<void>;
   /** Whether an alert is still owed a delivery (a failed send may have delivered or parked some). */
   stillHeld: (alertId: string) => boolean;
+  /**
+   * Open windows at most (DEFAULT_MAX_THROTTLE_WINDOWS): one per rule and host, so a fleet-wide storm of many
+   * hosts must not grow them without bound. A new window beyond it closes the window opened longest ago: an
+   * empty one is forgotten (its next alert is sent, not held), one holding alerts sends its summary now.
+   */
+  maxWindows?: number;
   log: Logger;
 }
+
+export const DEFAULT_MAX_THROTTLE_WINDOWS = 10_000;
 
 interface Window {
   timer: NodeJS.Timeout | undefined;
@@ -38,6 +46,8 @@ export class ThrottleWindows {
   readonly #windows = new Map<string, Window>();
   readonly #flushes = new Set<Promise<void>>();
   readonly #stop = new AbortController();
+  /** Windows closed early because of maxWindows. */
+  evicted = 0;
 
   constructor(private readonly opts: ThrottleOptions) {}
 
@@ -82,14 +92,45 @@ export class ThrottleWindows {
     return [...this.#windows.values()].reduce((n, w) => n + w.held.length, 0);
   }
 
+  get size(): number {
+    return this.#windows.size;
+  }
+
   #open(key: string): Window {
     let w = this.#windows.get(key);
     if (w === undefined) {
+      this.#makeRoom();
       w = { timer: undefined, held: [] };
       this.#windows.set(key, w);
       this.#arm(key, w, this.opts.windowMs);
     }
     return w;
+  }
+
+  /** Closes the window opened longest ago (Map order) when at maxWindows. */
+  #makeRoom(): void {
+    const max = this.opts.maxWindows ?? DEFAULT_MAX_THROTTLE_WINDOWS;
+    if (this.#windows.size < max) return;
+    const [key, w] = this.#windows.entries().next().value as [string, Window];
+    this.evicted++;
+    if (this.evicted === 1 || this.evicted % 1000 === 0)
+      this.opts.log.warn('throttle windows at their bound: the oldest closed early', {
+        maxWindows: max,
+        evicted: this.evicted,
+      });
+    clearTimeout(w.timer);
+    this.#windows.delete(key);
+    if (w.held.length === 0) return;
+    // Its held alerts are sent now; the window is not re-opened (a later alert of its key opens a new one).
+    const held = w.held;
+    w.held = [];
+    const p = this.opts.send(held, this.#stop.signal).catch((err: unknown) => {
+      if (this.#stop.signal.aborted) return;
+      this.opts.log.error('held alerts not sent; trying again', { err });
+      for (const h of held) if (this.opts.stillHeld(h.alert.alertId)) this.restore(key, h);
+    });
+    this.#flushes.add(p);
+    void p.finally(() => this.#flushes.delete(p));
   }
 
   #arm(key: string, w: Window, ms: number): void {

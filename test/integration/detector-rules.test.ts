@@ -99,6 +99,8 @@ test('rules pushed during a run apply on every worker; malformed ones are reject
       createTopics: false,
       // Each worker also watches a directory (the same content on every host).
       rules: { dir: watched, pollMs: 500, publicKeys: [publicKey] },
+      // Counts rule alerts only: the pipeline alerts pushes raise are detector-pipeline-health's.
+      health: { enabled: false },
       ...(name === 'worker-a' ? { metrics: { port: metricsPort } } : {}),
     });
   const a = new WorkerProcess(cfg('worker-a')).start();
