@@ -1,6 +1,7 @@
 /**
  * Delivery of one message: sent under the instance's rate limit and timeout, retried while the failure is
- * retryable and the budget lasts, else parked on the undeliverable topic. Either way its alerts are journalled
+ * retryable (for as long as it lasts unless `retry.maxAttempts` sets a budget), else parked on the undeliverable
+ * topic. Either way its alerts are journalled
  * as handled before the caller lets their offsets commit.
  */
 import { EdrError, errorMessage } from '../../infra/errors.js';
@@ -9,6 +10,7 @@ import { abortableDelay, retry } from '../../infra/retry.js';
 import { deadLetterRecord, type InRecord, type OutRecord, type Producer } from '../../infra/transport.js';
 import type { DeliveredStore } from '../delivered-store.js';
 import { alertsOf, type Message, type Sink } from '../sink.js';
+import type { Outage } from './outage.js';
 import type { TokenBucket } from './rate-limit.js';
 import {
   backoffOf,
@@ -32,6 +34,8 @@ export interface SenderOptions {
   retry: RetryPolicy;
   timeoutMs: number;
   log: Logger;
+  /** The instance's outage: logged once and periodically, not per attempt. */
+  outage: Outage;
 }
 
 export class Sender {
@@ -48,7 +52,9 @@ export class Sender {
     records: ReadonlyMap<string, InRecord>,
   ): Promise<boolean> {
     const policy = this.o.retry;
+    const { outage } = this.o;
     let attempts = 0;
+    let waiting = 0;
     try {
       await retry(
         async (n) => {
@@ -57,11 +63,13 @@ export class Sender {
           if (wait > 0) await abortableDelay(wait, signal);
           if (signal.aborted) throw stopping();
           await this.#attempt(message, signal);
+          outage.delivered();
           await this.o.store.add(alertsOf(message).map((a) => a.alertId));
         },
         {
           backoff: backoffOf(policy),
-          maxAttempts: policy.maxAttempts,
+          // Absent: no limit. The batch's offsets stay uncommitted meanwhile, so a stop leaves it to Kafka.
+          ...(policy.maxAttempts === undefined ? {} : { maxAttempts: policy.maxAttempts }),
           signal,
           // A journal that cannot record the outcome fails the batch (tried again), not the message.
           retryIf: (err) => {
@@ -70,8 +78,12 @@ export class Sender {
           },
           // Retry-After when the peer said, else the backoff.
           delayFor: (err, n) => retryDelayMs(n, retryAfterOf(err), policy),
-          onRetry: (err, n, delayMs) =>
-            this.o.log.warn('delivery failed, retrying', { err, attempt: n, delayMs }),
+          onRetry: (err, n, delayMs) => {
+            const fresh = waiting === 0 ? alertsOf(message).length : 0;
+            waiting += fresh;
+            outage.failed(err, fresh);
+            this.o.log.debug('delivery failed, retrying', { err, attempt: n, delayMs });
+          },
         },
       );
       return true;
@@ -81,6 +93,8 @@ export class Sender {
       if (err.code === 'EDR_SINK_STATE_WRITE') throw err;
       await this.#park(message, err, attempts, records);
       return false;
+    } finally {
+      outage.settled(waiting);
     }
   }
 
