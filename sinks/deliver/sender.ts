@@ -62,7 +62,7 @@ export class Sender {
           const wait = this.o.bucket.reserve();
           if (wait > 0) await abortableDelay(wait, signal);
           if (signal.aborted) throw stopping();
-          await this.#attempt(message, signal);
+          await sendWithin(this.o.sink, message, signal, this.o.timeoutMs);
           outage.delivered();
           await this.o.store.add(alertsOf(message).map((a) => a.alertId));
         },
@@ -110,29 +110,6 @@ export class Sender {
     }
   }
 
-  /** One send, within the timeout; failures classified. */
-  async #attempt(message: Message, signal: AbortSignal): Promise<void> {
-    const timeout = AbortSignal.timeout(this.o.timeoutMs);
-    const both = AbortSignal.any([signal, timeout]);
-    const sent = this.o.sink.send(message, both);
-    // A client that ignores the signal (nodemailer) still cannot hold the loop past the timeout.
-    let onAbort: (() => void) | undefined;
-    const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => reject(both.reason);
-      both.addEventListener('abort', onAbort, { once: true });
-    });
-    sent.catch(() => {});
-    aborted.catch(() => {});
-    try {
-      await Promise.race([sent, aborted]);
-    } catch (err) {
-      if (signal.aborted) throw stopping();
-      throw classify(err, timeout.aborted);
-    } finally {
-      both.removeEventListener('abort', onAbort!);
-    }
-  }
-
   async #park(
     message: Message,
     err: EdrError,
@@ -153,5 +130,33 @@ export class Sender {
     await this.publish(out, topic);
     await this.o.store.add(alertsOf(message).map((a) => a.alertId));
     this.o.log.error('alerts parked as undeliverable', { err, alerts: out.length, attempts, topic });
+  }
+}
+
+/** One send of `message` by `sink`, within `timeoutMs`; failures classified (a stop is `stopping()`). */
+export async function sendWithin(
+  sink: Sink,
+  message: Message,
+  signal: AbortSignal,
+  timeoutMs: number,
+): Promise<void> {
+  const timeout = AbortSignal.timeout(timeoutMs);
+  const both = AbortSignal.any([signal, timeout]);
+  const sent = sink.send(message, both);
+  // A client that ignores the signal (nodemailer) still cannot hold the loop past the timeout.
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(both.reason);
+    both.addEventListener('abort', onAbort, { once: true });
+  });
+  sent.catch(() => {});
+  aborted.catch(() => {});
+  try {
+    await Promise.race([sent, aborted]);
+  } catch (err) {
+    if (signal.aborted) throw stopping();
+    throw classify(err, timeout.aborted);
+  } finally {
+    both.removeEventListener('abort', onAbort!);
   }
 }
