@@ -7,6 +7,9 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, test } from 'node:test';
+import { EdrError } from '../../infra/errors.js';
+import type { KafkaTransport } from '../../infra/kafka/transport.js';
+import { abortableDelay } from '../../infra/retry.js';
 import { parseSinksConfig } from '../../sinks/config.js';
 import { runSinks } from '../../sinks/main.js';
 import { unique, waitFor } from '../harness/names.js';
@@ -85,6 +88,58 @@ describe('sinks: outages', () => {
       `503 answers ${failed}; deliveries by alert: ${JSON.stringify([...deliveriesById(hook.seen)])}`,
     );
     assertDeliveredOnce(hook.seen, ids(0, 10));
+    assert.equal(await topicSize(kafka(), at.topics.undeliverable), 0, 'nothing parked');
+  });
+
+  test('a member retrying through an outage lets a rebalance complete at once and stays in its group', {
+    timeout: 90_000,
+  }, async (t) => {
+    const hook = await webhook(() => ({ status: 503 }));
+    const at = {
+      topics: await sinkTopics(kafka()),
+      stateDir: path.join(await tempDir('edr-sinks-rebalance'), 'state'),
+      name: unique('rebalance'),
+    };
+    const r = await start(hook.env, at, {
+      retry: { initialBackoffMs: 50, maxBackoffMs: 200 },
+      messagesPerSecond: 0,
+    });
+    let other: Awaited<ReturnType<KafkaTransport['consume']>> | undefined;
+    try {
+      await publishAlerts(
+        kafka(),
+        at.topics.alerts,
+        [0, 1, 2, 3, 4, 5].map((i) => alertN(i, { ruleId: `rule-${i}` })),
+      );
+      await waitFor('the sink retrying', () => hook.seen.length >= 5);
+      // A second member joins the sink's group (a second router process): the group rebalances.
+      const t0 = Date.now();
+      other = await kafka().consume({
+        groupId: `edr-sink-${at.name}`,
+        topics: [at.topics.alerts],
+        // Holds what it gets without handling it, until stopped.
+        handler: async (b) => {
+          await abortableDelay(60_000, b.signal);
+          throw new EdrError('EDR_TEST_NOT_HANDLED', 'left to the sink', { retryable: true });
+        },
+      });
+      const joined = other;
+      // Without giving up the batch in hand, the retrying member would hold the rebalance for its whole timeout.
+      await waitFor('the new member assigned', () => joined.assignments().length > 0, 60_000);
+      const ms = Date.now() - t0;
+      t.diagnostic(`rebalance completed in ${ms} ms`);
+      assert.ok(ms < 15_000, `the rebalance took ${ms} ms`);
+      assert.ok(
+        r.sinks[0]!.consumption.assignments().length > 0,
+        'the retrying member is still in the group',
+      );
+      const seen = hook.seen.length;
+      await waitFor('the sink retrying again', () => hook.seen.length > seen);
+    } finally {
+      await r.stop();
+      await other?.stop();
+      await hook.close();
+    }
     assert.equal(await topicSize(kafka(), at.topics.undeliverable), 0, 'nothing parked');
   });
 
