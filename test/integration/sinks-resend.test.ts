@@ -100,6 +100,15 @@ describe('sinks: resend', () => {
       ]);
       assert.equal(broken.delivered().length, 0);
       assert.equal(fixed.seen.length, 0);
+      // Before the fix: each selected alert fails again, is counted, and stays parked for the next run.
+      const unfixed = await writeYaml(
+        dir,
+        await sinksConfig(topics, stateDir, slack(broken.env), [{ to: [name] }]),
+      );
+      const tooEarly = await edr(['sinks', 'resend', '--config', unfixed, '--rule', 'rule-c']);
+      t.diagnostic(`before the fix, --rule rule-c: ${tooEarly.out.trim().split('\n').at(-1)}`);
+      assert.equal(tooEarly.code, 1, tooEarly.out);
+      assert.deepEqual(summaryOf(tooEarly.out), { selected: 1, delivered: 0, already: 0, failed: 1 });
       // The fix: the webhook is replaced in the config.
       const file = await writeYaml(
         dir,
