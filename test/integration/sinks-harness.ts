@@ -1,6 +1,7 @@
 /** Shared by the sinks integration tests: unique topics, alerts published the way detectors publish them. */
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -9,6 +10,7 @@ import path from 'node:path';
 import { after, before } from 'node:test';
 import { stringify } from 'yaml';
 import type { KafkaTransport } from '../../infra/kafka/transport.js';
+import { repoRoot } from '../../infra/paths.js';
 import type { InRecord, Transport } from '../../infra/transport.js';
 import { projectCodec } from '../../schemas/codec.js';
 import type { Alert } from '../../schemas/types.js';
@@ -194,4 +196,29 @@ export function assertDeliveredOnce(seen: readonly Seen[], alerts: readonly Aler
     `each alert delivered exactly once: ${JSON.stringify([...counts])}`,
   );
   return counts;
+}
+
+/**
+ * `edr ARGS` as a child process that does not block this one (which may be serving the webhook it calls): its
+ * output (stdout and stderr) so far, and its exit code once it ends.
+ */
+export function edrChild(args: string[]): {
+  kill(sig: NodeJS.Signals): void;
+  out(): string;
+  exited: Promise<number | null>;
+} {
+  const child = spawn(process.execPath, [path.join(repoRoot, 'dist', 'cli', 'edr.js'), ...args], {
+    env: { ...process.env, EDR_LOG_LEVEL: 'error' },
+  });
+  let out = '';
+  const collect = (d: Buffer) => {
+    out += d.toString();
+  };
+  child.stdout.on('data', collect);
+  child.stderr.on('data', collect);
+  return {
+    kill: (sig) => child.kill(sig),
+    out: () => out,
+    exited: new Promise((resolve) => child.on('exit', (code) => resolve(code))),
+  };
 }

@@ -11,12 +11,13 @@ import { EdrError } from '../../infra/errors.js';
 import type { KafkaTransport } from '../../infra/kafka/transport.js';
 import { abortableDelay } from '../../infra/retry.js';
 import { parseSinksConfig } from '../../sinks/config.js';
-import { runSinks } from '../../sinks/main.js';
+import { type Router, runSinks } from '../../sinks/main.js';
 import { unique, waitFor } from '../harness/names.js';
 import {
   alertN,
   assertDeliveredOnce,
   deliveriesById,
+  edrChild,
   fileTransport,
   publishAlerts,
   readTopic,
@@ -26,6 +27,7 @@ import {
   tempDir,
   topicSize,
   webhook,
+  writeYaml,
 } from './sinks-harness.js';
 
 describe('sinks: outages', () => {
@@ -43,7 +45,7 @@ describe('sinks: outages', () => {
     return runSinks(cfg, kafka());
   }
 
-  test('a 503 outage with no attempt limit: stopped mid-outage, nothing committed; every alert once after', {
+  test('a 503 outage with no attempt limit: SIGTERM mid-outage commits nothing; every alert once after', {
     timeout: 60_000,
   }, async (t) => {
     let up = false;
@@ -57,14 +59,26 @@ describe('sinks: outages', () => {
     const fast = { retry: { initialBackoffMs: 20, maxBackoffMs: 100 }, messagesPerSecond: 0 };
     const ids = (from: number, to: number) =>
       Array.from({ length: to - from }, (_, i) => alertN(from + i, { ruleId: `rule-${from + i}` }));
-    let r = await start(hook.env, at, fast);
+    // The first run is the command itself, stopped by SIGTERM in the middle of the outage.
+    const file = await writeYaml(
+      path.dirname(at.stateDir),
+      await sinksConfig(
+        at.topics,
+        at.stateDir,
+        { [at.name]: { type: 'slack', webhookUrl: { env: hook.env }, startFrom: 'earliest', ...fast } },
+        [{ to: [at.name] }],
+      ),
+    );
+    const first = edrChild(['sinks', '--config', file]);
+    let r: Router | undefined;
     try {
       await publishAlerts(kafka(), at.topics.alerts, ids(0, 6));
       await waitFor('many failed attempts', () => hook.seen.length >= 40, 20_000);
-      assert.ok(r.sinks[0]!.alertsWaiting() >= 1, 'the alerts being retried are counted as waiting');
       const t0 = Date.now();
-      await r.stop();
+      first.kill('SIGTERM');
+      assert.equal(await first.exited, 0, first.out());
       const stopMs = Date.now() - t0;
+      t.diagnostic(`stopped by SIGTERM in ${stopMs} ms, after ${hook.seen.length} failed attempts`);
       assert.ok(stopMs < 5000, `stopped in ${stopMs} ms`);
       const lag = await kafka().lag(`edr-sink-${at.name}`, at.topics.alerts);
       assert.equal(
@@ -80,7 +94,8 @@ describe('sinks: outages', () => {
       await waitFor('every alert delivered', () => deliveriesById(hook.seen).size >= 10, 30_000);
       await new Promise((res) => setTimeout(res, 1000));
     } finally {
-      await r.stop();
+      first.kill('SIGKILL');
+      await r?.stop();
       await hook.close();
     }
     const failed = hook.seen.filter((s) => s.status === 503).length;
@@ -106,12 +121,19 @@ describe('sinks: outages', () => {
     });
     let other: Awaited<ReturnType<KafkaTransport['consume']>> | undefined;
     try {
-      await publishAlerts(
-        kafka(),
-        at.topics.alerts,
-        [0, 1, 2, 3, 4, 5].map((i) => alertN(i, { ruleId: `rule-${i}` })),
+      // Twelve hosts (the record key): alerts on every partition.
+      const alerts = Array.from({ length: 12 }, (_, i) => {
+        const a = alertN(i, { ruleId: `rule-${i}` });
+        return { ...a, event: { ...a.event, hostId: `host-${i}` } };
+      });
+      await publishAlerts(kafka(), at.topics.alerts, alerts);
+      const ends = await kafka().endOffsets(at.topics.alerts);
+      assert.ok(
+        ends.every((p) => p.offset > 0),
+        JSON.stringify(ends),
       );
       await waitFor('the sink retrying', () => hook.seen.length >= 5);
+      assert.ok(r.sinks[0]!.alertsWaiting() >= 1, 'the alerts being retried are counted as waiting');
       // A second member joins the sink's group (a second router process): the group rebalances.
       const t0 = Date.now();
       other = await kafka().consume({
@@ -133,6 +155,7 @@ describe('sinks: outages', () => {
         r.sinks[0]!.consumption.assignments().length > 0,
         'the retrying member is still in the group',
       );
+      // Every partition has alerts (below), so whichever the sink kept, it goes on retrying them.
       const seen = hook.seen.length;
       await waitFor('the sink retrying again', () => hook.seen.length > seen);
     } finally {

@@ -5,11 +5,9 @@
  * file sink through `resend()`: parked while its file was a planted symlink, resent once the link is gone.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, readdir, readFile, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { repoRoot } from '../../infra/paths.js';
 import type { Alert } from '../../schemas/types.js';
 import { parseSinksConfig } from '../../sinks/config.js';
 import { runSinks } from '../../sinks/main.js';
@@ -18,6 +16,7 @@ import { unique, waitFor } from '../harness/names.js';
 import {
   alertN,
   assertDeliveredOnce,
+  edrChild,
   fileTransport,
   publishAlerts,
   readTopic,
@@ -30,21 +29,11 @@ import {
   writeYaml,
 } from './sinks-harness.js';
 
-/** `edr ARGS` as a child process, without blocking this one (which serves the webhook). */
-function edr(args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [path.join(repoRoot, 'dist', 'cli', 'edr.js'), ...args], {
-      env: { ...process.env, EDR_LOG_LEVEL: 'error' },
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      out += d.toString();
-    });
-    child.on('exit', (code) => resolve({ code, out }));
-  });
+/** `edr ARGS` run to its end. */
+async function edr(args: string[]): Promise<{ code: number | null; out: string }> {
+  const c = edrChild(args);
+  const code = await c.exited;
+  return { code, out: c.out() };
 }
 
 /** The summary line's numbers. */
