@@ -80,7 +80,8 @@ export async function resend(
   const log = (opts.log ?? createLogger({ component: 'sinks' })).child({ component: 'resend' });
   const names = new Set(opts.sinks?.length ? opts.sinks : Object.keys(config.sinks));
   for (const n of names) {
-    if (!(n in config.sinks)) throw new EdrError('EDR_SINK_RESEND_USAGE', `no sink named ${n} in the config`);
+    if (!Object.hasOwn(config.sinks, n))
+      throw new EdrError('EDR_SINK_RESEND_USAGE', `no sink named ${n} in the config`);
   }
   const topic = config.topics.undeliverable;
   await requireTopics(transport, [topic], 'sinks resend');
@@ -112,6 +113,7 @@ export async function resend(
     try {
       alert = codec.decodeAs('dev.edr.v1.Alert', r.value ?? Buffer.alloc(0));
     } catch (err) {
+      // Its rule cannot be known: reported whatever the selection by rule, never silently skipped.
       summary.selected++;
       summary.failed++;
       log.error('parked record does not decode; not resent', {
@@ -268,7 +270,7 @@ export const command = {
       return 2;
     }
     const config = loadSinksConfig(values.config);
-    const unknown = (values.sink ?? []).filter((n) => !(n in config.sinks));
+    const unknown = (values.sink ?? []).filter((n) => !Object.hasOwn(config.sinks, n));
     if (unknown.length > 0) {
       process.stderr.write(`edr sinks resend: no sink named ${unknown.join(', ')} in ${values.config}\n`);
       return 2;

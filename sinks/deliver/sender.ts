@@ -1,8 +1,7 @@
 /**
  * Delivery of one message: sent under the instance's rate limit and timeout, retried while the failure is
- * retryable (for as long as it lasts unless `retry.maxAttempts` sets a budget), else parked on the undeliverable
- * topic. Either way its alerts are journalled
- * as handled before the caller lets their offsets commit.
+ * retryable (for as long as it lasts, unless `retry.maxAttempts` sets a budget), else parked on the undeliverable
+ * topic. Either way its alerts are journalled as handled before the caller lets their offsets commit.
  */
 import { EdrError, errorMessage } from '../../infra/errors.js';
 import type { Logger } from '../../infra/log.js';
@@ -69,7 +68,7 @@ export class Sender {
         {
           backoff: backoffOf(policy),
           // Absent: no limit. The batch's offsets stay uncommitted meanwhile, so a stop leaves it to Kafka.
-          ...(policy.maxAttempts === undefined ? {} : { maxAttempts: policy.maxAttempts }),
+          maxAttempts: policy.maxAttempts,
           signal,
           // A journal that cannot record the outcome fails the batch (tried again), not the message.
           retryIf: (err) => {
