@@ -35,8 +35,8 @@ describe('sinks config', () => {
     const archive = c.sinks['archive']!;
     assert.equal(archive['file'], 'alerts.jsonl');
     assert.deepEqual(archive['rotate'], { maxBytes: 100 * 1024 * 1024, keep: 10 });
+    // No attempt limit by default: a retryable failure never parks.
     assert.deepEqual(archive.retry, {
-      maxAttempts: 10,
       initialBackoffMs: 1000,
       maxBackoffMs: 60_000,
       maxRetryAfterMs: 300_000,

@@ -44,8 +44,12 @@ export const deliveryShape = {
   timeoutMs: z.number().int().positive().default(10_000),
   retry: z
     .strictObject({
-      /** Attempts per message before it is given up (parked on the undeliverable topic). */
-      maxAttempts: z.number().int().min(1).default(10),
+      /**
+       * Attempts per message before a retryable failure gives it up (parked on the undeliverable topic). Absent
+       * (the default): no limit, the sink keeps its offsets and retries until the peer is back, since an outage of
+       * Slack or the mail relay is no reason to stop delivering. Permanent failures park at once either way.
+       */
+      maxAttempts: z.number().int().min(1).optional(),
       initialBackoffMs: z.number().int().positive().default(1000),
       maxBackoffMs: z.number().int().positive().default(60_000),
       /** A Retry-After beyond this is cut to it (a broken peer must not park a sink for hours). */

@@ -12,10 +12,13 @@ import { loadSinksConfig, type SinksConfig } from './config.js';
 import { type RunningSink, startSink } from './deliver/deliver.js';
 
 const USAGE = `usage: edr sinks --config FILE [--sink NAME ...] [--check]
+       edr sinks resend --config FILE [--sink NAME ...] [--rule ID ...] [--from TIME] [--to TIME]
 
   --config FILE   sinks config (YAML): kafka, stateDir, sinks, routes (see sinks/README.md)
   --sink NAME     run only this sink instance (repeatable); default all
   --check         check the config (every problem at once) and exit
+
+  resend          re-deliver alerts parked on the undeliverable topic (edr sinks resend --help)
 `;
 
 export interface Router {
@@ -74,6 +77,8 @@ export async function runSinks(
 export const command = {
   summary: 'route alerts to email, Slack and files',
   async run(argv: string[]): Promise<number> {
+    // Loaded only when called, like every subcommand.
+    if (argv[0] === 'resend') return (await import('./resend.js')).command.run(argv.slice(1));
     const args = commandArgs(argv, {
       usage: USAGE,
       options: {

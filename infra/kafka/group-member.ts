@@ -56,6 +56,9 @@ export interface MemberOptions {
  */
 const PREFETCH = 1;
 
+/** kafkajs error types of a heartbeat refused because the group is rebalancing (or moved on without us). */
+const REBALANCE_ERRORS = new Set(['REBALANCE_IN_PROGRESS', 'ILLEGAL_GENERATION', 'UNKNOWN_MEMBER_ID']);
+
 /** A fetched batch of one partition: its records, and the offset the fetch asked for (Batch.fetchedFrom). */
 interface Fetched {
   records: InRecord[];
@@ -308,8 +311,11 @@ export class GroupMember {
       if (halted()) ac.abort();
       // kafkajs heartbeats only between batches: keep the membership alive while a slow slice runs, and learn
       // of a rebalance so the loop below yields after the slice in hand.
-      payload.heartbeat().catch(() => {
+      payload.heartbeat().catch((err: unknown) => {
         rebalancing = true;
+        // A slice that may run for minutes (a sink retrying through an outage) is given up at once, its rest
+        // redelivered: the member must rejoin within the rebalance timeout or the group drops it.
+        if (REBALANCE_ERRORS.has((err as { type?: string }).type ?? '')) ac.abort();
       });
     }, 500);
     try {

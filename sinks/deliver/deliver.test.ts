@@ -117,6 +117,19 @@ describe('the delivery loop (memory transport, scripted sink)', () => {
     assert.equal(r.undeliverable[0]?.headers['edr-attempts']?.toString(), '3');
   });
 
+  it('without maxAttempts (the default), retries a retryable failure for as long as it lasts', async () => {
+    const r = await run(
+      async (_m, n) => {
+        if (n <= 40) throw new EdrError('EDR_SINK_UNAVAILABLE', 'HTTP 503', { retryable: true });
+      },
+      fast,
+      [alert(1)],
+    );
+    assert.equal(r.calls, 41);
+    assert.deepEqual(r.sent, [['a1']]);
+    assert.equal(r.undeliverable.length, 0);
+  });
+
   it('sends an alert id once even when it comes twice; dead-letters what does not decode', async () => {
     const r = await run(async () => {}, {}, [alert(1), alert(1), Buffer.from('not avro'), alert(2)]);
     assert.deepEqual(r.sent.flat(), ['a1', 'a2']);

@@ -4,8 +4,9 @@
  * route, drop what this instance already handled (the journal on disk, see delivered-store.ts), redact, fold
  * identical alerts (same rule and host, event times within the fold window), group into messages, then send each
  * under the instance's concurrency and rate limits, retrying with capped exponential backoff and jitter, or as
- * long as Retry-After says. A message given up (permanent error, or the retry budget spent) is parked on the
- * undeliverable topic with the reason and the sink moves on. A batch's offsets commit only when each of its
+ * long as Retry-After says, without limit by default while the batch's offsets stay uncommitted (a stop leaves
+ * the batch to Kafka). A message given up (permanent error, or a configured retry budget spent) is parked on
+ * the undeliverable topic with the reason and the sink moves on. A batch's offsets commit only when each of its
  * alerts is delivered, parked, or held (below).
  *
  * Throttling across batches: once a message for a rule and host went out, identical alerts arriving within the
@@ -33,6 +34,7 @@ import { createRedactor, type Redactor } from '../redact.js';
 import { registry } from '../registry.js';
 import type { Fold, Message, Sink, SinkContext, SinkDefaults } from '../sink.js';
 import { foldAlerts, groupMessages, type MessageGrouping } from './fold.js';
+import { Outage } from './outage.js';
 import { TokenBucket } from './rate-limit.js';
 import { type RetryPolicy, stopping } from './retry-policy.js';
 import { router } from './route.js';
@@ -57,6 +59,8 @@ export interface RunningSink {
   consumption: Consumption;
   /** Closes every throttle window now, sending what is held (tests; an operator's flush). */
   flushHeld(): Promise<void>;
+  /** Alerts waiting for a peer that fails with retryable errors (sinks have no metrics exporter: a gauge to read). */
+  alertsWaiting(): number;
   stop(): Promise<void>;
 }
 
@@ -129,6 +133,7 @@ export async function startSink(
     name,
     consumption,
     flushHeld: () => loop.windows.flushAll(),
+    alertsWaiting: () => loop.outage.waiting,
     stop() {
       stopped ??= (async () => {
         await consumption.stop().catch((err) => log.warn('consumer stop failed', { err }));
@@ -156,11 +161,14 @@ type Records = Map<string, InRecord>;
 /** One sink instance's handling of consumed batches and of its throttle windows. */
 class SinkLoop {
   readonly windows: ThrottleWindows;
+  readonly outage: Outage;
   readonly #sender: Sender;
 
   constructor(private readonly o: SinkLoopOptions) {
     const { policy, deps } = o;
+    this.outage = new Outage({ log: o.log });
     this.#sender = new Sender({
+      outage: this.outage,
       name: o.name,
       sink: o.sink,
       store: o.store,

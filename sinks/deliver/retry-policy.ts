@@ -3,7 +3,8 @@ import { EdrError, errorMessage } from '../../infra/errors.js';
 import { type Backoff, backoffMs } from '../../infra/retry.js';
 
 export interface RetryPolicy {
-  maxAttempts: number;
+  /** Absent: retryable failures are retried for as long as they last. */
+  maxAttempts?: number | undefined;
   initialBackoffMs: number;
   maxBackoffMs: number;
   maxRetryAfterMs: number;

@@ -1,7 +1,7 @@
 /**
  * Delivery of one message: sent under the instance's rate limit and timeout, retried while the failure is
- * retryable and the budget lasts, else parked on the undeliverable topic. Either way its alerts are journalled
- * as handled before the caller lets their offsets commit.
+ * retryable (for as long as it lasts, unless `retry.maxAttempts` sets a budget), else parked on the undeliverable
+ * topic. Either way its alerts are journalled as handled before the caller lets their offsets commit.
  */
 import { EdrError, errorMessage } from '../../infra/errors.js';
 import type { Logger } from '../../infra/log.js';
@@ -9,6 +9,7 @@ import { abortableDelay, retry } from '../../infra/retry.js';
 import { deadLetterRecord, type InRecord, type OutRecord, type Producer } from '../../infra/transport.js';
 import type { DeliveredStore } from '../delivered-store.js';
 import { alertsOf, type Message, type Sink } from '../sink.js';
+import type { Outage } from './outage.js';
 import type { TokenBucket } from './rate-limit.js';
 import {
   backoffOf,
@@ -32,6 +33,8 @@ export interface SenderOptions {
   retry: RetryPolicy;
   timeoutMs: number;
   log: Logger;
+  /** The instance's outage: logged once and periodically, not per attempt. */
+  outage: Outage;
 }
 
 export class Sender {
@@ -48,7 +51,9 @@ export class Sender {
     records: ReadonlyMap<string, InRecord>,
   ): Promise<boolean> {
     const policy = this.o.retry;
+    const { outage } = this.o;
     let attempts = 0;
+    let waiting = 0;
     try {
       await retry(
         async (n) => {
@@ -56,11 +61,13 @@ export class Sender {
           const wait = this.o.bucket.reserve();
           if (wait > 0) await abortableDelay(wait, signal);
           if (signal.aborted) throw stopping();
-          await this.#attempt(message, signal);
+          await sendWithin(this.o.sink, message, signal, this.o.timeoutMs);
+          outage.delivered();
           await this.o.store.add(alertsOf(message).map((a) => a.alertId));
         },
         {
           backoff: backoffOf(policy),
+          // Absent: no limit. The batch's offsets stay uncommitted meanwhile, so a stop leaves it to Kafka.
           maxAttempts: policy.maxAttempts,
           signal,
           // A journal that cannot record the outcome fails the batch (tried again), not the message.
@@ -70,8 +77,12 @@ export class Sender {
           },
           // Retry-After when the peer said, else the backoff.
           delayFor: (err, n) => retryDelayMs(n, retryAfterOf(err), policy),
-          onRetry: (err, n, delayMs) =>
-            this.o.log.warn('delivery failed, retrying', { err, attempt: n, delayMs }),
+          onRetry: (err, n, delayMs) => {
+            const fresh = waiting === 0 ? alertsOf(message).length : 0;
+            waiting += fresh;
+            outage.failed(err, fresh);
+            this.o.log.debug('delivery failed, retrying', { err, attempt: n, delayMs });
+          },
         },
       );
       return true;
@@ -81,6 +92,8 @@ export class Sender {
       if (err.code === 'EDR_SINK_STATE_WRITE') throw err;
       await this.#park(message, err, attempts, records);
       return false;
+    } finally {
+      outage.settled(waiting);
     }
   }
 
@@ -93,29 +106,6 @@ export class Sender {
         retryable: true,
         cause: err,
       });
-    }
-  }
-
-  /** One send, within the timeout; failures classified. */
-  async #attempt(message: Message, signal: AbortSignal): Promise<void> {
-    const timeout = AbortSignal.timeout(this.o.timeoutMs);
-    const both = AbortSignal.any([signal, timeout]);
-    const sent = this.o.sink.send(message, both);
-    // A client that ignores the signal (nodemailer) still cannot hold the loop past the timeout.
-    let onAbort: (() => void) | undefined;
-    const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => reject(both.reason);
-      both.addEventListener('abort', onAbort, { once: true });
-    });
-    sent.catch(() => {});
-    aborted.catch(() => {});
-    try {
-      await Promise.race([sent, aborted]);
-    } catch (err) {
-      if (signal.aborted) throw stopping();
-      throw classify(err, timeout.aborted);
-    } finally {
-      both.removeEventListener('abort', onAbort!);
     }
   }
 
@@ -139,5 +129,33 @@ export class Sender {
     await this.publish(out, topic);
     await this.o.store.add(alertsOf(message).map((a) => a.alertId));
     this.o.log.error('alerts parked as undeliverable', { err, alerts: out.length, attempts, topic });
+  }
+}
+
+/** One send of `message` by `sink`, within `timeoutMs`; failures classified (a stop is `stopping()`). */
+export async function sendWithin(
+  sink: Sink,
+  message: Message,
+  signal: AbortSignal,
+  timeoutMs: number,
+): Promise<void> {
+  const timeout = AbortSignal.timeout(timeoutMs);
+  const both = AbortSignal.any([signal, timeout]);
+  const sent = sink.send(message, both);
+  // A client that ignores the signal (nodemailer) still cannot hold the loop past the timeout.
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(both.reason);
+    both.addEventListener('abort', onAbort, { once: true });
+  });
+  sent.catch(() => {});
+  aborted.catch(() => {});
+  try {
+    await Promise.race([sent, aborted]);
+  } catch (err) {
+    if (signal.aborted) throw stopping();
+    throw classify(err, timeout.aborted);
+  } finally {
+    both.removeEventListener('abort', onAbort!);
   }
 }

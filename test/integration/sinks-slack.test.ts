@@ -5,8 +5,6 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { KafkaTransport } from '../../infra/kafka/transport.js';
@@ -19,59 +17,22 @@ import { slackPayload } from '../../sinks/slack.js';
 import { stopOwnBroker, testTransport } from '../harness/broker.js';
 import { unique, waitFor } from '../harness/names.js';
 import {
+  alertIdOf,
   alertN,
   publishAlerts,
   readTopic,
+  type Seen,
   sinksConfig,
   sinkTopics,
   tempDir,
+  webhook,
   writeYaml,
 } from './sinks-harness.js';
-
-interface Seen {
-  at: number;
-  status: number;
-  body: { text: string; attachments: Array<{ blocks: unknown[] }> };
-}
-
-/** An HTTP server answering each POST with `answer(n)` (n counts from 0) and recording what it saw. */
-async function webhook(
-  answer: (n: number) => { status: number; headers?: Record<string, string>; body?: string },
-) {
-  const seen: Seen[] = [];
-  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    let data = '';
-    req.on('data', (d: Buffer) => {
-      data += d.toString();
-    });
-    req.on('end', () => {
-      const a = answer(seen.length);
-      seen.push({ at: Date.now(), status: a.status, body: JSON.parse(data) });
-      res.writeHead(a.status, { 'content-type': 'text/plain', ...a.headers });
-      res.end(a.body ?? (a.status === 200 ? 'ok' : 'error'));
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const env = unique('TEST_SLACK_URL').replaceAll('-', '_').toUpperCase();
-  process.env[env] = `http://127.0.0.1:${(server.address() as AddressInfo).port}/services/T000/B000/XXXX`;
-  return {
-    env,
-    seen,
-    delivered: () => seen.filter((s) => s.status === 200),
-    close: () => new Promise<void>((r) => server.close(() => r())),
-  };
-}
 
 /** "(×N)" in a message's fallback text, or 1. */
 function countOf(s: Seen): number {
   const m = /\(×(\d+)\)/.exec(s.body.text);
   return m ? Number(m[1]) : 1;
-}
-
-/** The alert id a single-alert message carries in its last context block. */
-function alertIdOf(s: Seen): string {
-  const m = /alert (alert-\d+)/.exec(JSON.stringify(s.body));
-  return m ? m[1]! : '?';
 }
 
 describe('sinks: slack', () => {
