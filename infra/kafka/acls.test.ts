@@ -27,14 +27,14 @@ describe('the ACL table', () => {
     );
   });
 
-  it('lets a sink read alerts in its own groups and write only where it parks', () => {
+  it('lets a sink read alerts in its own groups, write only where it parks and read that back to resend', () => {
     assert.deepEqual(
       grants('edr-sink'),
       [
         'group* edr-sink-: READ',
         `topic ${topics.alerts.name}: READ`,
         `topic ${topics.deadLetter.name}: WRITE`,
-        `topic ${topics.undeliverable.name}: WRITE`,
+        `topic ${topics.undeliverable.name}: READ, WRITE`,
       ].sort(),
     );
   });

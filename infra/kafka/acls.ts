@@ -149,7 +149,12 @@ export function aclTable(names: AclNames = aclNames()): AclRow[] {
     ),
 
     topic('sink', 'alerts', ['READ'], 'delivery input'),
-    topic('sink', 'undeliverable', ['WRITE'], 'alerts it gave up on'),
+    topic(
+      'sink',
+      'undeliverable',
+      ['READ', 'WRITE'],
+      'alerts it gave up on; `edr sinks resend` reads them back',
+    ),
     topic('sink', 'deadLetter', ['WRITE'], 'alerts it could not decode'),
     prefixed('sink', 'group', fixedPrefixes.sinkGroup, ['READ'], 'one group per sink instance'),
 
