@@ -48,6 +48,7 @@ export interface TopicDescription {
   replicationFactor: number;
   cleanupPolicy: string;
   retentionMs: number;
+  minInsyncReplicas: number;
 }
 
 export class KafkaTransport implements Transport {
@@ -117,6 +118,9 @@ export class KafkaTransport implements Transport {
             ...(t.maxMessageBytes !== undefined
               ? [{ name: 'max.message.bytes', value: String(t.maxMessageBytes) }]
               : []),
+            ...(t.minInsyncReplicas !== undefined
+              ? [{ name: 'min.insync.replicas', value: String(t.minInsyncReplicas) }]
+              : []),
           ],
         })),
       });
@@ -169,7 +173,7 @@ export class KafkaTransport implements Transport {
           // kafkajs is CommonJS: this enum is only reachable through its default export.
           type: kafkajs.ConfigResourceTypes.TOPIC,
           name,
-          configNames: ['cleanup.policy', 'retention.ms'],
+          configNames: ['cleanup.policy', 'retention.ms', 'min.insync.replicas'],
         })),
       }),
     );
@@ -182,8 +186,21 @@ export class KafkaTransport implements Transport {
         replicationFactor: Math.min(...t.partitions.map((p) => p.replicas.length)),
         cleanupPolicy: value('cleanup.policy') ?? 'delete',
         retentionMs: Number(value('retention.ms') ?? Number.NaN),
+        minInsyncReplicas: Number(value('min.insync.replicas') ?? 1),
       });
     }
+    return out;
+  }
+
+  /** Per partition of `topic`, the node id of its leader now (-1 while it has none), from fresh metadata. */
+  async partitionLeaders(topic: string): Promise<Map<number, number>> {
+    const admin = await this.admin();
+    const meta = await kafkaCall('reading partition leaders', () =>
+      admin.fetchTopicMetadata({ topics: [topic] }),
+    );
+    const out = new Map<number, number>();
+    for (const p of meta.topics.find((t) => t.name === topic)?.partitions ?? [])
+      out.set(p.partitionId, p.leader);
     return out;
   }
 
