@@ -12,7 +12,7 @@ import kafkajs, { type Admin, Kafka, type KafkaConfig, logLevel } from 'kafkajs'
 import { handleBatch, transformBatch } from '../batch-runner.js';
 import { EdrError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import { settled } from '../retry.js';
+import { retry, settled } from '../retry.js';
 import type {
   Consumption,
   HandlerOptions,
@@ -277,10 +277,16 @@ export class KafkaTransport implements Transport {
           );
           if (done > 0) {
             resolve(records[done - 1]!.offset);
-            await kafkaCall(
-              'committing offsets',
-              () => payload.commitOffsetsIfNecessary(),
-              this.access('READ', { topics: [topic], groupId: opts.groupId }),
+            // The group coordinator moves when its broker fails ("not available" for the seconds a new leader
+            // takes): the commit is tried again, not the consumption ended with the work done.
+            await retry(
+              () =>
+                kafkaCall(
+                  'committing offsets',
+                  () => payload.commitOffsetsIfNecessary(),
+                  this.access('READ', { topics: [topic], groupId: opts.groupId }),
+                ),
+              { backoff: { initialMs: 250, maxMs: 5000 }, maxAttempts: 30, signal },
             );
           }
           return done === records.length;
