@@ -139,6 +139,8 @@ async function pipelineRun(opts: PipelineOptions): Promise<PipelineRun> {
   };
   const out = path.join(dir, 'alerts');
   const procs: EdrProcess[] = [];
+  // Also on a failure: a command loop left running keeps the test process alive after the test.
+  let stopCommands = async () => {};
   const start = (name: string, sub: string, value: unknown) => {
     const p = new EdrProcess(sub, config(name, value));
     procs.push(p);
@@ -189,6 +191,10 @@ async function pipelineRun(opts: PipelineOptions): Promise<PipelineRun> {
         await sleep(50);
       }
     })();
+    stopCommands = async () => {
+      generating = false;
+      await generator;
+    };
 
     const alertLines = () => readAlertLines(out, marker);
     const alertsFlowing = async (what: string, timeoutMs = 120_000) => {
@@ -238,6 +244,7 @@ async function pipelineRun(opts: PipelineOptions): Promise<PipelineRun> {
       exitCodes,
     };
   } finally {
+    await stopCommands();
     await Promise.all(procs.map((p) => p.signal('SIGKILL')));
   }
 }
