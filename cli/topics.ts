@@ -20,7 +20,8 @@ const USAGE = `usage: edr topics create [--config FILE] [--brokers LIST] [--part
   create                every topic of the topics table: created when missing, compared when present
     --partitions LIST   partitions per topic role, e.g. raw=24,audit=24,alerts=6 (default: the table's);
                         the correlation and changelog topics always get as many as the raw topic has
-    --replication N     replication factor of the topics created (default: the config's kafka.replicationFactor)
+    --replication N     replication factor of the topics created (default: the config's kafka.replicationFactor);
+                        from 3 on, raw, audit and alerts get min.insync.replicas 2
 ${kafkaUsage("any service's config: its kafka section is used (run as the operator principal)")}
 `;
 
@@ -49,7 +50,17 @@ function differences(
   }
   if (have.retentionMs !== want.retentionMs)
     out.push(`retention.ms ${have.retentionMs} (wanted ${want.retentionMs})`);
+  const minIsr = minInsyncReplicas(want, replication);
+  if (minIsr !== undefined && have.minInsyncReplicas < minIsr)
+    out.push(`min.insync.replicas ${have.minInsyncReplicas} (wanted ${minIsr})`);
   return out;
+}
+
+/** The table's min ISR for a topic, where the replication leaves a node to lose (see TopicSpec). */
+export function minInsyncReplicas(spec: TopicSpec, replication: number): number | undefined {
+  return spec.minInsyncReplicas !== undefined && replication > spec.minInsyncReplicas
+    ? spec.minInsyncReplicas
+    : undefined;
 }
 
 /**
@@ -72,11 +83,13 @@ export async function createTableTopics(
         .filter((r) => !before.has(table[r].name))
         .map((r) => {
           const spec: TopicSpec = table[r];
+          const minIsr = minInsyncReplicas(spec, opts.replication);
           return {
             name: spec.name,
             partitions: partitionsOf(r),
             cleanupPolicy: spec.cleanupPolicy,
             retentionMs: spec.retentionMs,
+            ...(minIsr !== undefined ? { minInsyncReplicas: minIsr } : {}),
           };
         }),
     );

@@ -38,6 +38,8 @@ export interface TopicConfig {
   retentionMs?: number;
   /** The topic's max.message.bytes (default: the broker's): a larger record is refused. */
   maxMessageBytes?: number;
+  /** The topic's min.insync.replicas (default: the broker's): an acks=all write fails with fewer in sync. */
+  minInsyncReplicas?: number;
 }
 
 export interface PartitionOffset {

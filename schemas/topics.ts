@@ -19,6 +19,12 @@ export interface TopicSpec {
   cleanupPolicy: 'delete' | 'compact';
   /** -1 keeps forever. */
   retentionMs: number;
+  /**
+   * min.insync.replicas when the topic is created with more replicas than this (replication 3: an acknowledged
+   * write is on 2 nodes, and one node may fail with writes going on); with fewer it stays the broker's default,
+   * as it would refuse every write once one replica is down.
+   */
+  minInsyncReplicas?: number;
   doc: string;
 }
 
@@ -32,6 +38,7 @@ export const topics = {
     partitions: 6,
     cleanupPolicy: 'delete',
     retentionMs: 1 * day,
+    minInsyncReplicas: 2,
     doc: 'Detection input: every exec of every host, keyed by host so one host stays ordered on one partition.',
   },
   audit: {
@@ -46,6 +53,7 @@ export const topics = {
     partitions: 6,
     cleanupPolicy: 'delete',
     retentionMs: 90 * day,
+    minInsyncReplicas: 2,
     doc: 'The durable record: events plus the collector lifecycle, loss and heartbeat records, and the rules-topic records detectors refused; replayed with new rules.',
   },
   alerts: {
@@ -55,6 +63,7 @@ export const topics = {
     partitions: 3,
     cleanupPolicy: 'delete',
     retentionMs: 30 * day,
+    minInsyncReplicas: 2,
     doc: 'Alerts from live detectors and replay runs (replay alerts carry their run id).',
   },
   rules: {

@@ -4,6 +4,11 @@
  * start fails the run with its log tail: Kafka tests never skip.
  *
  * Usage: node dist/test/run.js [FILTER...]  (FILTER: substrings of test file paths below dist/, to run only those)
+ *
+ * The failover tests (test/e2e/failover-*) are a step of their own: without a filter they are left out, and
+ * `npm run test:failover` runs them (`node dist/test/run.js e2e/failover-`). They start their own brokers (they
+ * kill them), so a run of only them starts no shared broker. They are not in `npm test` yet: they find detector and
+ * sink failures after a broker fault that are still being fixed (issue 15).
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
@@ -22,17 +27,22 @@ async function testFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
+/** The separate step's files: slow, each with brokers of its own. */
+const SEPARATE_STEP = 'test/e2e/failover-';
+
 async function main(): Promise<number> {
   const filters = process.argv.slice(2);
   const dist = path.join(repoRoot, 'dist');
   // Filters match the path below dist/, so the checkout's own folder name never matches them all.
-  const files = (await testFiles(dist)).filter(
-    (f) => filters.length === 0 || filters.some((x) => path.relative(dist, f).includes(x)),
-  );
+  const files = (await testFiles(dist)).filter((f) => {
+    const rel = path.relative(dist, f);
+    return filters.length === 0 ? !rel.startsWith(SEPARATE_STEP) : filters.some((x) => rel.includes(x));
+  });
   if (files.length === 0) {
     process.stderr.write(`no test files match ${filters.join(' ')}\n`);
     return 1;
   }
+  if (files.every((f) => path.relative(dist, f).startsWith(SEPARATE_STEP))) return runTests(files, []);
   const dir = await mkdtemp(path.join(tmpdir(), 'edr-test-kafka-'));
   process.stderr.write(`starting the test broker in ${dir}\n`);
   let broker: Awaited<ReturnType<typeof startBroker>>;
@@ -53,22 +63,26 @@ async function main(): Promise<number> {
     });
   }
   try {
-    return await new Promise<number>((resolve) => {
-      const child = spawn(process.execPath, ['--test', '--test-reporter=spec', ...files], {
-        stdio: 'inherit',
-        env: {
-          ...process.env,
-          EDR_TEST_KAFKA_BROKERS: broker.brokers.join(','),
-          EDR_LOG_LEVEL: process.env['EDR_LOG_LEVEL'] ?? 'error',
-          // In CI every end-to-end test must run: one that cannot (not root, no BTF) fails instead of skipping.
-          ...(process.env['CI'] ? { EDR_E2E_REQUIRED: '1' } : {}),
-        },
-      });
-      child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0)));
-    });
+    return await runTests(files, broker.brokers);
   } finally {
     await stopBroker();
   }
+}
+
+function runTests(files: string[], brokers: string[]): Promise<number> {
+  return new Promise<number>((resolve) => {
+    const child = spawn(process.execPath, ['--test', '--test-reporter=spec', ...files], {
+      stdio: 'inherit',
+      env: {
+        ...process.env,
+        ...(brokers.length > 0 ? { EDR_TEST_KAFKA_BROKERS: brokers.join(',') } : {}),
+        EDR_LOG_LEVEL: process.env['EDR_LOG_LEVEL'] ?? 'error',
+        // In CI every end-to-end test must run: one that cannot (not root, no BTF) fails instead of skipping.
+        ...(process.env['CI'] ? { EDR_E2E_REQUIRED: '1' } : {}),
+      },
+    });
+    child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0)));
+  });
 }
 
 main().then(

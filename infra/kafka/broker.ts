@@ -42,6 +42,18 @@ export interface BrokerOptions {
   detached?: boolean;
   /** A SASL_SSL client listener with SCRAM users and ACLs instead of the plaintext one (see secure-broker.ts). */
   security?: BrokerSecurity;
+  /** One node of a replicated cluster (infra/kafka/cluster.ts) instead of a cluster of its own. */
+  quorum?: QuorumMember;
+}
+
+/** A node's place in a multi-node KRaft cluster: all nodes share the voters and the cluster id. */
+export interface QuorumMember {
+  nodeId: number;
+  /** `controller.quorum.voters`: `1@127.0.0.1:PORT,2@...`. */
+  voters: string;
+  clusterId: string;
+  /** Replication of the internal topics (offsets, transaction state); their min ISR is one less, at least 1. */
+  replication: number;
 }
 
 export interface Broker {
@@ -52,6 +64,8 @@ export interface Broker {
   /** With `security`: the test CA's certificate (PEM) that clients trust. */
   readonly caFile?: string;
   stop(): Promise<void>;
+  /** SIGKILL, as a crash: resolves once the process has exited. */
+  kill(): Promise<void>;
 }
 
 /** Fetches the broker's jars once; re-fetches when pom.xml changes. */
@@ -110,27 +124,45 @@ function listenerProperties(port: number, controllerPort: number): string[] {
   ];
 }
 
-function serverProperties(dir: string, controllerPort: number, listeners: string[]): string {
+function serverProperties(
+  dir: string,
+  controllerPort: number,
+  listeners: string[],
+  quorum?: QuorumMember,
+): string {
   // Sized for one node on 2 cores: replication 1 everywhere, few partitions for internal topics
   // (the default 50 offsets partitions slow every start), no rebalance delay for fast tests.
+  const replication = quorum?.replication ?? 1;
+  const minIsr = Math.max(1, replication - 1);
   return `${[
     'process.roles=broker,controller',
-    'node.id=1',
-    `controller.quorum.voters=1@127.0.0.1:${controllerPort}`,
+    `node.id=${quorum?.nodeId ?? 1}`,
+    `controller.quorum.voters=${quorum?.voters ?? `1@127.0.0.1:${controllerPort}`}`,
     'controller.listener.names=CONTROLLER',
     ...listeners,
     `log.dirs=${path.join(dir, 'data')}`,
-    'num.network.threads=2',
-    'num.io.threads=4',
+    // Three nodes share the 2 cores of a test machine: fewer threads each.
+    `num.network.threads=${quorum ? 1 : 2}`,
+    `num.io.threads=${quorum ? 2 : 4}`,
+    ...(quorum
+      ? [
+          'background.threads=4',
+          'num.replica.fetchers=1',
+          // A killed node is fenced (its partitions get a new leader) after this, not the default 9 s.
+          'broker.session.timeout.ms=6000',
+          'broker.heartbeat.interval.ms=1000',
+          `default.replication.factor=${replication}`,
+        ]
+      : []),
     'num.partitions=1',
     'auto.create.topics.enable=false',
-    'offsets.topic.replication.factor=1',
+    `offsets.topic.replication.factor=${replication}`,
     'offsets.topic.num.partitions=4',
-    'transaction.state.log.replication.factor=1',
-    'transaction.state.log.min.isr=1',
+    `transaction.state.log.replication.factor=${replication}`,
+    `transaction.state.log.min.isr=${minIsr}`,
     'transaction.state.log.num.partitions=4',
-    'share.coordinator.state.topic.replication.factor=1',
-    'share.coordinator.state.topic.min.isr=1',
+    `share.coordinator.state.topic.replication.factor=${replication}`,
+    `share.coordinator.state.topic.min.isr=${minIsr}`,
     'group.initial.rebalance.delay.ms=0',
     'log.flush.interval.messages=9223372036854775807',
     'transaction.abort.timed.out.transaction.cleanup.interval.ms=5000',
@@ -269,11 +301,11 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
     listeners = brokerSecurityProperties(port, brokerPort, controllerPort, brokerTls, security);
   }
   // The file holds the key store password when secured: readable by this user only.
-  await writeFile(props, serverProperties(dir, controllerPort, listeners), { mode: 0o600 });
+  await writeFile(props, serverProperties(dir, controllerPort, listeners, opts.quorum), { mode: 0o600 });
   await writeFile(path.join(dir, 'log4j2.properties'), log4j2);
 
   if (!existsSync(path.join(dir, 'data', 'meta.properties'))) {
-    const clusterId = randomBytes(16).toString('base64url');
+    const clusterId = opts.quorum?.clusterId ?? randomBytes(16).toString('base64url');
     try {
       await run('java', [
         ...javaArgs(dir, 256),
@@ -325,6 +357,12 @@ export async function startBroker(opts: BrokerOptions): Promise<Broker> {
     stop() {
       stopped ??= stopPid(pid, child).then(() => rm(path.join(dir, 'broker.pid'), { force: true }));
       return stopped;
+    },
+    kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+      const exit = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.kill('SIGKILL');
+      return exit;
     },
   };
 }

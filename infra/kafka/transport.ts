@@ -12,7 +12,7 @@ import kafkajs, { type Admin, Kafka, type KafkaConfig, logLevel } from 'kafkajs'
 import { handleBatch, transformBatch } from '../batch-runner.js';
 import { EdrError, errorMessage, isRetryable } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import { settled } from '../retry.js';
+import { retry, settled } from '../retry.js';
 import type {
   Consumption,
   HandlerOptions,
@@ -49,6 +49,7 @@ export interface TopicDescription {
   replicationFactor: number;
   cleanupPolicy: string;
   retentionMs: number;
+  minInsyncReplicas: number;
 }
 
 export class KafkaTransport implements Transport {
@@ -150,6 +151,9 @@ export class KafkaTransport implements Transport {
             ...(t.maxMessageBytes !== undefined
               ? [{ name: 'max.message.bytes', value: String(t.maxMessageBytes) }]
               : []),
+            ...(t.minInsyncReplicas !== undefined
+              ? [{ name: 'min.insync.replicas', value: String(t.minInsyncReplicas) }]
+              : []),
           ],
         })),
       });
@@ -202,7 +206,7 @@ export class KafkaTransport implements Transport {
           // kafkajs is CommonJS: this enum is only reachable through its default export.
           type: kafkajs.ConfigResourceTypes.TOPIC,
           name,
-          configNames: ['cleanup.policy', 'retention.ms'],
+          configNames: ['cleanup.policy', 'retention.ms', 'min.insync.replicas'],
         })),
       }),
     );
@@ -215,8 +219,21 @@ export class KafkaTransport implements Transport {
         replicationFactor: Math.min(...t.partitions.map((p) => p.replicas.length)),
         cleanupPolicy: value('cleanup.policy') ?? 'delete',
         retentionMs: Number(value('retention.ms') ?? Number.NaN),
+        minInsyncReplicas: Number(value('min.insync.replicas') ?? 1),
       });
     }
+    return out;
+  }
+
+  /** Per partition of `topic`, the node id of its leader now (-1 while it has none), from fresh metadata. */
+  async partitionLeaders(topic: string): Promise<Map<number, number>> {
+    const admin = await this.admin();
+    const meta = await kafkaCall('reading partition leaders', () =>
+      admin.fetchTopicMetadata({ topics: [topic] }),
+    );
+    const out = new Map<number, number>();
+    for (const p of meta.topics.find((t) => t.name === topic)?.partitions ?? [])
+      out.set(p.partitionId, p.leader);
     return out;
   }
 
@@ -293,10 +310,16 @@ export class KafkaTransport implements Transport {
           );
           if (done > 0) {
             resolve(records[done - 1]!.offset);
-            await kafkaCall(
-              'committing offsets',
-              () => payload.commitOffsetsIfNecessary(),
-              this.access('READ', { topics: [topic], groupId: opts.groupId }),
+            // The group coordinator moves when its broker fails ("not available" for the seconds a new leader
+            // takes): the commit is tried again, not the consumption ended with the work done.
+            await retry(
+              () =>
+                kafkaCall(
+                  'committing offsets',
+                  () => payload.commitOffsetsIfNecessary(),
+                  this.access('READ', { topics: [topic], groupId: opts.groupId }),
+                ),
+              { backoff: { initialMs: 250, maxMs: 5000 }, maxAttempts: 30, signal },
             );
           }
           return done === records.length;
