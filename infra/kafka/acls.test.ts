@@ -34,7 +34,7 @@ describe('the ACL table', () => {
         'group* edr-sink-: READ',
         `topic ${topics.alerts.name}: READ`,
         `topic ${topics.deadLetter.name}: WRITE`,
-        `topic ${topics.undeliverable.name}: READ, WRITE`,
+        `topic ${topics.undeliverable.name}: READ,WRITE`,
       ].sort(),
     );
   });
